@@ -1,0 +1,126 @@
+"""Checkpoints: weights in safetensors, and a JSON beside them saying how to rebuild the model.
+
+A checkpoint is a folder holding ``model.safetensors`` and ``model.json``. The JSON names the model and
+its constructor arguments, the training config, the metrics and the library versions. Both files are
+written atomically; loading checks that every tensor is present with the right shape. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from torchshrink._io import atomic_write, atomic_write_json
+from torchshrink.errors import CheckpointError
+from torchshrink.models import MODELS, build_model
+
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "versions", "WEIGHTS", "META"]
+
+WEIGHTS, META = "model.safetensors", "model.json"
+FORMAT = "torchshrink-checkpoint"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model in eval mode and the JSON metadata."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    path: Path
+
+
+def versions() -> dict[str, str]:
+    """Library and interpreter versions recorded with every result."""
+    from torchshrink import __version__
+
+    return {"torchshrink": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def save_checkpoint(
+    folder: str | os.PathLike[str],
+    model: nn.Module,
+    model_name: str,
+    model_args: dict[str, Any] | None = None,
+    **meta: Any,
+) -> Path:
+    """Write ``model`` to ``folder/model.safetensors`` and ``folder/model.json``; return the folder.
+
+    The weights are written first and the JSON last, so a folder whose JSON exists is complete.
+    """
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    info = {
+        "format": FORMAT,
+        "model": model_name,
+        "model_args": model_args or {},
+        "tensors": {k: list(v.shape) for k, v in state.items()},
+        "versions": versions(),
+        **meta,
+    }
+    atomic_write(
+        folder / WEIGHTS, lambda tmp: safetensors.torch.save_file(state, str(tmp), metadata={"format": FORMAT})
+    )
+    atomic_write_json(folder / META, info)
+    return folder
+
+
+def _resolve(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if path.name in (WEIGHTS, META):
+        return path.parent
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint; pass the folder written by `torchshrink train`")
+    raise CheckpointError(f"{path}: not a checkpoint folder (expected {WEIGHTS} and {META} inside)")
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint folder (or the path of either of its files) into a model in eval mode."""
+    folder = _resolve(path)
+    meta_path, weights_path = folder / META, folder / WEIGHTS
+    for p in (meta_path, weights_path):
+        if not p.is_file():
+            raise CheckpointError(f"{p}: missing; the checkpoint is incomplete, train again or pass another folder")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: unreadable JSON ({exc}); the checkpoint is corrupt") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path}: not a torchshrink checkpoint (format field missing or wrong)")
+    name = meta.get("model")
+    if name not in MODELS:
+        raise CheckpointError(f"{meta_path}: unknown model {name!r}; known: {', '.join(MODELS)}")
+    try:
+        state = safetensors.torch.load_file(str(weights_path))
+    except (OSError, safetensors.SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights_path}: unreadable or truncated safetensors file ({exc})") from exc
+    try:
+        model = build_model(name, **meta.get("model_args", {}))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{meta_path}: model arguments do not fit {name!r} ({exc})") from exc
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights_path}: does not match model {name!r} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{weights_path}: tensor {key} has shape {list(tensor.shape)}, model {name!r} expects "
+                f"{list(expected[key].shape)}"
+            )
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return Checkpoint(model, meta, folder)

@@ -1,0 +1,264 @@
+"""Fashion-MNIST: locate the four official IDX files, verify them, parse them, batch them in memory.
+
+Every file is checked against the SHA-256 of its *decompressed* content before it is parsed (Debian's
+``dataset-fashion-mnist`` recompressed the ``.gz`` files, so the compressed bytes differ from the official
+release while the contents are identical). Everything is held as ``uint8`` tensors and normalised per batch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from torchshrink._io import atomic_write_bytes
+from torchshrink.errors import DataError
+
+__all__ = [
+    "FILES",
+    "CLASSES",
+    "MEAN",
+    "STD",
+    "FashionMNIST",
+    "find_data_dir",
+    "read_idx",
+    "load_fashion_mnist",
+    "normalize",
+    "augment",
+    "batches",
+]
+
+# name -> (SHA-256 of the decompressed IDX content, magic number, item count)
+FILES: dict[str, tuple[str, int, int]] = {
+    "train-images-idx3-ubyte.gz": ("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", 2051, 60000),
+    "train-labels-idx1-ubyte.gz": ("bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", 2049, 60000),
+    "t10k-images-idx3-ubyte.gz": ("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", 2051, 10000),
+    "t10k-labels-idx1-ubyte.gz": ("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", 2049, 10000),
+}
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+MEAN, STD = 0.2860, 0.3530  # of the training pixels scaled to [0, 1]
+
+SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+ENV_VAR = "TORCHSHRINK_DATA"
+FIX = (
+    "install the Debian/Ubuntu package (apt-get install dataset-fashion-mnist), "
+    f"or pass --data-dir / set {ENV_VAR} to a folder holding the four official .gz files"
+)
+
+
+def cache_dir() -> Path:
+    """The per-user download cache (``$XDG_CACHE_HOME/torchshrink/fashion-mnist``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "torchshrink" / "fashion-mnist"
+
+
+def _has_all(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in FILES)
+
+
+def find_data_dir(data_dir: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
+    """Return the folder holding the four files, looking in order at ``data_dir`` (or ``$TORCHSHRINK_DATA``),
+    the Debian package's folder, then the user cache; download into the cache as a last resort.
+
+    An explicitly named folder must hold the files: it is never silently replaced by another one.
+    """
+    explicit = data_dir if data_dir is not None else os.environ.get(ENV_VAR) or None
+    if explicit is not None:
+        folder = Path(explicit).expanduser()
+        missing = [name for name in FILES if not (folder / name).is_file()]
+        if missing:
+            raise DataError(f"{folder}: missing {', '.join(missing)}; {FIX}")
+        return folder
+    for folder in (SYSTEM_DIR, cache_dir()):
+        if _has_all(folder):
+            return folder
+    if not download:
+        raise DataError(f"Fashion-MNIST not found in {SYSTEM_DIR} or {cache_dir()}; {FIX}")
+    return _download(cache_dir())
+
+
+def _download(folder: Path) -> Path:
+    for name in FILES:
+        target = folder / name
+        if target.is_file():
+            continue
+        try:
+            with urllib.request.urlopen(URL + name, timeout=60) as response:
+                payload = response.read()
+        except OSError as exc:
+            raise DataError(
+                f"Fashion-MNIST not found locally and downloading {URL + name} failed ({exc}); {FIX}"
+            ) from exc
+        _check(name, _decompress(target, payload))  # never cache a file that would fail later
+        atomic_write_bytes(target, payload)
+    return folder
+
+
+def _decompress(path: Path, payload: bytes) -> bytes:
+    try:
+        return gzip.decompress(payload)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: not a valid gzip file ({exc}); delete it and {FIX}") from exc
+
+
+def _check(name: str, raw: bytes, path: Path | None = None) -> None:
+    where = path or Path(name)
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != FILES[name][0]:
+        raise DataError(
+            f"{where}: SHA-256 of the decompressed content is {digest[:16]}..., expected {FILES[name][0][:16]}... "
+            f"(corrupt or not the official file); delete it and {FIX}"
+        )
+
+
+def read_idx(path: str | os.PathLike[str], verify: bool = True) -> torch.Tensor:
+    """Read one official Fashion-MNIST ``.gz`` IDX file into a ``uint8`` tensor.
+
+    Images come back as ``(N, 28, 28)``, labels as ``(N,)``. With ``verify`` the SHA-256 of the
+    decompressed content must match the official release.
+    """
+    path = Path(path)
+    name = path.name
+    if name not in FILES:
+        raise DataError(f"{path}: not one of the four Fashion-MNIST files ({', '.join(FILES)})")
+    try:
+        payload = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror}); {FIX}") from exc
+    raw = _decompress(path, payload)
+    if verify:
+        _check(name, raw, path)
+    _, magic, count = FILES[name]
+    if len(raw) < 8:
+        raise DataError(f"{path}: {len(raw)} bytes is too short for an IDX header; delete it and {FIX}")
+    got_magic, got_count = struct.unpack(">II", raw[:8])
+    if got_magic != magic:
+        raise DataError(f"{path}: IDX magic number {got_magic}, expected {magic}; delete it and {FIX}")
+    if got_count != count:
+        raise DataError(f"{path}: {got_count} items, expected {count}; delete it and {FIX}")
+    dims = [count]
+    offset = 8
+    if magic == 2051:
+        rows, cols = struct.unpack(">II", raw[8:16])
+        if (rows, cols) != (28, 28):
+            raise DataError(f"{path}: images are {rows}x{cols}, expected 28x28; delete it and {FIX}")
+        dims += [rows, cols]
+        offset = 16
+    expected = offset + int(torch.tensor(dims).prod())
+    if len(raw) != expected:
+        raise DataError(f"{path}: {len(raw)} bytes decompressed, expected {expected} (truncated?); delete it and {FIX}")
+    data = torch.frombuffer(bytearray(raw[offset:]), dtype=torch.uint8).reshape(dims)
+    if magic == 2049 and int(data.max()) > 9:
+        raise DataError(f"{path}: label {int(data.max())} outside 0..9; delete it and {FIX}")
+    return data
+
+
+@dataclass(frozen=True)
+class FashionMNIST:
+    """The dataset as ``uint8`` tensors: images ``(N, 1, 28, 28)``, labels ``(N,)`` as int64.
+
+    ``train`` excludes the held-out ``val`` split; ``test`` is only for reported figures.
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    source: str
+
+    def subset(self, train: int | None = None, val: int | None = None, test: int | None = None) -> FashionMNIST:
+        """The first ``train`` / ``val`` / ``test`` items of each split (already shuffled by the split)."""
+        return FashionMNIST(
+            self.train_x[:train], self.train_y[:train], self.val_x[:val], self.val_y[:val],
+            self.test_x[:test], self.test_y[:test], self.source,
+        )  # fmt: skip
+
+
+def load_fashion_mnist(
+    data_dir: str | os.PathLike[str] | None = None, val_size: int = 5000, split_seed: int = 0
+) -> FashionMNIST:
+    """Locate, verify and load Fashion-MNIST, holding out ``val_size`` training images for validation.
+
+    The split depends only on ``split_seed``, never on the training seed, so every setting is chosen on
+    the same validation images.
+    """
+    if not 0 <= val_size < 60000:
+        raise DataError(f"val_size={val_size}: must be in 0..59999")
+    folder = find_data_dir(data_dir)
+    train_x = read_idx(folder / "train-images-idx3-ubyte.gz").unsqueeze(1)
+    train_y = read_idx(folder / "train-labels-idx1-ubyte.gz").long()
+    test_x = read_idx(folder / "t10k-images-idx3-ubyte.gz").unsqueeze(1)
+    test_y = read_idx(folder / "t10k-labels-idx1-ubyte.gz").long()
+    perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(split_seed))
+    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    return FashionMNIST(
+        train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx], test_x, test_y, str(folder)
+    )
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """``uint8`` pixels -> float32, zero mean and unit variance over the training set."""
+    return (x.float() * (1.0 / 255) - MEAN) * (1.0 / STD)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Random crop after zero padding by ``pad`` pixels, and horizontal flip, drawn per image.
+
+    Works on a whole batch ``(N, C, H, W)`` with one gather, so it costs far less than the model.
+    """
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device="cpu").to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device="cpu").to(x.device)
+    flip = torch.rand(n, 1, generator=generator, device="cpu").to(x.device) < 0.5
+    cols = torch.arange(w, device=x.device).expand(n, w)
+    cols = torch.where(flip, w - 1 - cols, cols) + dx  # (N, W)
+    rows = torch.arange(h, device=x.device).expand(n, h) + dy  # (N, H)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    # (N, C, H+2p, W+2p) -> (N, H, W, C) -> (N, C, H, W)
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    augment_images: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield normalised ``(images, labels)`` batches on ``device`` straight from in-memory tensors.
+
+    ``x`` should already live on ``device`` (move it once, not per batch). The last batch may be smaller.
+    """
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    n = len(y)
+    order = torch.randperm(n, generator=generator).to(x.device) if shuffle else None
+    for start in range(0, n, batch_size):
+        if order is None:
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        else:
+            idx = order[start : start + batch_size]
+            xb, yb = x[idx], y[idx]
+        xb = normalize(xb.to(device, non_blocking=True))
+        if augment_images:
+            xb = augment(xb, generator)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        yield xb, yb.to(device, non_blocking=True)

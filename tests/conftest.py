@@ -1,0 +1,23 @@
+"""Shared fixtures: the real Fashion-MNIST, loaded once per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from torchshrink.data import FashionMNIST, find_data_dir, load_fashion_mnist
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> str:
+    return str(find_data_dir(download=False))
+
+
+@pytest.fixture(scope="session")
+def fmnist(data_dir: str) -> FashionMNIST:
+    return load_fashion_mnist(data_dir)
+
+
+@pytest.fixture(scope="session")
+def small(fmnist: FashionMNIST) -> FashionMNIST:
+    """2,000 real training images, 1,000 validation, 2,000 test: enough to learn, fast to train."""
+    return fmnist.subset(train=2000, val=1000, test=2000)

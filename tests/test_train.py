@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from torchshrink.errors import ConfigError
+from torchshrink.models import build_model, fp32_bytes, layer_table, parameter_count
+from torchshrink.train import TrainConfig, evaluate, fit
+
+QUICK = TrainConfig(epochs=1, lr=0.05, batch_size=64, seed=3)
+
+
+def _trained(small, cfg: TrainConfig, name: str = "cnn_tiny") -> torch.nn.Module:
+    torch.manual_seed(cfg.seed)
+    model = build_model(name)
+    fit(model, small.subset(train=512), cfg, "cpu", progress=False, log=None)
+    return model
+
+
+def test_same_seed_gives_identical_weights(small):
+    a, b = _trained(small, QUICK), _trained(small, QUICK)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_different_seed_gives_different_weights(small):
+    a = _trained(small, QUICK)
+    b = _trained(small, TrainConfig(**{**QUICK.to_dict(), "seed": 4}))
+    assert not torch.equal(a.features.conv1.weight, b.features.conv1.weight)
+
+
+@pytest.mark.parametrize("name, optimizer, schedule", [("cnn_tiny", "sgd", "onecycle"), ("mlp", "adamw", "cosine")])
+def test_short_training_learns_far_above_chance(small, name, optimizer, schedule):
+    torch.manual_seed(0)
+    model = build_model(name)
+    cfg = TrainConfig(
+        epochs=3,
+        lr=0.05 if optimizer == "sgd" else 2e-3,
+        batch_size=64,
+        optimizer=optimizer,
+        schedule=schedule,
+        augment=False,
+    )
+    history = fit(model, small, cfg, "cpu", progress=False, log=None)
+    accuracy, loss = evaluate(model, small.test_x, small.test_y)
+    assert accuracy > 0.6, accuracy  # chance is 0.1
+    assert history[-1].train_loss < history[0].train_loss
+    assert len(history) == 3 and all(h.images_per_second > 0 for h in history)
+
+
+def test_config_rejects_impossible_values():
+    with pytest.raises(ConfigError, match="epochs=0"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="optimizer='adam'"):
+        TrainConfig(optimizer="adam")
+    with pytest.raises(ConfigError, match="lr=-1"):
+        TrainConfig(lr=-1)
+
+
+def test_layer_table_counts_every_parameter():
+    model = build_model("cnn")
+    rows = layer_table(model)
+    assert sum(r.params for r in rows) == parameter_count(model)
+    conv = sum(r.params for r in rows if r.kind == "Conv2d")
+    assert conv / parameter_count(model) > 0.9  # conv layers hold the weights, by design
+    buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    assert fp32_bytes(model) == 4 * (parameter_count(model) + buffers)
