@@ -1,0 +1,51 @@
+"""Magnitude pruning: pure mask functions, schedules, masks that stick, structured channel removal."""
+
+from torchshrink.pruning.apply import (
+    FilterFn,
+    LayerSparsity,
+    default_filter,
+    get_mask,
+    make_permanent,
+    prunable_layers,
+    prune_,
+    prune_from_zeros_,
+    sparsity_report,
+)
+from torchshrink.pruning.iterative import PruneStep, iterative_prune, oneshot_prune, rewind_
+from torchshrink.pruning.masks import MASKS, global_magnitude_masks, layer_magnitude_mask
+from torchshrink.pruning.schedules import SCHEDULES, agp_schedule, linear_schedule, make_schedule
+from torchshrink.pruning.sensitivity import layer_sensitivity, sensitivity_table, sparsities_for_tolerance
+from torchshrink.pruning.structured import conv_chain, filter_scores, structured_prune_
+
+__all__ = [
+    # pure mask functions and schedules
+    "MASKS",
+    "layer_magnitude_mask",
+    "global_magnitude_masks",
+    "SCHEDULES",
+    "linear_schedule",
+    "agp_schedule",
+    "make_schedule",
+    # attaching masks
+    "FilterFn",
+    "default_filter",
+    "prunable_layers",
+    "prune_",
+    "prune_from_zeros_",
+    "get_mask",
+    "make_permanent",
+    "LayerSparsity",
+    "sparsity_report",
+    # procedures
+    "PruneStep",
+    "oneshot_prune",
+    "iterative_prune",
+    "rewind_",
+    "layer_sensitivity",
+    "sensitivity_table",
+    "sparsities_for_tolerance",
+    # structured
+    "conv_chain",
+    "filter_scores",
+    "structured_prune_",
+]

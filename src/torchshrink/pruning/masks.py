@@ -1,0 +1,86 @@
+"""Pure mask functions: ``(scores, amount, previous_mask) -> mask``.
+
+``amount`` is the fraction of the tensor's entries to be zero *in total* (not a fraction of what is left),
+so iterative pruning composes: weights already pruned by ``previous_mask`` are pruned first and stay
+pruned. Exactly ``round(amount * n)`` entries are pruned; ties in the scores are broken by position, so
+the achieved sparsity is exact whatever the values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from torchshrink.errors import ConfigError
+
+__all__ = ["MaskFn", "MASKS", "check_amount", "layer_magnitude_mask", "global_magnitude_masks", "n_pruned"]
+
+
+def check_amount(amount: float) -> float:
+    """Return ``amount`` if it is a valid sparsity in [0, 1), else raise :class:`ConfigError`."""
+    if not 0.0 <= float(amount) < 1.0:
+        raise ConfigError(f"sparsity {amount}: must be in [0, 1), e.g. 0.9 for 90% zeros")
+    return float(amount)
+
+
+def n_pruned(amount: float, numel: int) -> int:
+    """How many of ``numel`` entries a sparsity of ``amount`` zeroes (round half to even, like torch)."""
+    return round(check_amount(amount) * numel)
+
+
+def _lowest(flat_scores: torch.Tensor, k: int) -> torch.Tensor:
+    """A boolean mask over a 1-D tensor marking exactly its ``k`` lowest entries (stable: earlier wins ties)."""
+    drop = torch.zeros_like(flat_scores, dtype=torch.bool)
+    if k > 0:
+        order = torch.sort(flat_scores, stable=True).indices
+        drop[order[:k]] = True
+    return drop
+
+
+def _scores_with_history(scores: torch.Tensor, previous_mask: torch.Tensor | None) -> torch.Tensor:
+    s = scores.detach().abs().float().flatten()
+    if previous_mask is not None:
+        if previous_mask.shape != scores.shape:
+            raise ValueError(f"previous_mask shape {tuple(previous_mask.shape)} != scores shape {tuple(scores.shape)}")
+        # pruned entries sort first whatever their value, so they are never revived
+        s = torch.where(previous_mask.flatten().bool(), s, torch.full_like(s, -1.0))
+    return s
+
+
+def layer_magnitude_mask(
+    scores: torch.Tensor, amount: float, previous_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Keep the largest-magnitude entries of one tensor (L1 unstructured pruning).
+
+    Returns a float mask of the tensor's shape, 1 = kept. Example::
+
+        >>> layer_magnitude_mask(torch.tensor([0.1, -3.0, 2.0, 0.5]), 0.5)
+        tensor([0., 1., 1., 0.])
+    """
+    k = n_pruned(amount, scores.numel())
+    drop = _lowest(_scores_with_history(scores, previous_mask), k)
+    return (~drop).reshape(scores.shape).to(torch.float32)
+
+
+def global_magnitude_masks(
+    scores: Sequence[torch.Tensor], amount: float, previous_masks: Sequence[torch.Tensor | None] | None = None
+) -> list[torch.Tensor]:
+    """One magnitude threshold over all tensors together (global unstructured pruning).
+
+    Layers with small weights lose more; the total sparsity over all entries is exactly ``amount``.
+    """
+    previous_masks = previous_masks or [None] * len(scores)
+    flats = [_scores_with_history(s, m) for s, m in zip(scores, previous_masks, strict=True)]
+    total = sum(f.numel() for f in flats)
+    drop = _lowest(torch.cat(flats), n_pruned(amount, total))
+    out, start = [], 0
+    for s in scores:
+        out.append((~drop[start : start + s.numel()]).reshape(s.shape).to(torch.float32))
+        start += s.numel()
+    return out
+
+
+MaskFn = Callable[..., object]
+# scope name -> mask function; "layer" takes one tensor, "global" a list of tensors
+MASKS: dict[str, MaskFn] = {"layer": layer_magnitude_mask, "global": global_magnitude_masks}

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from torchshrink.models import build_model
+from torchshrink.pruning import (
+    get_mask,
+    iterative_prune,
+    layer_sensitivity,
+    oneshot_prune,
+    sensitivity_table,
+    sparsities_for_tolerance,
+)
+from torchshrink.train import TrainConfig, evaluate, fit
+
+FT = TrainConfig(epochs=1, lr=0.02, batch_size=64, augment=False)
+
+
+def _trained(small, name="cnn_tiny"):
+    torch.manual_seed(0)
+    model = build_model(name)
+    fit(model, small, TrainConfig(epochs=2, lr=0.05, batch_size=64, augment=False), "cpu", progress=False, log=None)
+    return model
+
+
+def test_iterative_pruning_reaches_target_and_never_unprunes(small):
+    model = _trained(small)
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def remember(_):
+        seen.append({n: get_mask(m).clone() for n, m in model.named_modules() if get_mask(m) is not None})
+
+    history = iterative_prune(model, small, 0.7, steps=3, finetune=FT, schedule="agp", log=remember)
+    assert [round(h.target, 3) for h in history] == [0.493, 0.674, 0.7]
+    assert abs(history[-1].achieved - 0.7) < 1e-3
+    for earlier, later in zip(seen, seen[1:], strict=False):
+        for name in earlier:
+            assert not bool(((earlier[name] == 0) & (later[name] == 1)).any())
+    accuracy, _ = evaluate(model, small.test_x, small.test_y)
+    assert accuracy > 0.5  # still a classifier at 70% sparsity after retraining
+
+
+def test_oneshot_with_finetune_recovers_and_second_architecture_prunes(small):
+    mlp = _trained(small, "mlp")
+    step = oneshot_prune(mlp, small, 0.9, scope="layer", finetune=FT, log=None)
+    assert abs(step.achieved - 0.9) < 1e-3
+    assert step.val_acc_retrained >= step.val_acc_pruned - 0.02
+    assert len(step.layers) == 3
+
+
+def test_sensitivity_curves_and_plan(small):
+    model = _trained(small)
+    before = copy.deepcopy(model.state_dict())
+    curves = layer_sensitivity(model, small.subset(val=500), sparsities=(0.5, 0.95), progress=False)
+    assert set(curves) == {
+        "features.conv1",
+        "features.conv2",
+        "features.conv3",
+        "features.conv4",
+        "features.conv5",
+        "classifier",
+    }
+    assert all(set(c) == {0.0, 0.5, 0.95} for c in curves.values())
+    # pruning 95% of the first layer alone must hurt more than pruning 50% of it
+    assert curves["features.conv1"][0.95] < curves["features.conv1"][0.5]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is untouched
+    assert "features.conv1" in sensitivity_table(curves)
+    plan = sparsities_for_tolerance(curves, max_drop=1.0)
+    assert all(v == 0.95 for v in plan.values())

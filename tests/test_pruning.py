@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.utils.prune as tprune
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from torchshrink.errors import ConfigError
+from torchshrink.models import MLP, build_model
+from torchshrink.pruning import (
+    agp_schedule,
+    get_mask,
+    global_magnitude_masks,
+    layer_magnitude_mask,
+    linear_schedule,
+    make_permanent,
+    prune_,
+    prune_from_zeros_,
+    sparsity_report,
+)
+
+
+def _total_sparsity(model: nn.Module) -> float:
+    rows = sparsity_report(model)
+    return 1 - sum(r.nonzeros for r in rows) / sum(r.params for r in rows)
+
+
+# --- pure masks against torch.nn.utils.prune ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("amount", [0.0, 0.1, 0.5, 0.77, 0.95])
+def test_layer_mask_matches_torch_l1_unstructured(amount):
+    torch.manual_seed(1)
+    layer = nn.Conv2d(8, 16, 3)
+    ours = layer_magnitude_mask(layer.weight, amount)
+    tprune.l1_unstructured(layer, "weight", amount=amount)
+    assert torch.equal(ours, layer.weight_mask)  # continuous random weights: no ties
+
+
+@pytest.mark.parametrize("amount", [0.2, 0.6, 0.9])
+def test_global_mask_matches_torch_global_unstructured(amount):
+    torch.manual_seed(2)
+    model = build_model("cnn_tiny")
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    ours = global_magnitude_masks([m.weight for m in layers], amount)
+    tprune.global_unstructured([(m, "weight") for m in layers], tprune.L1Unstructured, amount=amount)
+    for mask, m in zip(ours, layers, strict=True):
+        assert torch.equal(mask, m.weight_mask)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 7), min_size=1, max_size=4),
+    amount=st.floats(0, 0.99),
+    quantize=st.booleans(),
+)
+def test_achieved_sparsity_is_exact_even_with_ties(shape, amount, quantize):
+    """The number of zeros is round(amount * n) whatever the shape, amount or ties in the values."""
+    w = torch.randn(shape)
+    if quantize:
+        w = w.round()  # many exact ties
+    mask = layer_magnitude_mask(w, amount)
+    assert int((mask == 0).sum()) == round(amount * w.numel())
+    masks = global_magnitude_masks([w, w * 2], amount)
+    assert int(sum((m == 0).sum() for m in masks)) == round(amount * 2 * w.numel())
+
+
+@settings(max_examples=40, deadline=None)
+@given(first=st.floats(0, 0.9), second=st.floats(0, 0.9))
+def test_a_pruned_weight_is_never_revived(first, second):
+    """Iterative masks only ever add zeros, even when surviving weights shrink below pruned ones."""
+    w = torch.randn(64)
+    m1 = layer_magnitude_mask(w, first)
+    w2 = w * m1 + 10 * (1 - m1)  # pruned entries now have the largest magnitudes
+    m2 = layer_magnitude_mask(w2, max(first, second), m1)
+    assert not bool(((m1 == 0) & (m2 == 1)).any())
+
+
+def test_invalid_amounts_are_rejected():
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ConfigError, match="must be in"):
+            layer_magnitude_mask(torch.randn(4), bad)
+
+
+def test_schedules():
+    assert [round(linear_schedule(0.8, 4)(i), 3) for i in range(5)] == [0, 0.2, 0.4, 0.6, 0.8]
+    agp = agp_schedule(0.9, 5)
+    values = [agp(i) for i in range(6)]
+    assert values[0] == 0 and abs(values[-1] - 0.9) < 1e-12
+    increments = [b - a for a, b in zip(values, values[1:], strict=False)]
+    assert all(x > y for x, y in zip(increments, increments[1:], strict=False))  # fast first, slow near the end
+    with pytest.raises(ConfigError, match="steps=0"):
+        linear_schedule(0.5, 0)
+
+
+# --- masks attached to a model ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_zeros_survive_training_with_momentum_and_weight_decay(optimizer):
+    torch.manual_seed(0)
+    model = build_model("cnn_tiny")
+    # warm the optimizer state first, so momentum would push pruned weights if nothing stopped it
+    opt = (
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        if optimizer == "sgd"
+        else torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
+    )
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    prune_(model, 0.7, scope="layer")
+    params = list(model.parameters())  # the originals now, plus the rest
+    opt2 = type(opt)(params, **{k: v for k, v in opt.defaults.items() if k in ("lr", "weight_decay", "momentum")})
+    for _ in range(5):
+        opt2.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt2.step()
+    assert abs(_total_sparsity(model) - 0.7) < 0.01
+    for m in model.modules():
+        if get_mask(m) is not None:
+            assert bool((m.weight[get_mask(m) == 0] == 0).all())
+
+
+def test_make_permanent_leaves_plain_weights_with_the_zeros():
+    torch.manual_seed(0)
+    model = build_model("cnn_tiny")
+    prune_(model, 0.5)
+    x = torch.randn(4, 1, 28, 28)
+    model.eval()
+    before = model(x)
+    make_permanent(model)
+    assert not any("parametrizations" in k for k in model.state_dict())
+    assert torch.equal(model(x), before)
+    assert abs(_total_sparsity(model) - 0.5) < 1e-3
+    masks = prune_from_zeros_(model)
+    assert sum(int((m == 0).sum()) for m in masks.values()) == sum(
+        r.params - r.nonzeros for r in sparsity_report(model)
+    )
+
+
+def test_global_prunes_small_layers_harder_and_layer_scope_is_uniform():
+    torch.manual_seed(0)
+    model = MLP(hidden=(64, 32))  # the second architecture
+    with torch.no_grad():
+        model.net[3].weight.mul_(0.01)  # a layer of small weights
+    g = copy.deepcopy(model)
+    prune_(g, 0.5, scope="global")
+    rows = {r.name: r for r in sparsity_report(g)}
+    assert rows["net.3"].sparsity > 0.9 and rows["net.1"].sparsity < 0.5
+    prune_(model, 0.5, scope="layer")
+    assert all(abs(r.sparsity - 0.5) < 0.01 for r in sparsity_report(model))
+
+
+def test_filter_that_matches_nothing_is_an_error():
+    with pytest.raises(ConfigError, match="no prunable layer"):
+        prune_(build_model("cnn_tiny"), 0.5, filter_fn=lambda m, n: False)
+    with pytest.raises(ConfigError, match="no prunable layer named"):
+        prune_(build_model("cnn_tiny"), {"nope": 0.5}, scope="layer")
