@@ -23,9 +23,9 @@ from torchshrink._io import atomic_write, atomic_write_json
 from torchshrink.errors import CheckpointError
 from torchshrink.models import MODELS, build_model
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "versions", "WEIGHTS", "META"]
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "load_rewind", "versions", "WEIGHTS", "META", "REWIND"]
 
-WEIGHTS, META = "model.safetensors", "model.json"
+WEIGHTS, META, REWIND = "model.safetensors", "model.json", "rewind.safetensors"
 FORMAT = "torchshrink-checkpoint"
 
 
@@ -50,11 +50,13 @@ def save_checkpoint(
     model: nn.Module,
     model_name: str,
     model_args: dict[str, Any] | None = None,
+    rewind: dict[str, torch.Tensor] | None = None,
     **meta: Any,
 ) -> Path:
     """Write ``model`` to ``folder/model.safetensors`` and ``folder/model.json``; return the folder.
 
-    The weights are written first and the JSON last, so a folder whose JSON exists is complete.
+    ``rewind`` (a ``state_dict`` from early in training) goes to ``rewind.safetensors`` for lottery-ticket
+    rewinding. The weights are written first and the JSON last, so a folder whose JSON exists is complete.
     """
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -69,8 +71,22 @@ def save_checkpoint(
     atomic_write(
         folder / WEIGHTS, lambda tmp: safetensors.torch.save_file(state, str(tmp), metadata={"format": FORMAT})
     )
+    if rewind is not None:
+        rewind = {k: v.detach().cpu().contiguous() for k, v in rewind.items()}
+        atomic_write(folder / REWIND, lambda tmp: safetensors.torch.save_file(rewind, str(tmp)))
     atomic_write_json(folder / META, info)
     return folder
+
+
+def load_rewind(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The early-training weights saved beside a checkpoint, for ``--rewind``."""
+    file = _resolve(path) / REWIND
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing; only checkpoints from `torchshrink train` carry a rewind point")
+    try:
+        return safetensors.torch.load_file(str(file))
+    except (OSError, safetensors.SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{file}: unreadable or truncated safetensors file ({exc})") from exc
 
 
 def _resolve(path: str | os.PathLike[str]) -> Path:

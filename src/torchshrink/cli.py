@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), help="where to evaluate (default: cuda when present, else cpu)")
     _add_data_dir(p)
     p.set_defaults(func=_cmd_eval)
+
+    from torchshrink.cli_pruning import add_pruning_commands
+
+    add_pruning_commands(sub, _add_data_dir)
     return parser
 
 
@@ -160,11 +164,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _print_layers(model)
     print(f"training {args.model} on {len(data.train_y):,} images ({data.source}), device {device}")
     start = time.perf_counter()
-    history = fit(model, data, cfg, device)
+    rewind: dict = {}
+
+    def keep_rewind_point(epoch: int, trained: object) -> None:
+        if epoch == 1:  # weights after one epoch: the rewind point for lottery-ticket pruning
+            rewind.update({k: v.detach().clone() for k, v in trained.state_dict().items()})  # type: ignore[attr-defined]
+
+    history = fit(model, data, cfg, device, after_epoch=keep_rewind_point)
     wall = time.perf_counter() - start
     test_acc, test_loss = evaluate(model, data.test_x, data.test_y, device=device)
     save_checkpoint(
-        out, model, args.model, {},
+        out, model, args.model, model.arguments() if hasattr(model, "arguments") else {}, rewind=rewind,
         train_config=cfg.to_dict(),
         metrics={
             "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": history[-1].val_accuracy,

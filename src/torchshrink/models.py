@@ -28,35 +28,58 @@ def _conv_bn_relu(cin: int, cout: int) -> list[tuple[str, nn.Module]]:
 
 
 class ShrinkCNN(nn.Module):
-    """VGG-style CNN for 28x28 grayscale images.
+    """VGG-style CNN for 28x28 grayscale images: stages of 3x3 conv + BatchNorm + ReLU, each ending in a
+    2x2 max-pool, then a small classifier on the flattened map.
 
     Args:
-        widths: channels of the three stages; stage 1 and 2 have two convs each, stage 3 one.
+        channels: output channels of each conv; a nested tuple puts several convs in one stage.
+        hidden: width of the hidden fully-connected layer (0: straight to the classes).
         num_classes: size of the output.
         in_channels: image channels.
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), num_classes: int = 10, in_channels: int = 1):
+    def __init__(
+        self,
+        channels: tuple[int | tuple[int, ...], ...] | list = (32, 64, 128),
+        hidden: int = 256,
+        num_classes: int = 10,
+        in_channels: int = 1,
+    ):
         super().__init__()
-        a, b, c = widths
-        plan = [(in_channels, a), (a, a), "pool", (a, b), (b, b), "pool", (b, c)]
         layers: list[tuple[str, nn.Module]] = []
-        conv_index = pool_index = 0
-        for step in plan:
-            if step == "pool":
-                pool_index += 1
-                layers.append((f"pool{pool_index}", nn.MaxPool2d(2)))
-                continue
-            conv_index += 1
-            layers += [(f"{kind}{conv_index}", module) for kind, module in _conv_bn_relu(*step)]
+        cin, size, index = in_channels, 28, 0
+        for stage, widths in enumerate(channels, start=1):
+            for cout in widths if isinstance(widths, (tuple, list)) else (widths,):
+                index += 1
+                layers += [(f"{kind}{index}", module) for kind, module in _conv_bn_relu(cin, cout)]
+                cin = cout
+            layers.append((f"pool{stage}", nn.MaxPool2d(2)))
+            size //= 2
         self.features = nn.Sequential(OrderedDict(layers))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c, num_classes)
+        flat = cin * size * size
+        head: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+        if hidden:
+            head += [("fc1", nn.Linear(flat, hidden)), ("relu", nn.ReLU(inplace=True))]
+            flat = hidden
+        head.append(("fc2" if hidden else "fc1", nn.Linear(flat, num_classes)))
+        self.classifier = nn.Sequential(OrderedDict(head))
+
+    def arguments(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this model's current shape (after structured pruning too)."""
+        stages: list[tuple[int, ...]] = [()]
+        for module in self.features:
+            if isinstance(module, nn.Conv2d):
+                stages[-1] += (module.out_channels,)
+            elif isinstance(module, nn.MaxPool2d):
+                stages.append(())
+        channels = [s[0] if len(s) == 1 else list(s) for s in stages if s]
+        linears = [m for m in self.classifier if isinstance(m, nn.Linear)]
+        return {"channels": channels, "hidden": linears[0].out_features if len(linears) == 2 else 0,
+                "num_classes": linears[-1].out_features, "in_channels": self.features[0].in_channels}  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)  # (N, 1, 28, 28) -> (N, c, 7, 7)
-        x = self.pool(x).flatten(1)  # (N, c)
-        return self.classifier(x)
+        x = self.features(x)  # (N, 1, 28, 28) -> (N, C, 3, 3) after three stages
+        return self.classifier(x)  # (N, C*3*3) -> (N, hidden) -> (N, classes)
 
 
 class MLP(nn.Module):
@@ -77,7 +100,7 @@ class MLP(nn.Module):
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn": ShrinkCNN,
-    "cnn_tiny": lambda **kw: ShrinkCNN(**{"widths": (4, 8, 16), **kw}),  # seconds to train, for tests
+    "cnn_tiny": lambda **kw: ShrinkCNN(**{"channels": (4, 8, 16), "hidden": 32, **kw}),  # seconds to train (tests)
     "mlp": MLP,
 }
 

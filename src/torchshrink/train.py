@@ -27,8 +27,8 @@ __all__ = ["TrainConfig", "EpochStats", "fit", "evaluate", "pick_device", "make_
 class TrainConfig:
     """How to train. Defaults are the baseline recipe, chosen on the validation split."""
 
-    epochs: int = 18  # passes over the training split
-    lr: float = 0.2  # peak learning rate of the schedule
+    epochs: int = 15  # passes over the training split
+    lr: float = 0.1  # peak learning rate of the schedule
     batch_size: int = 256  # images per step
     weight_decay: float = 5e-4  # L2 penalty (decoupled for AdamW)
     momentum: float = 0.9  # SGD Nesterov momentum
@@ -136,13 +136,15 @@ def fit(
     device: torch.device | str | None = None,
     *,
     after_step: StepHook | None = None,
+    after_epoch: Callable[[int, nn.Module], None] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> list[EpochStats]:
     """Train ``model`` in place on ``data.train_*``, reporting validation accuracy after each epoch.
 
     Args:
-        after_step: called after every optimizer step (pruning uses it to re-apply masks).
+        after_step: called with the model after every optimizer step.
+        after_epoch: called with the epoch number and the model after every epoch (e.g. to keep a rewind point).
         progress: show a tqdm bar per epoch (hidden automatically when stderr is not a terminal).
         log: receives the one-line summary of each epoch; ``None`` to stay silent.
     """
@@ -194,6 +196,8 @@ def fit(
         val_acc, _ = evaluate(model, data.val_x, data.val_y, device=device, channels_last=cfg.channels_last)
         stats = EpochStats(epoch, float(loss_sum) / max(seen, 1), val_acc, seconds, seen / seconds)
         history.append(stats)
+        if after_epoch is not None:
+            after_epoch(epoch, model)
         if log is not None:
             log(
                 f"epoch {epoch:>3}/{cfg.epochs}  train loss {stats.train_loss:.4f}  val acc {100 * val_acc:6.2f}%  "

@@ -93,13 +93,15 @@ def iterative_prune(
     device: str | torch.device = "cpu",
     filter_fn: FilterFn = default_filter,
     log: Callable[[str], None] | None = print,
+    initial: float = 0.0,
 ) -> list[PruneStep]:
     """Reach ``sparsity`` over ``steps`` prune -> retrain rounds following ``schedule`` (``agp`` or ``linear``).
 
     Each round prunes to ``sparsity_at(step)`` of the total (already-pruned weights stay pruned), optionally
-    rewinds the survivors to ``rewind_state``, then retrains for ``finetune.epochs`` epochs.
+    rewinds the survivors to ``rewind_state``, then retrains for ``finetune.epochs`` epochs. ``initial`` is
+    the sparsity the schedule starts from, to continue from an already-pruned model.
     """
-    sparsity_at = make_schedule(schedule, sparsity, steps)
+    sparsity_at = make_schedule(schedule, sparsity, steps, initial)
     history = []
     for step in range(1, steps + 1):
         start = time.perf_counter()

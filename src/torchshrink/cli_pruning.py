@@ -1,0 +1,179 @@
+"""The ``prune`` and ``sensitivity`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torchshrink.errors import ConfigError, TorchshrinkError
+
+__all__ = ["add_pruning_commands"]
+
+
+def _sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1), e.g. 0.9 for 90% zeros")
+    return value
+
+
+def _sparsity_list(text: str) -> list[float]:
+    return [_sparsity(part) for part in text.split(",") if part.strip()]
+
+
+def add_pruning_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser], None]) -> None:
+    from torchshrink.cli import non_negative_int, positive_int
+
+    p = sub.add_parser("prune", help="prune a checkpoint", description="Prune a checkpoint and save the result.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder written by `torchshrink train`")
+    p.add_argument(
+        "--method",
+        choices=("oneshot", "iterative", "structured"),
+        default="iterative",
+        help="one step, several prune->retrain steps, or whole-channel removal (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sparsity",
+        type=_sparsity,
+        required=True,
+        help="fraction of weights (structured: of conv channels) to remove, in [0, 1)",
+    )
+    p.add_argument(
+        "--scope",
+        choices=("global", "layer"),
+        default="global",
+        help="one magnitude threshold for all layers, or the same sparsity per layer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--steps", type=positive_int, default=5, help="iterative: prune->retrain rounds (default: %(default)s)"
+    )
+    p.add_argument(
+        "--schedule",
+        choices=("agp", "linear"),
+        default="agp",
+        help="iterative: cubic (Zhu & Gupta) or equal steps (default: %(default)s)",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=non_negative_int,
+        default=None,
+        help="epochs of retraining after each step (default: 2 for iterative, 0 for oneshot, 3 structured)",
+    )
+    p.add_argument("--lr", type=float, default=0.02, help="peak learning rate of the retraining (default: %(default)s)")
+    p.add_argument(
+        "--rewind",
+        action="store_true",
+        help="iterative: reset surviving weights to their values after epoch 1 (lottery ticket)",
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when present, else cpu")
+    p.add_argument("--out", metavar="DIR", help="output checkpoint folder (default: CHECKPOINT-pruned-METHOD-S)")
+    add_data_dir(p)
+    p.set_defaults(func=_cmd_prune)
+
+    p = sub.add_parser(
+        "sensitivity",
+        help="accuracy vs sparsity for each layer alone",
+        description="Prune each layer alone (no retraining) and report validation accuracy.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--sparsities", type=_sparsity_list, default=None, help="comma-separated, e.g. 0.1,0.5,0.9")
+    p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument("--out", metavar="DIR", help="folder for sensitivity.json (default: the checkpoint folder)")
+    add_data_dir(p)
+    p.set_defaults(func=_cmd_sensitivity)
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from torchshrink.checkpoint import load_checkpoint, load_rewind, save_checkpoint
+    from torchshrink.data import load_fashion_mnist
+    from torchshrink.measure import count_macs
+    from torchshrink.models import parameter_count
+    from torchshrink.pruning import iterative_prune, make_permanent, oneshot_prune, sparsity_report, structured_prune_
+    from torchshrink.train import TrainConfig, evaluate, fit, pick_device
+
+    device = pick_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, device=device)
+    rewind = load_rewind(args.checkpoint) if args.rewind else None
+    if args.rewind and args.method != "iterative":
+        raise ConfigError("--rewind applies to --method iterative only")
+    out = Path(args.out) if args.out else Path(f"{ckpt.path}-pruned-{args.method}-{args.sparsity:g}")
+    if out.exists() and not out.is_dir():
+        raise TorchshrinkError(f"--out {out}: exists and is not a folder; choose another path")
+    epochs = args.finetune_epochs
+    if epochs is None:
+        epochs = {"iterative": 2, "oneshot": 0, "structured": 3}[args.method]
+    if args.method == "iterative" and epochs == 0:
+        raise ConfigError("--finetune-epochs 0: iterative pruning retrains after each step; use --method oneshot")
+    finetune = TrainConfig(epochs=max(epochs, 1), lr=args.lr) if epochs else None
+    data = load_fashion_mnist(args.data_dir)
+    model = ckpt.model
+    before_acc, _ = evaluate(model, data.test_x, data.test_y, device=device)
+    record: dict[str, Any] = {
+        "method": args.method, "sparsity": args.sparsity, "scope": args.scope, "finetune_epochs": epochs,
+        "source": str(ckpt.path), "test_accuracy_before": before_acc, "params_before": parameter_count(model),
+    }  # fmt: skip
+    start = time.perf_counter()
+    if args.method == "structured":
+        if not hasattr(model, "arguments"):
+            raise ConfigError(
+                f"model {ckpt.meta['model']!r}: structured pruning needs a model that can describe its shape"
+            )
+        dense = copy.deepcopy(model)
+        record["channels"] = {k: list(v) for k, v in structured_prune_(model, args.sparsity).items()}
+        record["val_accuracy_pruned"], _ = evaluate(model, data.val_x, data.val_y, device=device)
+        if finetune is not None:
+            fit(model, data, finetune, device)
+        record.update(macs_before=count_macs(dense), macs_after=count_macs(model), params_after=parameter_count(model))
+    elif args.method == "oneshot":
+        record["steps"] = [oneshot_prune(model, data, args.sparsity, args.scope, finetune, device).to_dict()]
+    else:
+        history = iterative_prune(
+            model, data, args.sparsity, args.steps, finetune, args.schedule, args.scope, rewind, device
+        )  # fmt: skip
+        record.update(steps=[h.to_dict() for h in history], schedule=args.schedule, rewind=args.rewind)
+    make_permanent(model)
+    record["seconds"] = time.perf_counter() - start
+    record["test_accuracy"], _ = evaluate(model, data.test_x, data.test_y, device=device)
+    record["layers"] = [r.to_dict() for r in sparsity_report(model)]
+    params = sum(r["params"] for r in record["layers"])
+    record["sparsity_achieved"] = 1 - sum(r["nonzeros"] for r in record["layers"]) / params
+    model_args = model.arguments() if hasattr(model, "arguments") else ckpt.meta.get("model_args", {})
+    save_checkpoint(out, model, ckpt.meta["model"], model_args, pruning=record,
+                    metrics={"test_accuracy": record["test_accuracy"]})  # fmt: skip
+    from torchshrink._io import atomic_write_json
+
+    atomic_write_json(out / "pruning.json", record)
+    print(
+        f"{args.method} pruning: sparsity {100 * record['sparsity_achieved']:.1f}%  test accuracy "
+        f"{100 * before_acc:.2f}% -> {100 * record['test_accuracy']:.2f}%  {record['seconds']:.0f}s  -> {out}"
+    )
+    return 0
+
+
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from torchshrink._io import atomic_write_json
+    from torchshrink.checkpoint import load_checkpoint
+    from torchshrink.data import load_fashion_mnist
+    from torchshrink.pruning import layer_sensitivity, sensitivity_table
+    from torchshrink.pruning.sensitivity import DEFAULT_SPARSITIES
+    from torchshrink.train import pick_device
+
+    device = pick_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, device=device)
+    if args.sparsities is not None and not args.sparsities:
+        raise ConfigError("--sparsities: give at least one value, e.g. 0.5,0.9")
+    data = load_fashion_mnist(args.data_dir)
+    curves = layer_sensitivity(ckpt.model, data, args.sparsities or DEFAULT_SPARSITIES, device)
+    print("validation accuracy (%) with one layer pruned, no retraining")
+    print(sensitivity_table(curves))
+    out = Path(args.out) if args.out else ckpt.path
+    atomic_write_json(out / "sensitivity.json", {n: {str(s): a for s, a in c.items()} for n, c in curves.items()})
+    print(f"-> {out / 'sensitivity.json'}")
+    return 0

@@ -1,0 +1,58 @@
+"""Quantization of weights and activations at 2..8 bits: primitives, fake-quant modules, PTQ and QAT."""
+
+from torchshrink.quant.apply import (
+    LayerStorage,
+    QuantConfig,
+    calibrate_,
+    input_quantizer,
+    quantize_,
+    quantized_layers,
+    set_quant_enabled,
+    set_scales_trainable,
+    storage_report,
+    weight_quantizer,
+)
+from torchshrink.quant.fake_quant import CALIBRATIONS, FakeQuant, QuantSpec
+from torchshrink.quant.fold import fold_batchnorm
+from torchshrink.quant.primitives import (
+    dequantize,
+    fake_quantize,
+    minmax_qparams,
+    mse_scale_search,
+    qrange,
+    quantize,
+    round_ste,
+)
+from torchshrink.quant.procedures import calibration_batches, prepare_quantized, ptq, qat
+
+__all__ = [
+    # primitives
+    "qrange",
+    "round_ste",
+    "quantize",
+    "dequantize",
+    "fake_quantize",
+    "minmax_qparams",
+    "mse_scale_search",
+    # modules
+    "QuantSpec",
+    "FakeQuant",
+    "CALIBRATIONS",
+    # model-level transforms
+    "QuantConfig",
+    "fold_batchnorm",
+    "quantize_",
+    "quantized_layers",
+    "weight_quantizer",
+    "input_quantizer",
+    "calibrate_",
+    "set_quant_enabled",
+    "set_scales_trainable",
+    "LayerStorage",
+    "storage_report",
+    # procedures
+    "calibration_batches",
+    "prepare_quantized",
+    "ptq",
+    "qat",
+]

@@ -1,0 +1,199 @@
+"""Model-level quantization: attach fake quant to every Conv2d / Linear, calibrate it (PTQ), train it (QAT),
+and report the exact weight storage.
+
+Weights: signed, symmetric (zero point 0, so pruned zeros stay exact zero codes), per output channel by
+default, attached as a parametrization after any pruning mask: ``weight = fq(original * mask)``.
+
+Inputs of quantized layers (activations): calibrated on training images. An input that is never negative
+(everything after a ReLU) is unsigned with zero point 0. Two deliberate exceptions:
+
+* the first layer's input is the image itself, which is 8-bit data by nature (normalised ``uint8`` pixels),
+  so it is quantized at 8 bits whatever ``act_bits`` is: this loses nothing, and 2-bit pixels would be a
+  change of dataset rather than of model;
+* the logits (the last layer's output) stay in float: only their argmax is used.
+
+With ``keep_first_last_8bit`` the first and last layers' weights and the last layer's input are 8-bit too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from torchshrink.errors import ConfigError
+from torchshrink.pruning.apply import FilterFn, default_filter, prunable_layers
+from torchshrink.quant.fake_quant import CALIBRATIONS, FakeQuant, QuantSpec
+from torchshrink.quant.primitives import check_bits
+
+__all__ = [
+    "QuantConfig",
+    "quantize_",
+    "quantized_layers",
+    "weight_quantizer",
+    "input_quantizer",
+    "set_quant_enabled",
+    "calibrate_",
+    "set_scales_trainable",
+    "LayerStorage",
+    "storage_report",
+]
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What to quantize and how."""
+
+    bits: int = 8  # weight code width, 2..8
+    act_bits: int | None = None  # input code width of each quantized layer (None: same as bits)
+    per_channel: bool = True  # one weight scale per output channel (else per tensor)
+    weight_calibration: str = "mse"  # "minmax" or "mse" (clipping search; better below 8 bits)
+    act_calibration: str = "percentile"  # "minmax", "percentile" (99.99th) or "mse"
+    keep_first_last_8bit: bool = False  # first/last layers at 8 bits (report both variants)
+    quantize_inputs: bool = True  # fake-quantize activations (False: weight-only)
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits)
+        if self.act_bits is not None:
+            check_bits(self.act_bits)
+        if self.weight_calibration not in ("minmax", "mse"):
+            raise ConfigError(f"weight calibration {self.weight_calibration!r}: choose 'minmax' or 'mse'")
+        if self.act_calibration not in CALIBRATIONS:
+            raise ConfigError(f"calibration {self.act_calibration!r}: choose one of {', '.join(CALIBRATIONS)}")
+
+    @property
+    def activation_bits(self) -> int:
+        return self.act_bits if self.act_bits is not None else self.bits
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _quantize_input_hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return (module.input_quant(args[0]), *args[1:])
+
+
+def weight_quantizer(module: nn.Module) -> FakeQuant | None:
+    """The weight's fake-quant parametrization, or ``None``."""
+    if parametrize.is_parametrized(module, "weight"):
+        for p in module.parametrizations.weight:
+            if isinstance(p, FakeQuant):
+                return p
+    return None
+
+
+def input_quantizer(module: nn.Module) -> FakeQuant | None:
+    """The fake quant applied to the module's input, or ``None``."""
+    fq = getattr(module, "input_quant", None)
+    return fq if isinstance(fq, FakeQuant) else None
+
+
+def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Qualified name -> layer for every layer with a weight quantizer."""
+    return {n: m for n, m in model.named_modules() if weight_quantizer(m) is not None}
+
+
+def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = default_filter) -> nn.Module:
+    """Attach weight and input fake quant to every layer ``filter_fn`` accepts, calibrate the weights, and
+    enable weight quantization. Inputs still need :func:`calibrate_` before they are quantized.
+
+    Fold BatchNorm first (:func:`torchshrink.quant.fold_batchnorm`) so the quantized weights are the ones
+    that run. Works in place; returns ``model``.
+    """
+    layers = prunable_layers(model, filter_fn)
+    names = list(layers)
+    for i, (name, layer) in enumerate(layers.items()):
+        if weight_quantizer(layer) is not None:
+            raise ConfigError(f"{name}: already quantized")
+        edge = name in (names[0], names[-1])
+        bits = 8 if (config.keep_first_last_8bit and edge) else config.bits
+        spec = QuantSpec(bits=bits, signed=True, symmetric=True, per_channel=config.per_channel)
+        fq = FakeQuant(spec, channels=layer.weight.shape[0])
+        fq.calibrate_from(layer.weight, config.weight_calibration)  # the weight as masked, if pruned
+        fq.enabled = True
+        parametrize.register_parametrization(layer, "weight", fq)
+        if config.quantize_inputs:
+            first, last = i == 0, i == len(names) - 1
+            act = 8 if first or (config.keep_first_last_8bit and last) else config.activation_bits
+            layer.input_quant = FakeQuant(QuantSpec(bits=act, signed=True, symmetric=False))
+            layer.register_forward_pre_hook(_quantize_input_hook)
+    return model
+
+
+def set_quant_enabled(model: nn.Module, enabled: bool = True) -> None:
+    """Switch every fake quant on or off (off: the float model, for comparison)."""
+    for m in model.modules():
+        if isinstance(m, FakeQuant):
+            m.enabled = enabled
+
+
+@torch.no_grad()
+def calibrate_(model: nn.Module, batches: Iterable[torch.Tensor], method: str | None = None) -> nn.Module:
+    """Run ``batches`` (normalised images) through the model to set every input quantizer's range.
+
+    Weight quantization stays on while observing, so each range reflects the quantized weights upstream;
+    all inputs are observed in one pass (upstream activations not yet quantized).
+    """
+    quantizers = [m.input_quant for m in quantized_layers(model).values() if input_quantizer(m) is not None]
+    if not quantizers:
+        return model
+    was_training = model.training
+    model.eval()
+    for fq in quantizers:
+        fq.observing = True
+    for x in batches:
+        model(x)
+    for fq in quantizers:
+        fq.finish_observing(method or "percentile")
+        fq.enabled = True
+    model.train(was_training)
+    return model
+
+
+def set_scales_trainable(model: nn.Module, trainable: bool = True) -> None:
+    """Make every fake quant's scale a trainable parameter (LSQ) or freeze it."""
+    for m in model.modules():
+        if isinstance(m, FakeQuant):
+            m.scale.requires_grad_(trainable)
+
+
+@dataclass(frozen=True)
+class LayerStorage:
+    """Exact weight storage of one quantized layer."""
+
+    name: str
+    params: int
+    bits: int
+    scales: int
+    weight_bytes: float  # bits * params / 8
+    scale_bytes: int  # fp32 scales
+    bias_bytes: int  # fp32 bias
+
+    @property
+    def total_bytes(self) -> float:
+        return self.weight_bytes + self.scale_bytes + self.bias_bytes
+
+
+def storage_report(model: nn.Module) -> list[LayerStorage]:
+    """Per quantized layer: weight bits x parameters, plus fp32 scales and bias."""
+    rows = []
+    for name, layer in quantized_layers(model).items():
+        fq = weight_quantizer(layer)
+        params = layer.weight.numel()
+        bias = getattr(layer, "bias", None)
+        rows.append(
+            LayerStorage(
+                name,
+                params,
+                fq.spec.bits,
+                fq.scale.numel(),
+                fq.spec.bits * params / 8,
+                4 * fq.scale.numel(),
+                4 * bias.numel() if bias is not None else 0,
+            )  # fmt: skip
+        )
+    return rows

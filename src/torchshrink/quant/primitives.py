@@ -1,0 +1,153 @@
+"""Pure quantization primitives: integer ranges, uniform affine quantize / dequantize, the straight-through
+round, and scale choice (min-max, percentile, MSE search).
+
+Notation: ``x ~= (q - zero_point) * scale`` with integer codes ``q`` in ``[qmin, qmax]``.
+Per-channel tensors use ``axis`` 0 (output channels of a weight); scales then have shape ``(C,)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from torchshrink.errors import ConfigError
+
+__all__ = [
+    "check_bits",
+    "qrange",
+    "round_ste",
+    "quantize",
+    "dequantize",
+    "fake_quantize",
+    "broadcast_to_axis",
+    "reduce_absmax",
+    "minmax_qparams",
+    "mse_scale_search",
+]
+
+
+def check_bits(bits: int) -> int:
+    """Return ``bits`` if it is an integer width in 2..8, else raise :class:`ConfigError`."""
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
+        raise ConfigError(f"bits={bits!r}: must be an integer from 2 to 8")
+    return bits
+
+
+def qrange(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
+    """Integer range of a ``bits``-wide code.
+
+    ``narrow`` drops the most negative signed value so the range is symmetric around zero
+    (2-bit narrow signed is ternary: -1, 0, 1).
+
+    >>> qrange(8, True), qrange(8, False), qrange(2, True, narrow=True)
+    ((-128, 127), (0, 255), (-1, 1))
+    """
+    if signed:
+        return -(2 ** (bits - 1)) + int(narrow), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+class _RoundSTE(torch.autograd.Function):
+    """Round in the forward pass; pass the gradient straight through in the backward pass."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """``round(x)`` with a straight-through (identity) gradient.
+
+    >>> round_ste(torch.tensor([0.4, 1.6]))
+    tensor([0., 2.])
+    """
+    return _RoundSTE.apply(x)
+
+
+def broadcast_to_axis(v: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """Reshape a per-channel vector ``(C,)`` so it broadcasts along ``axis`` of ``x``; scalars pass through."""
+    if axis is None or v.ndim == 0:
+        return v
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return v.reshape(shape)  # e.g. (C,) -> (C, 1, 1, 1) for a conv weight
+
+
+def quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int | None = None
+) -> torch.Tensor:
+    """Integer codes ``clamp(round(x / scale) + zero_point, qmin, qmax)`` as int32.
+
+    >>> quantize(torch.tensor([-1.0, 0.26, 9.0]), torch.tensor(0.5), torch.tensor(0), -4, 3)
+    tensor([-2,  1,  3], dtype=torch.int32)
+    """
+    s, z = broadcast_to_axis(scale, x, axis), broadcast_to_axis(zero_point, x, axis)
+    return torch.clamp(torch.round(x / s) + z, qmin, qmax).to(torch.int32)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+    """``(q - zero_point) * scale`` as float32."""
+    s, z = broadcast_to_axis(scale, q, axis), broadcast_to_axis(zero_point, q, axis)
+    return (q.to(torch.float32) - z) * s
+
+
+def fake_quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int | None = None
+) -> torch.Tensor:
+    """Quantize then dequantize, differentiably: the gradient w.r.t. ``x`` passes where ``x`` is inside the
+    clipping range and is zero where it is clipped; ``scale`` receives the LSQ gradient.
+    """
+    s, z = broadcast_to_axis(scale, x, axis), broadcast_to_axis(zero_point, x, axis)
+    # zero_point is an integer held in a float tensor: it needs no rounding and gets no gradient
+    q = torch.clamp(round_ste(x / s) + z.detach(), qmin, qmax)
+    return (q - z.detach()) * s
+
+
+def reduce_absmax(x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """Max of ``|x|`` over everything (``axis=None``) or over all dims but ``axis``."""
+    if axis is None:
+        return x.detach().abs().max()
+    return x.detach().abs().transpose(0, axis).flatten(1).max(dim=1).values
+
+
+def minmax_qparams(
+    lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int, symmetric: bool, eps: float = 1e-8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point covering ``[lo, hi]`` (widened to contain 0, so zero is exact).
+
+    Symmetric: ``scale = max(|lo|, |hi|) / qmax`` and zero point 0 (for unsigned ranges, ``hi / qmax``).
+    Asymmetric: ``scale = (hi - lo) / (qmax - qmin)`` and the zero point that maps 0 to an integer.
+    """
+    lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
+    if symmetric:
+        scale = torch.maximum(-lo, hi) / qmax
+        return scale.clamp_min(eps), torch.zeros_like(scale)
+    scale = ((hi - lo) / (qmax - qmin)).clamp_min(eps)
+    zero_point = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax)
+    return scale, zero_point
+
+
+def mse_scale_search(
+    x: torch.Tensor, qmin: int, qmax: int, axis: int | None = None, grid: int = 100, low: float = 0.01
+) -> torch.Tensor:
+    """Symmetric scale minimising the squared quantization error of ``x`` (per tensor or per channel).
+
+    Tries clipping thresholds ``t * absmax`` for ``t`` on a geometric grid in ``[low, 1]``; small widths gain
+    most from clipping outliers.
+    """
+    x = x.detach()
+    absmax = reduce_absmax(x, axis).clamp_min(1e-8)
+    best_err = torch.full_like(absmax, float("inf"))
+    best = absmax / qmax
+    zero = torch.zeros_like(absmax)
+    for t in torch.logspace(torch.log10(torch.tensor(low)), 0.0, grid):
+        scale = absmax * t / qmax
+        err = (fake_quantize(x, scale, zero, qmin, qmax, axis) - x).pow(2)
+        err = err.sum() if axis is None else err.transpose(0, axis).flatten(1).sum(dim=1)
+        better = err < best_err
+        best = torch.where(better, scale, best)
+        best_err = torch.where(better, err, best_err)
+    return best

@@ -1,0 +1,66 @@
+"""Post-training quantization (PTQ) and quantization-aware training (QAT with LSQ step sizes)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from torchshrink.data import FashionMNIST, normalize
+from torchshrink.pruning.apply import make_permanent, prune_from_zeros_
+from torchshrink.quant.apply import QuantConfig, calibrate_, quantize_, set_scales_trainable
+from torchshrink.quant.fold import fold_batchnorm
+from torchshrink.train import EpochStats, TrainConfig, fit
+
+__all__ = ["calibration_batches", "prepare_quantized", "ptq", "qat"]
+
+
+def calibration_batches(data: FashionMNIST, images: int = 512, batch_size: int = 256) -> list[torch.Tensor]:
+    """The first ``images`` training images (the split is already shuffled), normalised, in batches."""
+    x = data.train_x[:images]
+    return [normalize(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+
+
+def prepare_quantized(model: nn.Module, config: QuantConfig, keep_sparsity: bool = True) -> nn.Module:
+    """A quantizable copy of ``model``: masks made permanent, BatchNorm folded, masks re-attached from the
+    zeros (so pruned weights stay exact zeros through QAT), fake quant attached. The original is untouched.
+    """
+    q = make_permanent(copy.deepcopy(model)).cpu().eval()
+    fold_batchnorm(q)
+    if keep_sparsity and any(bool((p == 0).any()) for p in q.parameters() if p.ndim > 1):
+        prune_from_zeros_(q)
+    return quantize_(q, config)
+
+
+def ptq(
+    model: nn.Module,
+    data: FashionMNIST | None,
+    config: QuantConfig,
+    calibration_images: int = 512,
+) -> nn.Module:
+    """Post-training quantization: a quantized copy whose activation ranges are calibrated on training images."""
+    q = prepare_quantized(model, config)
+    if config.quantize_inputs:
+        calibrate_(q, calibration_batches(data, calibration_images), config.act_calibration)
+    return q
+
+
+def qat(
+    model: nn.Module,
+    data: FashionMNIST,
+    config: QuantConfig,
+    train: TrainConfig,
+    device: str | torch.device = "cpu",
+    calibration_images: int = 512,
+    log: Callable[[str], None] | None = print,
+    progress: bool = True,
+) -> tuple[nn.Module, list[EpochStats]]:
+    """Quantization-aware training: start from PTQ, then fine-tune weights and LSQ step sizes together
+    with fake quant in the loop (straight-through rounding)."""
+    q = ptq(model, data, config, calibration_images)
+    set_scales_trainable(q, True)
+    history = fit(q, data, train, device, log=log, progress=progress)
+    set_scales_trainable(q, False)
+    return q.eval(), history
