@@ -62,3 +62,54 @@ def test_bad_inputs_give_one_line_and_exit_1(tmp_path):
     assert not (tmp_path / "x").exists()
     r = run("eval", str(tmp_path / "nowhere"))
     assert r.returncode == 1 and "no such checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_prune_and_quantize_commands(tmp_path, data_dir):
+    base = tmp_path / "base"
+    r = run(
+        "train",
+        "--model",
+        "cnn_tiny",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "1000",
+        "--data-dir",
+        data_dir,
+        "--out",
+        str(base),
+    )
+    assert r.returncode == 0, r.stderr
+    pruned = tmp_path / "pruned"
+    r = run(
+        "prune", str(base), "--method", "oneshot", "--sparsity", "0.5", "--data-dir", data_dir, "--out", str(pruned)
+    )
+    assert r.returncode == 0, r.stderr
+    import json
+
+    record = json.loads((pruned / "pruning.json").read_text())
+    assert abs(record["sparsity_achieved"] - 0.5) < 1e-3 and "test_accuracy" in record
+    r = run("quantize", str(pruned), "--bits", "4", "--data-dir", data_dir, "--out", str(tmp_path / "q"))
+    assert r.returncode == 0, r.stderr
+    q = json.loads((tmp_path / "q" / "quantization.json").read_text())
+    assert all(layer["bits"] == 4 for layer in q["layers"])
+    assert (tmp_path / "q" / "codes.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("prune", "X", "--sparsity", "1.0"),
+        ("prune", "X", "--sparsity", "0.5", "--steps", "0"),
+        ("quantize", "X", "--bits", "9"),
+        ("quantize", "X", "--bits", "4", "--calibration", "magic"),
+    ],
+)
+def test_bad_pruning_and_quantization_arguments(args):
+    r = run(*args)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_prune_missing_checkpoint_is_one_line(tmp_path):
+    r = run("prune", str(tmp_path / "nope"), "--sparsity", "0.5", "--out", str(tmp_path / "out"))
+    assert r.returncode == 1 and "no such checkpoint" in r.stderr and not (tmp_path / "out").exists()

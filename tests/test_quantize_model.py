@@ -81,3 +81,19 @@ def test_storage_report_counts_bits(trained):
     q8 = ptq(trained, None, QuantConfig(bits=4, keep_first_last_8bit=True, quantize_inputs=False))
     bits = [r.bits for r in storage_report(q8)]
     assert bits[0] == 8 and bits[-1] == 8 and set(bits[1:-1]) == {4}
+
+
+def test_exported_codes_reproduce_the_fake_quantized_weights(trained, small):
+    from torchshrink.quant.export import export_layers
+
+    pruned = copy.deepcopy(trained)
+    prune_(pruned, 0.6)
+    q = ptq(pruned, small, QuantConfig(bits=3))
+    layers = export_layers(q)
+    modules = dict(q.named_modules())
+    for layer in layers:
+        assert int(layer.codes.min()) >= layer.spec.qmin and int(layer.codes.max()) <= layer.spec.qmax
+        weight = layer.codes.float() * layer.scale.reshape(-1, *[1] * (layer.codes.ndim - 1))
+        assert torch.allclose(weight, modules[layer.name].weight, atol=1e-6)
+    zeros = sum(int((x.codes == 0).sum()) for x in layers)
+    assert zeros >= 0.6 * sum(x.codes.numel() for x in layers) - 1  # pruned weights are zero codes

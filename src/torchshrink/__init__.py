@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 # data
 # checkpoints
 from torchshrink.checkpoint import load_checkpoint, save_checkpoint
+from torchshrink.compress import CompressConfig, compress_model
 from torchshrink.data import FashionMNIST, load_fashion_mnist
 
 # errors
@@ -14,6 +15,11 @@ from torchshrink.errors import CheckpointError, ConfigError, DataError, Torchshr
 
 # models and training
 from torchshrink.models import MODELS, build_model, fp32_bytes, layer_table, parameter_count
+from torchshrink.pack import FormatError, inspect_compressed, load_compressed, save_compressed
+
+# pruning, quantization, compressed files
+from torchshrink.pruning import iterative_prune, make_permanent, oneshot_prune, prune_, structured_prune_
+from torchshrink.quant import QuantConfig, codebook, fold_batchnorm, ptq, qat, quantize_
 from torchshrink.train import TrainConfig, evaluate, fit
 
 __all__ = [
@@ -33,6 +39,26 @@ __all__ = [
     # checkpoints
     "load_checkpoint",
     "save_checkpoint",
+    # pruning
+    "prune_",
+    "make_permanent",
+    "oneshot_prune",
+    "iterative_prune",
+    "structured_prune_",
+    # quantization
+    "QuantConfig",
+    "fold_batchnorm",
+    "quantize_",
+    "ptq",
+    "qat",
+    "codebook",
+    # compressed files
+    "CompressConfig",
+    "compress_model",
+    "save_compressed",
+    "load_compressed",
+    "inspect_compressed",
+    "FormatError",
     # errors
     "TorchshrinkError",
     "DataError",

@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     from torchshrink.cli_pruning import add_pruning_commands
 
     add_pruning_commands(sub, _add_data_dir)
+    from torchshrink.cli_quant import add_quant_commands
+
+    add_quant_commands(sub, _add_data_dir)
+    from torchshrink.cli_compress import add_compress_commands
+
+    add_compress_commands(sub, _add_data_dir)
     return parser
 
 
@@ -194,6 +200,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from torchshrink.train import evaluate, pick_device
 
     device = pick_device(args.device)
+    if Path(args.checkpoint).is_file() and Path(args.checkpoint).name not in ("model.json", "model.safetensors"):
+        from torchshrink.pack import load_compressed
+
+        model = load_compressed(args.checkpoint).to(device)
+        data = load_fashion_mnist(args.data_dir)
+        acc, loss = evaluate(model, data.test_x, data.test_y, device=device)
+        size = Path(args.checkpoint).stat().st_size
+        print(f"{args.checkpoint}: test accuracy {100 * acc:.2f}%  loss {loss:.4f}  file {size:,} bytes")
+        return 0
     ckpt = load_checkpoint(args.checkpoint, device=device)
     data = load_fashion_mnist(args.data_dir)
     acc, loss = evaluate(ckpt.model, data.test_x, data.test_y, device=device)

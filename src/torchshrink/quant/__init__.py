@@ -23,7 +23,8 @@ from torchshrink.quant.primitives import (
     quantize,
     round_ste,
 )
-from torchshrink.quant.procedures import calibration_batches, prepare_quantized, ptq, qat
+from torchshrink.quant.procedures import calibration_batches, codebook, prepare_quantized, ptq, qat
+from torchshrink.quant.sharing import Codebook, codebook_layers, codebook_quantize_, kmeans_1d
 
 __all__ = [
     # primitives
@@ -55,4 +56,10 @@ __all__ = [
     "prepare_quantized",
     "ptq",
     "qat",
+    "codebook",
+    # weight sharing
+    "Codebook",
+    "kmeans_1d",
+    "codebook_quantize_",
+    "codebook_layers",
 ]

@@ -33,6 +33,7 @@ from torchshrink.quant.primitives import check_bits
 __all__ = [
     "QuantConfig",
     "quantize_",
+    "attach_input_quant_",
     "quantized_layers",
     "weight_quantizer",
     "input_quantizer",
@@ -97,6 +98,13 @@ def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if weight_quantizer(m) is not None}
 
 
+def attach_input_quant_(layer: nn.Module, bits: int) -> FakeQuant:
+    """Fake-quantize ``layer``'s input (calibrate before use: it starts disabled)."""
+    layer.input_quant = FakeQuant(QuantSpec(bits=bits, signed=True, symmetric=False))
+    layer.register_forward_pre_hook(_quantize_input_hook)
+    return layer.input_quant
+
+
 def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = default_filter) -> nn.Module:
     """Attach weight and input fake quant to every layer ``filter_fn`` accepts, calibrate the weights, and
     enable weight quantization. Inputs still need :func:`calibrate_` before they are quantized.
@@ -119,8 +127,7 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = defau
         if config.quantize_inputs:
             first, last = i == 0, i == len(names) - 1
             act = 8 if first or (config.keep_first_last_8bit and last) else config.activation_bits
-            layer.input_quant = FakeQuant(QuantSpec(bits=act, signed=True, symmetric=False))
-            layer.register_forward_pre_hook(_quantize_input_hook)
+            attach_input_quant_(layer, act)
     return model
 
 
@@ -138,7 +145,7 @@ def calibrate_(model: nn.Module, batches: Iterable[torch.Tensor], method: str | 
     Weight quantization stays on while observing, so each range reflects the quantized weights upstream;
     all inputs are observed in one pass (upstream activations not yet quantized).
     """
-    quantizers = [m.input_quant for m in quantized_layers(model).values() if input_quantizer(m) is not None]
+    quantizers = [q for m in model.modules() if (q := input_quantizer(m)) is not None]
     if not quantizers:
         return model
     was_training = model.training

@@ -10,11 +10,17 @@ from torch import nn
 
 from torchshrink.data import FashionMNIST, normalize
 from torchshrink.pruning.apply import make_permanent, prune_from_zeros_
-from torchshrink.quant.apply import QuantConfig, calibrate_, quantize_, set_scales_trainable
+from torchshrink.quant.apply import QuantConfig, attach_input_quant_, calibrate_, quantize_, set_scales_trainable
 from torchshrink.quant.fold import fold_batchnorm
+from torchshrink.quant.sharing import codebook_layers, codebook_quantize_
 from torchshrink.train import EpochStats, TrainConfig, fit
 
-__all__ = ["calibration_batches", "prepare_quantized", "ptq", "qat"]
+__all__ = ["calibration_batches", "prepare_quantized", "ptq", "qat", "codebook"]
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    # contiguous (not channels_last) weights: a model loaded from a file then computes bit-identical outputs
+    return make_permanent(copy.deepcopy(model)).cpu().eval().to(memory_format=torch.contiguous_format)
 
 
 def calibration_batches(data: FashionMNIST, images: int = 512, batch_size: int = 256) -> list[torch.Tensor]:
@@ -27,7 +33,7 @@ def prepare_quantized(model: nn.Module, config: QuantConfig, keep_sparsity: bool
     """A quantizable copy of ``model``: masks made permanent, BatchNorm folded, masks re-attached from the
     zeros (so pruned weights stay exact zeros through QAT), fake quant attached. The original is untouched.
     """
-    q = make_permanent(copy.deepcopy(model)).cpu().eval()
+    q = _plain_copy(model)
     fold_batchnorm(q)
     if keep_sparsity and any(bool((p == 0).any()) for p in q.parameters() if p.ndim > 1):
         prune_from_zeros_(q)
@@ -63,4 +69,34 @@ def qat(
     set_scales_trainable(q, True)
     history = fit(q, data, train, device, log=log, progress=progress)
     set_scales_trainable(q, False)
-    return q.eval(), history
+    return q.eval().to(memory_format=torch.contiguous_format), history
+
+
+def codebook(
+    model: nn.Module,
+    data: FashionMNIST,
+    bits: int,
+    act_bits: int | None = None,
+    train: TrainConfig | None = None,
+    device: str | torch.device = "cpu",
+    calibration_images: int = 512,
+    log: Callable[[str], None] | None = print,
+) -> nn.Module:
+    """Weight sharing: a copy of ``model`` with BatchNorm folded, each layer's weights clustered into a
+    ``bits``-bit codebook (pruned zeros kept exact), inputs quantized at ``act_bits`` (none if ``None``; the
+    first layer's input at 8 bits, as in :func:`quantize_`), then the centroids fine-tuned if ``train``.
+    """
+    q = _plain_copy(model)
+    fold_batchnorm(q)
+    codebook_quantize_(q, bits)
+    if act_bits is not None:
+        layers = list(codebook_layers(q))
+        modules = dict(q.named_modules())
+        for i, name in enumerate(layers):
+            attach_input_quant_(modules[name], 8 if i == 0 else act_bits)
+        calibrate_(q, calibration_batches(data, calibration_images))
+    if train is not None:
+        set_scales_trainable(q, True)
+        fit(q, data, train, device, log=log)
+        set_scales_trainable(q, False)
+    return q.eval().to(memory_format=torch.contiguous_format)

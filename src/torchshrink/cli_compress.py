@@ -1,0 +1,106 @@
+"""The ``compress`` and ``inspect`` commands (``eval`` of a compressed file lives with ``eval``)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torchshrink.errors import TorchshrinkError
+
+__all__ = ["add_compress_commands"]
+
+
+def add_compress_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser], None]) -> None:
+    from torchshrink.cli import non_negative_int, positive_int
+    from torchshrink.cli_pruning import _sparsity
+    from torchshrink.cli_quant import _bits
+
+    p = sub.add_parser("compress", help="prune + quantize a checkpoint into a small .tshrink file",
+                       description="Step-by-step pruning, then QAT (or codebook weight sharing) with the masks "
+                                   "kept; writes the file, loads it back and evaluates it.")  # fmt: skip
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--sparsity", type=_sparsity, required=True, help="fraction of weights to prune, in [0, 1)")
+    p.add_argument("--bits", type=_bits, required=True, help="weight bits, 2..8")
+    p.add_argument("--act-bits", type=_bits, help="activation bits, 2..8 (default: --bits)")
+    p.add_argument("--steps", type=positive_int, default=4, help="pruning steps (default: %(default)s)")
+    p.add_argument(
+        "--prune-epochs", type=positive_int, default=1, help="retraining epochs per step (default: %(default)s)"
+    )
+    p.add_argument(
+        "--qat-epochs", type=non_negative_int, default=2, help="QAT epochs, 0 for PTQ (default: %(default)s)"
+    )
+    p.add_argument("--codebook", action="store_true", help="k-means weight sharing instead of uniform levels")
+    p.add_argument("--keep-first-last-8bit", action="store_true", help="first and last layers at 8 bits")
+    p.add_argument(
+        "--compression",
+        choices=("auto", "none", "zlib", "lzma"),
+        default="auto",
+        help="entropy stage over the payload (default: %(default)s, the smallest)",
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument("--out", metavar="FILE", help="output file (default: CHECKPOINT-sS-wB.tshrink)")
+    add_data_dir(p)
+    p.set_defaults(func=_cmd_compress)
+
+    p = sub.add_parser(
+        "inspect",
+        help="show what a .tshrink file holds",
+        description="Per tensor: shape, sparsity, bits, encoding, bytes and share of the file.",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from torchshrink._io import atomic_write_json
+    from torchshrink.checkpoint import load_checkpoint
+    from torchshrink.compress import CompressConfig, compress_model, write_and_verify
+    from torchshrink.data import load_fashion_mnist
+    from torchshrink.train import evaluate, pick_device
+
+    device = pick_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = CompressConfig(
+        sparsity=args.sparsity, bits=args.bits, act_bits=args.act_bits, steps=args.steps,
+        prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs, codebook=args.codebook,
+        keep_first_last_8bit=args.keep_first_last_8bit,
+    )  # fmt: skip
+    out = Path(args.out) if args.out else Path(f"{ckpt.path}-s{args.sparsity:g}-w{args.bits}.tshrink")
+    if out.is_dir():
+        raise TorchshrinkError(f"--out {out}: is a folder; give a file name such as model.tshrink")
+    data = load_fashion_mnist(args.data_dir)
+    base_acc, _ = evaluate(ckpt.model, data.test_x, data.test_y)
+    model, record = compress_model(ckpt.model, data, cfg, device)
+    result = write_and_verify(model, ckpt.model, data, out, ckpt.meta["model"], ckpt.meta.get("model_args", {}),
+                              args.compression)  # fmt: skip
+    record |= result | {"baseline_test_accuracy": base_acc, "source": str(ckpt.path)}
+    atomic_write_json(out.with_name(out.name + ".json"), record)
+    print(
+        f"{out}: {result['file_bytes']:,} bytes ({result['ratio']:.1f}x smaller than fp32 {result['fp32_bytes']:,}), "
+        f"sparsity {100 * result['sparsity']:.1f}%, test accuracy {100 * base_acc:.2f}% -> "
+        f"{100 * result['test_accuracy']:.2f}% (loaded back from the file)"
+    )
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import math
+
+    from torchshrink.pack import inspect_compressed
+
+    header, rows = inspect_compressed(args.file)
+    size = Path(args.file).stat().st_size
+    fp32 = 0
+    width = max(len(r.name) for r in rows)
+    print(f"{'tensor':<{width}} {'shape':<16} {'encoding':<9} {'storage':<7} {'bits':>4} {'sparsity':>8} "
+          f"{'bytes':>8} {'share':>6}")  # fmt: skip
+    for r in rows:
+        fp32 += 4 * math.prod(r.shape)
+        print(f"{r.name:<{width}} {str(r.shape):<16} {r.encoding:<9} {r.storage:<7} {r.bits:>4} "
+              f"{100 * r.sparsity:>7.1f}% {r.bytes:>8,} {100 * r.bytes / header['raw_payload_bytes']:>5.1f}%")  # fmt: skip
+    print(f"model {header['model']['name']} {header['model'].get('args', {})}; payload {header['raw_payload_bytes']:,} "
+          f"bytes, stored with {header['compression']} as {header['payload_bytes']:,}; file {size:,} bytes; "
+          f"fp32 of these tensors {fp32:,} bytes ({fp32 / size:.1f}x)")  # fmt: skip
+    return 0

@@ -1,0 +1,107 @@
+"""The ``quantize`` command."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torchshrink.errors import TorchshrinkError
+
+__all__ = ["add_quant_commands"]
+
+
+def _bits(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 2 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 2 to 8")
+    return value
+
+
+def add_quant_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser], None]) -> None:
+    from torchshrink.cli import positive_int
+
+    p = sub.add_parser(
+        "quantize",
+        help="quantize weights and activations of a checkpoint",
+        description="Quantize a checkpoint (PTQ or QAT) and write integer codes plus a JSON report.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--bits", type=_bits, required=True, help="weight code width, 2..8")
+    p.add_argument("--act-bits", type=_bits, help="activation code width, 2..8 (default: --bits)")
+    p.add_argument(
+        "--mode",
+        choices=("ptq", "qat"),
+        default="ptq",
+        help="post-training calibration only, or quantization-aware fine-tuning (default: %(default)s)",
+    )
+    p.add_argument("--qat-epochs", type=positive_int, default=3, help="QAT epochs (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=0.01, help="QAT peak learning rate (default: %(default)s)")
+    p.add_argument(
+        "--calibration",
+        choices=("minmax", "percentile", "mse"),
+        default="percentile",
+        help="how activation ranges are chosen (default: %(default)s)",
+    )
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
+    p.add_argument("--keep-first-last-8bit", action="store_true", help="first and last layers at 8 bits")
+    p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument("--out", metavar="DIR", help="output folder (default: CHECKPOINT-wBaA-MODE)")
+    add_data_dir(p)
+    p.set_defaults(func=_cmd_quantize)
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    import safetensors.torch
+
+    from torchshrink._io import atomic_write, atomic_write_json
+    from torchshrink.checkpoint import load_checkpoint
+    from torchshrink.data import load_fashion_mnist
+    from torchshrink.models import fp32_bytes
+    from torchshrink.quant import QuantConfig, ptq, qat, storage_report
+    from torchshrink.quant.export import codes_state_dict, export_layers
+    from torchshrink.train import TrainConfig, evaluate, pick_device
+
+    device = pick_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, device="cpu")
+    config = QuantConfig(
+        bits=args.bits, act_bits=args.act_bits, per_channel=not args.per_tensor, act_calibration=args.calibration,
+        keep_first_last_8bit=args.keep_first_last_8bit,
+    )  # fmt: skip
+    tag = f"w{config.bits}a{config.activation_bits}-{args.mode}"
+    out = Path(args.out) if args.out else Path(f"{ckpt.path}-{tag}")
+    if out.exists() and not out.is_dir():
+        raise TorchshrinkError(f"--out {out}: exists and is not a folder; choose another path")
+    data = load_fashion_mnist(args.data_dir)
+    float_acc, _ = evaluate(ckpt.model, data.test_x, data.test_y)
+    start = time.perf_counter()
+    if args.mode == "qat":
+        model, _ = qat(ckpt.model, data, config, TrainConfig(epochs=args.qat_epochs, lr=args.lr), device)
+    else:
+        model = ptq(ckpt.model, data, config)
+    seconds = time.perf_counter() - start
+    acc, loss = evaluate(model.to(device), data.test_x, data.test_y, device=device)
+    rows = storage_report(model)
+    weight_bytes = sum(r.total_bytes for r in rows)
+    record = {
+        "config": config.to_dict(), "mode": args.mode, "source": str(ckpt.path), "test_accuracy_float": float_acc,
+        "test_accuracy": acc, "test_loss": loss, "seconds": seconds, "fp32_bytes": fp32_bytes(ckpt.model),
+        "quantized_bytes": weight_bytes, "layers": [r.__dict__ | {"total_bytes": r.total_bytes} for r in rows],
+    }  # fmt: skip
+    state = {k: v.contiguous() for k, v in codes_state_dict(export_layers(model.cpu())).items()}
+    atomic_write(out / "codes.safetensors", lambda tmp: safetensors.torch.save_file(state, str(tmp)))
+    atomic_write_json(out / "quantization.json", record)
+    print(f"{'layer':<16} {'bits':>4} {'params':>9} {'bytes':>9}")
+    for r in rows:
+        print(f"{r.name:<16} {r.bits:>4} {r.params:>9,} {r.total_bytes:>9,.0f}")
+    print(
+        f"W{config.bits}A{config.activation_bits} {args.mode}: test accuracy {100 * float_acc:.2f}% -> {100 * acc:.2f}%  "
+        f"weights {weight_bytes:,.0f} bytes (fp32 {record['fp32_bytes']:,}, "
+        f"{record['fp32_bytes'] / weight_bytes:.1f}x)  {seconds:.0f}s  -> {out}"
+    )
+    return 0

@@ -1,0 +1,114 @@
+"""The combined pipeline: step-by-step pruning, then quantization-aware training (or weight sharing) with the
+masks kept, then a real compressed file, loaded back and evaluated."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchshrink.data import FashionMNIST
+from torchshrink.errors import ConfigError
+from torchshrink.models import fp32_bytes
+from torchshrink.pack import inspect_compressed, load_compressed, save_compressed
+from torchshrink.pruning import iterative_prune, make_permanent
+from torchshrink.pruning.masks import check_amount
+from torchshrink.quant import QuantConfig, codebook, ptq, qat
+from torchshrink.quant.primitives import check_bits
+from torchshrink.train import TrainConfig, evaluate
+
+__all__ = ["CompressConfig", "compress_model", "write_and_verify"]
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """One point of the compression frontier."""
+
+    sparsity: float = 0.0  # fraction of weights pruned (global magnitude, step by step)
+    bits: int = 8  # weight bits (uniform codes, or log2 of the codebook size)
+    act_bits: int | None = None  # activation bits (None: same as bits)
+    steps: int = 4  # pruning steps (AGP schedule)
+    prune_epochs: int = 1  # retraining epochs after each pruning step
+    qat_epochs: int = 2  # QAT / codebook fine-tuning epochs (0: post-training only)
+    lr: float = 0.01  # peak learning rate of the fine-tuning
+    codebook: bool = False  # k-means weight sharing instead of uniform levels
+    keep_first_last_8bit: bool = False  # first/last layers at 8 bits
+
+    def __post_init__(self) -> None:
+        check_amount(self.sparsity)
+        check_bits(self.bits)
+        if self.act_bits is not None:
+            check_bits(self.act_bits)
+        if self.steps < 1:
+            raise ConfigError(f"steps={self.steps}: must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compress_model(
+    base: nn.Module,
+    data: FashionMNIST,
+    cfg: CompressConfig,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] | None = print,
+    pruned: nn.Module | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Prune (unless ``pruned`` is given: an already-pruned model to reuse) and quantize a copy of ``base``."""
+    record: dict[str, Any] = {"config": cfg.to_dict()}
+    start = time.perf_counter()
+    if pruned is None:
+        pruned = copy.deepcopy(base)
+        if cfg.sparsity > 0:
+            steps = iterative_prune(pruned, data, cfg.sparsity, cfg.steps,
+                                    TrainConfig(epochs=cfg.prune_epochs, lr=2 * cfg.lr), device=device, log=log)  # fmt: skip
+            record["prune_steps"] = [s.to_dict() for s in steps]
+        make_permanent(pruned)
+    record["prune_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    act_bits = cfg.act_bits if cfg.act_bits is not None else cfg.bits
+    train = TrainConfig(epochs=cfg.qat_epochs, lr=cfg.lr) if cfg.qat_epochs else None
+    if cfg.codebook:
+        model = codebook(pruned, data, cfg.bits, act_bits, train, device, log=log)
+    else:
+        qcfg = QuantConfig(bits=cfg.bits, act_bits=act_bits, keep_first_last_8bit=cfg.keep_first_last_8bit)
+        model = qat(pruned, data, qcfg, train, device, log=log)[0] if train else ptq(pruned, data, qcfg)
+    record["quant_seconds"] = time.perf_counter() - start
+    return model.cpu().eval(), record
+
+
+def write_and_verify(
+    model: nn.Module,
+    base: nn.Module,
+    data: FashionMNIST,
+    path: str | os.PathLike[str],
+    model_name: str,
+    model_args: dict[str, Any],
+    compression: str = "auto",
+) -> dict[str, Any]:
+    """Write the file, load it back, and measure what matters from the file itself."""
+    path = Path(path)
+    header = save_compressed(model, path, model_name, model_args, compression)
+    loaded = load_compressed(path)
+    acc, loss = evaluate(loaded, data.test_x, data.test_y)
+    fq_acc, _ = evaluate(model, data.test_x, data.test_y)
+    _, rows = inspect_compressed(path)
+    weights = [r for r in rows if r.encoding in ("uniform", "codebook")]
+    params = sum(int(torch.tensor(r.shape).prod()) for r in weights)
+    nonzeros = sum(round((1 - r.sparsity) * int(torch.tensor(r.shape).prod())) for r in weights)
+    theoretical = sum(r.bits * round((1 - r.sparsity) * int(torch.tensor(r.shape).prod())) for r in weights) / 8
+    size = path.stat().st_size
+    return {
+        "file": str(path), "file_bytes": size, "fp32_bytes": fp32_bytes(base), "ratio": fp32_bytes(base) / size,
+        "test_accuracy": acc, "test_loss": loss, "fake_quant_test_accuracy": fq_acc,
+        "weight_params": params, "nonzeros": nonzeros, "sparsity": 1 - nonzeros / params,
+        "theoretical_weight_bytes": theoretical, "compression": header["compression"],
+        "bits": sorted({r.bits for r in weights}),
+    }  # fmt: skip

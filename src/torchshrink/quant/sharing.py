@@ -1,0 +1,95 @@
+"""Weight sharing (Deep Compression, Han et al. 2016): each layer's non-zero weights are replaced by the
+nearest of ``2**bits - 1`` shared values (a k-means codebook); index 0 is reserved for pruned zeros.
+
+The codebook is a parametrization ``weight = table[indices]`` with ``table = [0, centroids...]``: during
+fine-tuning, autograd sums the gradients of all weights sharing a centroid into that centroid, which is
+exactly the shared-gradient update of the paper. The indices stay fixed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from torchshrink.pruning.apply import FilterFn, default_filter, prunable_layers
+from torchshrink.quant.primitives import check_bits
+
+__all__ = ["kmeans_1d", "Codebook", "codebook_quantizer", "codebook_layers", "codebook_quantize_"]
+
+
+@torch.no_grad()
+def kmeans_1d(values: torch.Tensor, k: int, iterations: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster a 1-D tensor into ``k`` centroids, initialised linearly between min and max (the paper's best
+    initialisation: it keeps the rare large weights). Returns ``(centroids (k,), assignment (n,))``.
+
+    >>> c, a = kmeans_1d(torch.tensor([0.0, 0.1, 5.0, 5.2]), 2)
+    >>> c.tolist(), a.tolist()
+    ([0.05000000074505806, 5.099999904632568], [0, 0, 1, 1])
+    """
+    v = values.detach().float().reshape(-1)
+    centroids = torch.linspace(float(v.min()), float(v.max()), k)
+    for _ in range(iterations):
+        assignment = torch.bucketize(v, (centroids[1:] + centroids[:-1]) / 2)  # nearest, centroids sorted
+        sums = torch.zeros(k).index_add_(0, assignment, v)
+        counts = torch.zeros(k).index_add_(0, assignment, torch.ones_like(v))
+        updated = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+        updated, _ = torch.sort(updated)
+        if torch.equal(updated, centroids):
+            break
+        centroids = updated
+    assignment = torch.bucketize(v, (centroids[1:] + centroids[:-1]) / 2)
+    return centroids, assignment
+
+
+class Codebook(nn.Module):
+    """Parametrization ``weight = [0, centroids...][indices]``: trainable centroids, fixed indices."""
+
+    def __init__(self, weight: torch.Tensor, bits: int):
+        super().__init__()
+        self.bits = check_bits(bits)
+        nonzero = weight != 0
+        k = 2**bits - 1
+        values = weight[nonzero]
+        if values.numel() == 0:
+            centroids, assignment = torch.zeros(k), torch.zeros(0, dtype=torch.long)
+        else:
+            centroids, assignment = kmeans_1d(values, min(k, values.numel()))
+            centroids = torch.cat([centroids, centroids.new_zeros(k - centroids.numel())])
+        indices = torch.zeros(weight.shape, dtype=torch.long)
+        indices[nonzero] = assignment + 1
+        self.centroids = nn.Parameter(centroids.to(weight.dtype))
+        self.register_buffer("indices", indices)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        table = torch.cat([self.centroids.new_zeros(1), self.centroids])
+        return table[self.indices]
+
+    def export(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The centroids ``(2**bits - 1,)`` and the indices (0 = pruned zero, ``k`` = centroid ``k - 1``)."""
+        return self.centroids.detach().clone(), self.indices.clone() - 1
+
+
+def codebook_quantizer(module: nn.Module) -> Codebook | None:
+    """The codebook parametrization of ``module.weight``, or ``None``."""
+    if parametrize.is_parametrized(module, "weight"):
+        for p in module.parametrizations.weight:
+            if isinstance(p, Codebook):
+                return p
+    return None
+
+
+def codebook_layers(model: nn.Module) -> dict[str, Codebook]:
+    """Qualified layer name -> codebook, for every weight-shared layer."""
+    return {n: cb for n, m in model.named_modules() if (cb := codebook_quantizer(m)) is not None}
+
+
+@torch.no_grad()
+def codebook_quantize_(model: nn.Module, bits: int, filter_fn: FilterFn = default_filter) -> nn.Module:
+    """Replace every accepted layer's weight by a ``bits``-bit shared-weight codebook, in place.
+
+    Call on a model with permanent pruning (plain zeros) and BatchNorm folded.
+    """
+    for layer in prunable_layers(model, filter_fn).values():
+        parametrize.register_parametrization(layer, "weight", Codebook(layer.weight.detach(), bits), unsafe=True)
+    return model

@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from torchshrink.models import build_model
+from torchshrink.pack import FormatError, inspect_compressed, load_compressed, read_compressed, save_compressed
+from torchshrink.pack.bitpack import pack_bits, packed_size, unpack_bits
+from torchshrink.pack.sparse import decode_positions, encode_positions
+from torchshrink.pruning import make_permanent, prune_
+from torchshrink.quant import QuantConfig, codebook, ptq, qat
+from torchshrink.train import TrainConfig, evaluate, fit
+
+
+@settings(max_examples=200, deadline=None)
+@given(width=st.integers(1, 8), data=st.data())
+def test_bit_packing_round_trips_for_every_width(width, data):
+    """pack -> unpack is the identity for any width 1..8 and any length, at exactly ceil(n*w/8) bytes."""
+    values = np.array(data.draw(st.lists(st.integers(0, 2**width - 1), max_size=300)), dtype=np.uint8)
+    packed = pack_bits(values, width)
+    assert len(packed) == packed_size(values.size, width)
+    assert np.array_equal(unpack_bits(packed, width, values.size), values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(flags=st.lists(st.booleans(), max_size=400), density=st.floats(0, 1))
+def test_position_encodings_round_trip(flags, density):
+    """Either position encoding decodes to exactly the non-zero indices, and the smaller one is chosen."""
+    rng = np.random.default_rng(len(flags))
+    mask = np.array(flags, dtype=bool) & (rng.random(len(flags)) < density)
+    pos = encode_positions(mask)
+    decoded = decode_positions(pos.method, pos.data, mask.size, pos.gap_bits, pos.entries)
+    assert np.array_equal(decoded, np.flatnonzero(mask))
+    assert len(pos.data) <= packed_size(mask.size, 1)
+
+
+def test_long_gaps_use_fillers():
+    mask = np.zeros(5000, dtype=bool)
+    mask[[0, 4000, 4999]] = True
+    pos = encode_positions(mask)
+    assert pos.method == "delta" and len(pos.data) < 5000 / 8
+    assert decode_positions(pos.method, pos.data, 5000, pos.gap_bits, pos.entries).tolist() == [0, 4000, 4999]
+
+
+@pytest.fixture(scope="module")
+def trained(small):
+    torch.manual_seed(0)
+    model = build_model("cnn_tiny")
+    fit(model, small, TrainConfig(epochs=2, lr=0.05, batch_size=64, augment=False), "cpu", progress=False, log=None)
+    return model.eval()
+
+
+def _predictions_equal(a, b, small):
+    x = (small.test_x.float() / 255 - 0.2860) / 0.3530
+    with torch.no_grad():
+        la, lb = a(x), b(x)
+    assert torch.equal(la.argmax(1), lb.argmax(1))
+    assert float((la - lb).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("bits, sparsity", [(8, 0.0), (4, 0.5), (2, 0.9), (6, 0.7)])
+def test_save_load_gives_identical_predictions(trained, small, tmp_path, bits, sparsity):
+    model = copy.deepcopy(trained)
+    if sparsity:
+        prune_(model, sparsity)
+        make_permanent(model)
+    q = ptq(model, small, QuantConfig(bits=bits))
+    path = tmp_path / "m.tshrink"
+    save_compressed(q, path, "cnn_tiny")
+    loaded = load_compressed(path)
+    _predictions_equal(q, loaded, small)
+    _, rows = inspect_compressed(path)
+    weights = [r for r in rows if r.name.endswith("weight")]
+    assert all(r.bits == bits or r.name in () for r in weights)
+    if sparsity:
+        total = sum(np.prod(r.shape) for r in weights)
+        zeros = sum(r.sparsity * np.prod(r.shape) for r in weights)
+        assert zeros / total >= sparsity - 1e-3  # sparsity survives export
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_sparsity_survives_qat_and_the_file_is_small(trained, small, tmp_path):
+    model = copy.deepcopy(trained)
+    prune_(model, 0.8)
+    make_permanent(model)
+    q, _ = qat(
+        model,
+        small,
+        QuantConfig(bits=4),
+        TrainConfig(epochs=1, lr=0.01, batch_size=64, augment=False),
+        log=None,
+        progress=False,
+    )
+    path = tmp_path / "m.tshrink"
+    header = save_compressed(q, path, "cnn_tiny")
+    _predictions_equal(q, load_compressed(path), small)
+    _, rows = inspect_compressed(path)
+    weights = [r for r in rows if r.encoding == "uniform"]
+    codes = sum(r.bytes - 4 * r.shape[0] for r in weights)  # minus the per-channel float32 scales
+    dense = sum(np.prod(r.shape) * 4 / 8 for r in weights)
+    # 20% non-zero codes plus their positions take well under half of dense 4-bit storage
+    assert codes < 0.5 * dense
+    assert all(r.storage == "sparse" for r in weights if np.prod(r.shape) > 1000)
+    assert header["compression"] in ("none", "zlib", "lzma")
+
+
+def test_codebook_round_trip_and_shared_gradient(trained, small, tmp_path):
+    model = copy.deepcopy(trained)
+    prune_(model, 0.5)
+    make_permanent(model)
+    q = codebook(model, small, bits=3, act_bits=8, train=TrainConfig(epochs=1, lr=0.005, batch_size=64), log=None)
+    layer = q.features.conv2
+    values = torch.unique(layer.weight)
+    assert values.numel() <= 2**3  # 7 shared values and the pruned zero
+    path = tmp_path / "cb.tshrink"
+    save_compressed(q, path, "cnn_tiny")
+    _predictions_equal(q, load_compressed(path), small)
+    acc, _ = evaluate(q, small.test_x, small.test_y)
+    assert acc > 0.5
+
+
+def test_strict_reader_rejects_bad_files(trained, small, tmp_path):
+    q = ptq(trained, small, QuantConfig(bits=4))
+    path = tmp_path / "m.tshrink"
+    save_compressed(q, path, "cnn_tiny", compression="none")
+    good = path.read_bytes()
+    cases = {
+        "empty": b"",
+        "truncated": good[: len(good) // 2],
+        "magic": b"XXXXXXXX" + good[8:],
+        "huge header": good[:8] + (2**40).to_bytes(8, "little") + good[16:],
+        "flipped payload": good[:-5] + bytes([good[-5] ^ 0xFF]) + good[-4:],
+        "version": good.replace(b'"version":1', b'"version":7'),
+    }
+    messages = {}
+    for name, blob in cases.items():
+        bad = tmp_path / f"{name}.tshrink"
+        bad.write_bytes(blob)
+        with pytest.raises(FormatError) as info:
+            load_compressed(bad)
+        messages[name] = str(info.value)
+    assert "empty" in messages["empty"] and "truncated" in messages["truncated"]
+    assert "magic" in messages["magic"] and "limit" in messages["huge header"]
+    assert "checksum" in messages["flipped payload"] and "version 7" in messages["version"]
+    with pytest.raises(FormatError, match="cannot read"):
+        read_compressed(tmp_path / "missing.tshrink")
+
+
+@pytest.fixture(scope="module")
+def good_file(trained, small, tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuzz") / "m.tshrink"
+    save_compressed(ptq(trained, small, QuantConfig(bits=4)), path, "cnn_tiny", compression="zlib")
+    return path.read_bytes()
+
+
+def _only_format_error(blob: bytes, tmp_path) -> None:
+    path = tmp_path / "fuzz.tshrink"
+    path.write_bytes(blob)
+    with contextlib.suppress(FormatError):  # anything else fails the test
+        load_compressed(path)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_files_only_raise_the_format_error(good_file, tmp_path, data):
+    """Truncations, byte flips, insertions and random bytes never raise anything but FormatError."""
+    kind = data.draw(st.sampled_from(["truncate", "flip", "insert", "random", "header"]))
+    blob = bytearray(good_file)
+    if kind == "truncate":
+        blob = blob[: data.draw(st.integers(0, len(blob) - 1))]
+    elif kind == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, len(blob) - 1))
+            blob[i] ^= data.draw(st.integers(1, 255))
+    elif kind == "insert":
+        i = data.draw(st.integers(0, len(blob)))
+        blob[i:i] = data.draw(st.binary(min_size=1, max_size=16))
+    elif kind == "random":
+        blob = bytearray(data.draw(st.binary(max_size=2000)))
+    else:  # a valid preamble and checksum-correct payload around a mutated header
+        blob = bytearray(good_file[:16]) + bytearray(data.draw(st.binary(max_size=200))) + blob[16:]
+    _only_format_error(bytes(blob), tmp_path)
