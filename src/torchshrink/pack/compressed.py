@@ -117,8 +117,9 @@ def save_compressed(
                 raise ValueError(f"{key}: shape {list(tensor.shape)} does not match the model's {list(ref.shape)}")
             records.append(_float_record(key, tensor))
     activations = []
-    for name, layer in list(layers.items()) + list(books.items()):
-        iq = input_quantizer(layer)
+    modules = dict(model.named_modules())
+    for name in list(layers) + list(books):
+        iq = input_quantizer(modules[name])
         if iq is not None and iq.enabled:
             scale = float(iq.scale[0])
             activations.append({"layer": name, "bits": iq.spec.bits, "signed": iq.spec.signed,
