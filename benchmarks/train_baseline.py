@@ -49,9 +49,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/baseline")
     parser.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    parser.add_argument("--crop-padding", type=int, default=TrainConfig().crop_padding)
     parser.add_argument("--data-dir")
     args = parser.parse_args()
-    cfg = TrainConfig(epochs=args.epochs)
+    cfg = TrainConfig(epochs=args.epochs, crop_padding=args.crop_padding)
     data = load_fashion_mnist(args.data_dir)
 
     # the overhead ratio, measured side by side: bare, loop, bare again (the machine is noisy)

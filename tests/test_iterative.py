@@ -62,3 +62,18 @@ def test_sensitivity_curves_and_plan(small):
     assert "features.conv1" in sensitivity_table(curves)
     plan = sparsities_for_tolerance(curves, max_drop=1.0)
     assert all(v == 0.95 for v in plan.values())
+
+
+def test_rewind_resets_survivors_and_keeps_the_mask(small):
+    from torchshrink.pruning import prune_, rewind_
+
+    torch.manual_seed(0)
+    model = build_model("cnn_tiny")
+    early = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, small.subset(train=256), TrainConfig(epochs=1, lr=0.05, batch_size=64), "cpu", progress=False, log=None)
+    prune_(model, 0.6)
+    rewind_(model, early)
+    conv = model.features.conv2
+    mask = get_mask(conv)
+    assert torch.equal(conv.weight, early["features.conv2.weight"] * mask)
+    assert torch.equal(model.features.bn2.running_mean, early["features.bn2.running_mean"])

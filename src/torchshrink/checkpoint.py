@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from torch import nn
 from torchshrink._io import atomic_write, atomic_write_json
 from torchshrink.errors import CheckpointError
 from torchshrink.models import MODELS, build_model
+from torchshrink.provenance import versions
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "load_rewind", "versions", "WEIGHTS", "META", "REWIND"]
 
@@ -36,13 +36,6 @@ class Checkpoint:
     model: nn.Module
     meta: dict[str, Any]
     path: Path
-
-
-def versions() -> dict[str, str]:
-    """Library and interpreter versions recorded with every result."""
-    from torchshrink import __version__
-
-    return {"torchshrink": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def save_checkpoint(

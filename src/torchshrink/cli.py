@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     from torchshrink.cli_compress import add_compress_commands
 
     add_compress_commands(sub, _add_data_dir)
+    from torchshrink.cli_study import add_study_command
+
+    add_study_command(sub, _add_data_dir)
     return parser
 
 

@@ -241,6 +241,7 @@ def batches(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     channels_last: bool = False,
+    pad: int = 2,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield normalised ``(images, labels)`` batches on ``device`` straight from in-memory tensors.
 
@@ -258,7 +259,7 @@ def batches(
             xb, yb = x[idx], y[idx]
         xb = normalize(xb.to(device, non_blocking=True))
         if augment_images:
-            xb = augment(xb, generator)
+            xb = augment(xb, generator, pad)
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         yield xb, yb.to(device, non_blocking=True)

@@ -1,0 +1,41 @@
+"""The ``study`` command: the main job."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_study_command"]
+
+
+def add_study_command(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser("study", help="train, prune, quantize, combine and report, in one resumable run",
+                       description="Run the whole study. Finished stages are cached under OUT/cache and reused "
+                                   "when the command is run again (after an interruption or a settings change).")  # fmt: skip
+    p.add_argument("--config", metavar="FILE.yaml", help="settings to override (see docs/study.yaml for every key)")
+    p.add_argument("--quick", action="store_true", help="small data, single epochs, every stage (a few minutes)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/study, or runs/study-quick)")
+    p.add_argument("--device", choices=("cpu", "cuda"))
+    add_data_dir(p)
+    p.set_defaults(func=_cmd_study)
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from torchshrink.report import summary_rows
+    from torchshrink.study import load_config, quick_config, run_study
+
+    cfg = load_config(args.config)  # validated before any work starts
+    if args.quick:
+        cfg = quick_config(cfg)
+    out = Path(args.out or ("runs/study-quick" if args.quick else "runs/study"))
+    results = run_study(cfg, out, args.data_dir, args.device)
+    print()
+    print(f"{'technique':<20} {'student %':>9} {'ours %':>7}  ours is")
+    for technique, their_acc, _, our_acc, our_ratio, what in summary_rows(results):
+        print(f"{technique:<20} {their_acc:>9} {our_acc:>7}  {our_ratio}, {what}")
+    meta = results["meta"]
+    print(f"\n{len(meta['computed_stages'])} stages computed, {len(meta['cached_stages'])} reused from the cache, "
+          f"{meta['wall_seconds_this_run']:.0f}s; report: {out / 'report.md'}")  # fmt: skip
+    return 0

@@ -1,0 +1,35 @@
+"""Where a result came from: library versions and the machine, recorded with every result."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["versions", "machine"]
+
+
+def versions() -> dict[str, str]:
+    """Library and interpreter versions."""
+    from torchshrink import __version__
+
+    return {"torchshrink": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, core count, torch threads, GPU (if any) and platform."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+    }

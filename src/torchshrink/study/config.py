@@ -1,0 +1,231 @@
+"""The study's configuration: typed sections with documented defaults, read from YAML and validated before
+any work starts. ``--quick`` swaps in small data and few epochs, keeping every stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from torchshrink.errors import ConfigError
+
+__all__ = ["StudyConfig", "load_config", "quick_config"]
+
+
+@dataclass(frozen=True)
+class DataSection:
+    train_subset: int | None = None  # train on the first N training images (None: all 55,000)
+    test_subset: int | None = None  # evaluate on the first N test images (None: all 10,000)
+    calibration_images: int = 512  # training images used to calibrate activation ranges
+
+
+@dataclass(frozen=True)
+class BaselineSection:
+    model: str = "cnn"  # registered model name
+    epochs: int = 15  # training epochs
+    lr: float = 0.1  # peak learning rate (one-cycle, SGD Nesterov)
+    batch_size: int = 256  # images per step
+    crop_padding: int = 0  # random-crop padding in pixels (0: horizontal flip only)
+
+
+@dataclass(frozen=True)
+class OneshotSection:
+    sparsities: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # no retraining
+
+
+@dataclass(frozen=True)
+class SensitivitySection:
+    sparsities: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9, 0.95)  # per layer, alone, no retraining
+
+
+@dataclass(frozen=True)
+class IterativeSection:
+    targets: tuple[float, ...] = (0.4, 0.8, 0.9, 0.95)  # sparsities reached in turn, each measured
+    steps_per_target: int = 2  # AGP steps from one target to the next
+    epochs_per_step: int = 1  # retraining epochs after each step
+    lr: float = 0.02  # peak learning rate of the retraining
+
+
+@dataclass(frozen=True)
+class QuantSection:
+    bits: tuple[int, ...] = (8, 6, 4, 2)  # W/A widths (weights and activations alike)
+    qat_epochs: int = 2  # QAT epochs per width
+    lr: float = 0.01  # QAT peak learning rate
+    calibration: str = "percentile"  # activation ranges: minmax, percentile or mse
+
+
+@dataclass(frozen=True)
+class CombinedPoint:
+    sparsity: float  # a target of the iterative section (its pruned model is reused)
+    bits: int  # weight bits
+    act_bits: int  # activation bits
+    codebook: bool = False  # k-means weight sharing instead of uniform levels
+    label: str = ""  # name in the report
+
+
+@dataclass(frozen=True)
+class CombinedSection:
+    points: tuple[CombinedPoint, ...] = (
+        CombinedPoint(0.4, 8, 8, False, "40% pruned + 8-bit (the student point)"),
+        CombinedPoint(0.9, 4, 8, False, "90% pruned + W4A8"),
+        CombinedPoint(0.9, 4, 8, True, "90% pruned + 4-bit codebook"),
+        CombinedPoint(0.95, 2, 8, True, "95% pruned + 2-bit codebook"),
+    )
+    qat_epochs: int = 2  # fine-tuning epochs with the masks kept
+    lr: float = 0.01  # fine-tuning peak learning rate
+
+
+@dataclass(frozen=True)
+class StructuredSection:
+    amount: float = 0.5  # fraction of conv channels removed in every conv layer
+    finetune_epochs: int = 3  # epochs of fine-tuning after removal
+    lr: float = 0.04  # fine-tuning peak learning rate
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    seed: int = 0  # initialisation, shuffling and augmentation
+    data: DataSection = field(default_factory=DataSection)
+    baseline: BaselineSection = field(default_factory=BaselineSection)
+    oneshot: OneshotSection = field(default_factory=OneshotSection)
+    sensitivity: SensitivitySection = field(default_factory=SensitivitySection)
+    iterative: IterativeSection = field(default_factory=IterativeSection)
+    quantization: QuantSection = field(default_factory=QuantSection)
+    combined: CombinedSection = field(default_factory=CombinedSection)
+    structured: StructuredSection = field(default_factory=StructuredSection)
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check(cfg: StudyConfig) -> None:
+    from torchshrink.models import MODELS
+
+    def need(cond: bool, where: str, value: object, rule: str) -> None:
+        if not cond:
+            raise ConfigError(f"{where}: {value!r} {rule}")
+
+    need(cfg.baseline.model in MODELS, "baseline.model", cfg.baseline.model, f"is not one of {', '.join(MODELS)}")
+    for where, value in [("baseline.epochs", cfg.baseline.epochs), ("baseline.batch_size", cfg.baseline.batch_size),
+                         ("iterative.steps_per_target", cfg.iterative.steps_per_target),
+                         ("iterative.epochs_per_step", cfg.iterative.epochs_per_step),
+                         ("data.calibration_images", cfg.data.calibration_images)]:  # fmt: skip
+        need(value >= 1, where, value, "must be at least 1")
+    for where, value in [("quantization.qat_epochs", cfg.quantization.qat_epochs),
+                         ("combined.qat_epochs", cfg.combined.qat_epochs),
+                         ("structured.finetune_epochs", cfg.structured.finetune_epochs),
+                         ("baseline.crop_padding", cfg.baseline.crop_padding)]:  # fmt: skip
+        need(value >= 0, where, value, "must not be negative")
+    for where, value in [("baseline.lr", cfg.baseline.lr), ("iterative.lr", cfg.iterative.lr),
+                         ("quantization.lr", cfg.quantization.lr), ("combined.lr", cfg.combined.lr),
+                         ("structured.lr", cfg.structured.lr)]:  # fmt: skip
+        need(value > 0, where, value, "must be positive")
+    for where, values in [("oneshot.sparsities", cfg.oneshot.sparsities),
+                          ("sensitivity.sparsities", cfg.sensitivity.sparsities),
+                          ("iterative.targets", cfg.iterative.targets)]:  # fmt: skip
+        need(len(values) > 0, where, list(values), "must not be empty")
+        for v in values:
+            need(0 < v < 1, where, v, "must be a sparsity in (0, 1)")
+    need(list(cfg.iterative.targets) == sorted(set(cfg.iterative.targets)), "iterative.targets",
+         list(cfg.iterative.targets), "must be increasing")  # fmt: skip
+    need(0 < cfg.structured.amount < 1, "structured.amount", cfg.structured.amount, "must be in (0, 1)")
+    for b in cfg.quantization.bits:
+        need(2 <= b <= 8, "quantization.bits", b, "must be from 2 to 8")
+    need(cfg.quantization.calibration in ("minmax", "percentile", "mse"), "quantization.calibration",
+         cfg.quantization.calibration, "must be minmax, percentile or mse")  # fmt: skip
+    for i, p in enumerate(cfg.combined.points):
+        need(p.sparsity in cfg.iterative.targets, f"combined.points[{i}].sparsity", p.sparsity,
+             f"must be one of iterative.targets {list(cfg.iterative.targets)}")  # fmt: skip
+        need(2 <= p.bits <= 8 and 2 <= p.act_bits <= 8, f"combined.points[{i}]", (p.bits, p.act_bits),
+             "bits must be from 2 to 8")  # fmt: skip
+    for where, value in [("data.train_subset", cfg.data.train_subset), ("data.test_subset", cfg.data.test_subset)]:
+        need(value is None or value >= 100, where, value, "must be empty or at least 100")
+
+
+def _coerce(cls: type, raw: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a YAML mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{where + '.' if where else ''}{unknown[0]}: unknown key; known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in raw.items():
+        kwargs[key] = _value(hints[key], value, f"{where + '.' if where else ''}{key}")
+    return cls(**kwargs)
+
+
+def _value(hint: Any, value: Any, where: str) -> Any:
+    text = str(hint)
+    if dataclasses.is_dataclass(hint):
+        return _coerce(hint, value, where)
+    if text.startswith("tuple[") and "CombinedPoint" in text:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of points")
+        return tuple(_coerce(CombinedPoint, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if text.startswith("tuple["):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = int if "int" in text else float
+        return tuple(_value(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if "None" in text and value is None:
+        return None
+    if hint is bool or text == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int or text.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float or text == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str or text == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported setting")
+
+
+def load_config(path: str | os.PathLike[str] | None) -> StudyConfig:
+    """Read and validate a YAML file (``None``: the defaults). Raises :class:`ConfigError` naming the key."""
+    if path is None:
+        return StudyConfig()
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    try:
+        return _coerce(StudyConfig, raw or {}, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def quick_config(cfg: StudyConfig) -> StudyConfig:
+    """Small data and single epochs, every stage kept: for a smoke run in a few minutes."""
+    r = dataclasses.replace
+    return r(
+        cfg,
+        data=r(cfg.data, train_subset=4000, test_subset=2000, calibration_images=256),
+        baseline=r(cfg.baseline, epochs=2),
+        oneshot=r(cfg.oneshot, sparsities=(0.3, 0.6, 0.9)),
+        sensitivity=r(cfg.sensitivity, sparsities=(0.5, 0.9)),
+        iterative=r(cfg.iterative, steps_per_target=1, epochs_per_step=1),
+        quantization=r(cfg.quantization, qat_epochs=1),
+        combined=r(cfg.combined, qat_epochs=1),
+        structured=r(cfg.structured, finetune_epochs=1),
+    )

@@ -1,0 +1,138 @@
+"""Run the study: every stage through the cache, then ``results.json``, ``report.md`` and the plots."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+from torchshrink._io import atomic_write_bytes, atomic_write_json
+from torchshrink.data import load_fashion_mnist
+from torchshrink.provenance import machine, versions
+from torchshrink.study import stages
+from torchshrink.study.cache import StageCache
+from torchshrink.study.config import StudyConfig
+from torchshrink.train import pick_device
+
+__all__ = ["run_study", "StudyInterrupted"]
+
+
+class StudyInterrupted(Exception):
+    """Raised by the ``stop_after`` test hook once the named stage is stored."""
+
+
+def run_study(
+    cfg: StudyConfig,
+    out: str | os.PathLike[str],
+    data_dir: str | None = None,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+    stop_after: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the whole study into ``out``; return what ``results.json`` holds."""
+    from torchshrink.report import write_report
+
+    out = Path(out)
+    started = time.perf_counter()
+    data = load_fashion_mnist(data_dir).subset(train=cfg.data.train_subset, test=cfg.data.test_subset)
+    ctx = stages.Context(cfg, data, pick_device(device), lambda line: tqdm.write(line) if progress else log(line))
+    cache = StageCache(out / "cache")
+    it, qc = cfg.iterative, cfg.quantization
+    total = 5 + len(it.targets) + 2 * len(qc.bits) - (1 if 8 in qc.bits else 0) + len(cfg.combined.points)
+    bar = tqdm(total=total, desc="study", unit="stage", disable=None if progress else True)
+    timings: dict[str, float] = {}
+    results: dict[str, Any] = {}
+
+    def stage(
+        name: str, config: Any, upstream: list[str], compute: Callable[[Path], dict[str, Any]]
+    ) -> tuple[str, dict]:
+        bar.set_postfix_str(name)
+        t0 = time.perf_counter()
+        key, result = cache.run(name, config, upstream, compute)
+        timings[name] = time.perf_counter() - t0
+        bar.update()
+        if stop_after == name:
+            raise StudyInterrupted(name)
+        return key, result
+
+    common = {"seed": cfg.seed, "data": asdict(cfg.data)}
+    base_key, results["baseline"] = stage("baseline", {**common, **asdict(cfg.baseline)}, [],
+                                          lambda folder: stages.baseline(ctx, folder))  # fmt: skip
+    base = stages.load_model(cache.folder(base_key), ctx.device)
+    _, results["oneshot"] = stage("oneshot", asdict(cfg.oneshot), [base_key], lambda _: stages.oneshot(ctx, base))
+    _, results["sensitivity"] = stage("sensitivity", asdict(cfg.sensitivity), [base_key],
+                                      lambda _: stages.sensitivity(ctx, base))  # fmt: skip
+
+    results["iterative"], pruned_keys = [], {}
+    previous_key, previous_sparsity = base_key, 0.0
+    for target in it.targets:
+        start_key, start_sparsity = previous_key, previous_sparsity
+
+        def step(
+            folder: Path, start_key: str = start_key, start: float = start_sparsity, target: float = target
+        ) -> dict:
+            model = stages.load_model(cache.folder(start_key), ctx.device)
+            if start > 0:
+                from torchshrink.pruning import prune_from_zeros_
+
+                prune_from_zeros_(model)
+            return stages.iterative_step(ctx, model, start, target, folder)
+
+        settings = {"target": target, "steps": it.steps_per_target, "epochs": it.epochs_per_step, "lr": it.lr}
+        previous_key, result = stage(f"iterative-{target:g}", settings, [start_key], step)
+        previous_sparsity = result["sparsity"]
+        pruned_keys[target] = previous_key
+        results["iterative"].append(result)
+
+    results["quantization"] = []
+    for bits in qc.bits:
+        for edge in (False, True):
+            if edge and bits == 8:
+                continue
+            _, result = stage(f"quant-w{bits}{'-edge8' if edge else ''}", {**asdict(qc), "bits": bits, "edge": edge,
+                              "calibration_images": cfg.data.calibration_images}, [base_key],
+                              lambda _, bits=bits, edge=edge: stages.quantize_width(ctx, base, bits, edge))  # fmt: skip
+            results["quantization"].append(result)
+
+    results["combined"] = []
+    for point in cfg.combined.points:
+        pkey = pruned_keys[point.sparsity]
+
+        def compress(folder: Path, pkey: str = pkey, point: Any = point) -> dict:
+            pruned = stages.load_model(cache.folder(pkey), ctx.device)
+            return stages.combined_point(ctx, base, pruned, point, folder)
+
+        key, result = stage(f"combined-s{point.sparsity:g}-w{point.bits}a{point.act_bits}"
+                            f"{'-codebook' if point.codebook else ''}",
+                            {**asdict(point), "epochs": cfg.combined.qat_epochs, "lr": cfg.combined.lr,
+                             "calibration_images": cfg.data.calibration_images}, [base_key, pkey], compress)  # fmt: skip
+        files = out / "compressed"
+        files.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cache.folder(key) / result["file"], files / result["file"])
+        results["combined"].append(result)
+
+    _, results["structured"] = stage("structured", asdict(cfg.structured), [base_key],
+                                     lambda _: stages.structured(ctx, base))  # fmt: skip
+    bar.close()
+    results["meta"] = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "versions": versions(),
+        "device": str(ctx.device), "wall_seconds_this_run": time.perf_counter() - started,
+        "stage_seconds_this_run": timings, "cached_stages": list(cache.hits), "computed_stages": list(cache.misses),
+        "test_images": len(data.test_y), "train_images": len(data.train_y),
+    }  # fmt: skip
+    results["config"] = cfg.to_dict()
+    plain = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, for safe_dump
+    atomic_write_bytes(out / "config.yaml", yaml.safe_dump(plain, sort_keys=False).encode())
+    atomic_write_json(out / "results.json", results)
+    write_report(results, out)
+    return results

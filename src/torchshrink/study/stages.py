@@ -1,0 +1,162 @@
+"""The study's stages. Each is a function ``(context, folder) -> result dict`` whose files go in ``folder``;
+the runner caches results by the stage's settings and upstream keys."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchshrink.checkpoint import load_checkpoint, save_checkpoint
+from torchshrink.compress import CompressConfig, compress_model, write_and_verify
+from torchshrink.data import FashionMNIST
+from torchshrink.measure import count_macs, latency
+from torchshrink.models import build_model, fp32_bytes, layer_table, parameter_count
+from torchshrink.pruning import (
+    iterative_prune,
+    layer_sensitivity,
+    make_permanent,
+    prune_,
+    sparsity_report,
+    structured_prune_,
+)
+from torchshrink.quant import QuantConfig, ptq, qat, storage_report
+from torchshrink.study.config import CombinedPoint, StudyConfig
+from torchshrink.train import TrainConfig, evaluate, fit
+
+__all__ = ["Context", "baseline", "oneshot", "sensitivity", "iterative_step", "quantize_width", "combined_point",
+           "structured"]  # fmt: skip
+
+
+@dataclass
+class Context:
+    """What every stage needs: settings, data, device, a logger."""
+
+    cfg: StudyConfig
+    data: FashionMNIST
+    device: torch.device
+    log: Callable[[str], None]
+
+    def test(self, model: nn.Module) -> float:
+        return evaluate(model, self.data.test_x, self.data.test_y, device=self.device)[0]
+
+
+def _model_args(model: nn.Module) -> dict[str, Any]:
+    return model.arguments() if hasattr(model, "arguments") else {}
+
+
+def baseline(ctx: Context, folder: Path) -> dict[str, Any]:
+    b = ctx.cfg.baseline
+    torch.manual_seed(ctx.cfg.seed)
+    model = build_model(b.model)
+    train = TrainConfig(epochs=b.epochs, lr=b.lr, batch_size=b.batch_size, crop_padding=b.crop_padding,
+                        seed=ctx.cfg.seed)  # fmt: skip
+    start = time.perf_counter()
+    history = fit(model, ctx.data, train, ctx.device, log=ctx.log)
+    seconds = time.perf_counter() - start
+    acc = ctx.test(model)
+    save_checkpoint(folder / "model", model, b.model, _model_args(model), metrics={"test_accuracy": acc})
+    return {
+        "test_accuracy": acc, "train_seconds": seconds, "parameters": parameter_count(model),
+        "fp32_bytes": fp32_bytes(model), "layers": [r.__dict__ for r in layer_table(model)],
+        "history": [h.__dict__ for h in history], "train_config": train.to_dict(),
+    }  # fmt: skip
+
+
+def load_model(folder: Path, device: torch.device) -> nn.Module:
+    return load_checkpoint(folder / "model", device=device).model
+
+
+def oneshot(ctx: Context, base: nn.Module) -> dict[str, Any]:
+    curves: dict[str, dict[str, float]] = {}
+    for scope in ("layer", "global"):
+        curves[scope] = {}
+        for s in ctx.cfg.oneshot.sparsities:
+            model = copy.deepcopy(base)
+            prune_(model, s, scope)
+            curves[scope][str(s)] = ctx.test(model)
+    return {"test_accuracy": curves}
+
+
+def sensitivity(ctx: Context, base: nn.Module) -> dict[str, Any]:
+    curves = layer_sensitivity(base, ctx.data, ctx.cfg.sensitivity.sparsities, ctx.device, progress=False)
+    return {"val_accuracy": {n: {str(s): a for s, a in c.items()} for n, c in curves.items()}}
+
+
+def iterative_step(ctx: Context, model: nn.Module, start: float, target: float, folder: Path) -> dict[str, Any]:
+    """Continue step-by-step pruning of ``model`` (in place) from sparsity ``start`` to ``target``."""
+    it = ctx.cfg.iterative
+    t0 = time.perf_counter()
+    steps = iterative_prune(model, ctx.data, target, it.steps_per_target,
+                            TrainConfig(epochs=it.epochs_per_step, lr=it.lr, seed=ctx.cfg.seed), "agp", "global",
+                            device=ctx.device, log=ctx.log, initial=start)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    plain = make_permanent(copy.deepcopy(model))
+    rows = sparsity_report(plain)
+    achieved = 1 - sum(r.nonzeros for r in rows) / sum(r.params for r in rows)
+    acc = ctx.test(plain)
+    save_checkpoint(folder / "model", plain, ctx.cfg.baseline.model, _model_args(plain), metrics={"test_accuracy": acc})
+    return {
+        "target": target, "sparsity": achieved, "test_accuracy": acc, "seconds": seconds,
+        "nonzeros": sum(r.nonzeros for r in rows), "params": sum(r.params for r in rows),
+        "layers": [r.to_dict() for r in rows], "steps": [s.to_dict() for s in steps],
+    }  # fmt: skip
+
+
+def quantize_width(ctx: Context, base: nn.Module, bits: int, first_last_8bit: bool) -> dict[str, Any]:
+    q = ctx.cfg.quantization
+    config = QuantConfig(bits=bits, act_calibration=q.calibration, keep_first_last_8bit=first_last_8bit)
+    model = ptq(base, ctx.data, config, ctx.cfg.data.calibration_images)
+    ptq_acc = ctx.test(model)
+    storage = sum(r.total_bytes for r in storage_report(model))
+    t0 = time.perf_counter()
+    qat_acc, seconds = None, 0.0
+    if q.qat_epochs:
+        model, _ = qat(base, ctx.data, config, TrainConfig(epochs=q.qat_epochs, lr=q.lr, seed=ctx.cfg.seed), ctx.device,
+                       ctx.cfg.data.calibration_images, log=ctx.log)  # fmt: skip
+        qat_acc, seconds = ctx.test(model), time.perf_counter() - t0
+    return {"bits": bits, "act_bits": bits, "first_last_8bit": first_last_8bit, "ptq_test_accuracy": ptq_acc,
+            "qat_test_accuracy": qat_acc, "qat_seconds": seconds, "weight_bytes": storage}  # fmt: skip
+
+
+def combined_point(
+    ctx: Context, base: nn.Module, pruned: nn.Module, point: CombinedPoint, folder: Path
+) -> dict[str, Any]:
+    c = ctx.cfg.combined
+    cfg = CompressConfig(sparsity=point.sparsity, bits=point.bits, act_bits=point.act_bits, codebook=point.codebook,
+                         qat_epochs=c.qat_epochs, lr=c.lr)  # fmt: skip
+    model, record = compress_model(base, ctx.data, cfg, ctx.device, log=ctx.log, pruned=pruned)
+    name = f"s{point.sparsity:g}-w{point.bits}a{point.act_bits}-{'codebook' if point.codebook else 'uniform'}.tshrink"
+    result = write_and_verify(model, base, ctx.data, folder / name, ctx.cfg.baseline.model, _model_args(base))
+    result["file"] = name
+    return {"label": point.label, "config": cfg.to_dict(), **result, "seconds": record["quant_seconds"]}
+
+
+def structured(ctx: Context, base: nn.Module) -> dict[str, Any]:
+    s = ctx.cfg.structured
+    small = copy.deepcopy(base)
+    channels = structured_prune_(small, s.amount)
+    pruned_acc = ctx.test(small)
+    if s.finetune_epochs:
+        fit(small, ctx.data, TrainConfig(epochs=s.finetune_epochs, lr=s.lr, seed=ctx.cfg.seed), ctx.device, log=ctx.log)
+    acc = ctx.test(small)
+    base_cpu, small_cpu = copy.deepcopy(base).cpu(), copy.deepcopy(small).cpu()
+    lat = {}
+    for batch in (256, 1):
+        dense_t, small_t = [], []
+        for _ in range(3):  # interleaved: both see the same machine load
+            dense_t.append(latency(base_cpu, batch, repeats=5 if batch == 256 else 50))
+            small_t.append(latency(small_cpu, batch, repeats=5 if batch == 256 else 50))
+        lat[str(batch)] = {"dense_s": min(dense_t), "pruned_s": min(small_t), "speedup": min(dense_t) / min(small_t)}
+    return {
+        "amount": s.amount, "channels": {k: list(v) for k, v in channels.items()},
+        "params_before": parameter_count(base), "params_after": parameter_count(small),
+        "macs_before": count_macs(base_cpu), "macs_after": count_macs(small_cpu),
+        "test_accuracy_pruned": pruned_acc, "test_accuracy": acc, "latency": lat,
+    }  # fmt: skip

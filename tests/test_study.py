@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import matplotlib.image as mpimg
+import pytest
+import yaml
+
+from torchshrink.errors import ConfigError
+from torchshrink.study import StudyConfig, StudyInterrupted, load_config, run_study
+
+TINY = {
+    "data": {"train_subset": 1000, "test_subset": 500, "calibration_images": 128},
+    "baseline": {"model": "cnn_tiny", "epochs": 1, "lr": 0.05},
+    "oneshot": {"sparsities": [0.5, 0.9]},
+    "sensitivity": {"sparsities": [0.5]},
+    "iterative": {"targets": [0.4, 0.8], "steps_per_target": 1, "epochs_per_step": 1},
+    "quantization": {"bits": [8, 2], "qat_epochs": 1},
+    "combined": {
+        "points": [
+            {"sparsity": 0.4, "bits": 8, "act_bits": 8, "label": "student point"},
+            {"sparsity": 0.8, "bits": 2, "act_bits": 8, "codebook": True, "label": "codebook"},
+        ],
+        "qat_epochs": 1,
+    },
+    "structured": {"amount": 0.5, "finetune_epochs": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return load_config(path)
+
+
+def _measurements(results: dict) -> dict:
+    return {k: v for k, v in results.items() if k not in ("meta",)}
+
+
+def _strip_seconds(obj):
+    if isinstance(obj, dict):
+        return {
+            k: _strip_seconds(v)
+            for k, v in obj.items()
+            if "seconds" not in k and k not in ("latency", "images_per_second")
+        }
+    if isinstance(obj, list):
+        return [_strip_seconds(v) for v in obj]
+    return obj
+
+
+def test_study_produces_every_artifact_and_resumes(tiny_config, tmp_path, data_dir):
+    full = run_study(tiny_config, tmp_path / "full", data_dir, "cpu", progress=False, log=lambda _: None)
+    out = tmp_path / "full"
+    for name in (
+        "results.json",
+        "report.md",
+        "config.yaml",
+        "accuracy_vs_sparsity.png",
+        "accuracy_vs_bits.png",
+        "accuracy_vs_size.png",
+        "sensitivity.png",
+    ):
+        assert (out / name).is_file(), name
+    for png in out.glob("*.png"):
+        assert mpimg.imread(png).shape[0] > 100  # decodes to a real image
+    results = json.loads((out / "results.json").read_text())
+    assert [r["target"] for r in results["iterative"]] == [0.4, 0.8]
+    assert results["iterative"][1]["sparsity"] > results["iterative"][0]["sparsity"]
+    assert {(r["bits"], r["first_last_8bit"]) for r in results["quantization"]} == {(8, False), (2, False), (2, True)}
+    for point in results["combined"]:
+        assert (out / "compressed" / point["file"]).is_file()
+        assert point["file_bytes"] == (out / "compressed" / point["file"]).stat().st_size
+        assert point["ratio"] > 1
+    report = (out / "report.md").read_text()
+    for section in (
+        "Model Compression Results",
+        "## Memory",
+        "## Pruning",
+        "## Quantization",
+        "## Structured",
+        "93.14",
+        "90.95",
+    ):
+        assert section in report
+
+    # interrupt after the quantization stages, then resume: nothing finished is recomputed, same results
+    resumed_dir = tmp_path / "resumed"
+    with pytest.raises(StudyInterrupted):
+        run_study(
+            tiny_config, resumed_dir, data_dir, "cpu", progress=False, log=lambda _: None, stop_after="quant-w2-edge8"
+        )
+    computed_before = {p.name for p in (resumed_dir / "cache").iterdir() if not p.name.startswith(".")}
+    resumed = run_study(tiny_config, resumed_dir, data_dir, "cpu", progress=False, log=lambda _: None)
+    assert set(resumed["meta"]["cached_stages"]) == computed_before
+    assert not set(resumed["meta"]["computed_stages"]) & computed_before
+    assert _strip_seconds(_measurements(resumed)) == _strip_seconds(_measurements(full))
+
+    # a settings change recomputes only that stage and what depends on it
+    changed = StudyConfig(
+        **{**tiny_config.__dict__, "structured": tiny_config.structured.__class__(amount=0.25, finetune_epochs=1)}
+    )
+    again = run_study(changed, resumed_dir, data_dir, "cpu", progress=False, log=lambda _: None)
+    assert [k.split("-")[0] for k in again["meta"]["computed_stages"]] == ["structured"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("baseline: {epochz: 3}", "baseline.epochz: unknown key"),
+        ("baseline: {epochs: three}", "baseline.epochs: expected an integer"),
+        ("iterative: {targets: [0.5, 1.5]}", "iterative.targets: 1.5 must be a sparsity"),
+        ("quantization: {bits: [9]}", "quantization.bits: 9 must be from 2 to 8"),
+        ("[1, 2", "not valid YAML"),
+    ],
+)
+def test_invalid_config_is_a_clear_error(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_cli_rejects_a_bad_config_before_any_work(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1]\n")
+    r = subprocess.run([sys.executable, "-m", "torchshrink.cli", "study", "--config", str(bad), "--out",
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 1 and "seed: expected an integer" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
