@@ -49,8 +49,7 @@ def main() -> None:
     base_acc, _ = evaluate(base, data.test_x, data.test_y)
     print(f"baseline test accuracy {100 * base_acc:.2f}%")
     # (bits, act_bits, codebook, fine-tune epochs)
-    variants = [(8, 8, False, 0), (4, 4, False, args.qat_epochs), (4, 8, True, 1), (2, 8, True, 1),
-                (2, 2, False, args.qat_epochs)]  # fmt: skip
+    variants = [(8, 8, False, 0), (4, 4, False, args.qat_epochs), (4, 8, True, 1), (2, 8, True, 1)]
     rows = []
     for sparsity in (float(s) for s in args.sparsities.split(",")):
         start_model, origin = pruned_start(base, data, args.checkpoint, sparsity)

@@ -17,7 +17,13 @@ from torchshrink.checkpoint import load_checkpoint, save_checkpoint
 from torchshrink.data import load_fashion_mnist
 from torchshrink.measure import count_macs, latency
 from torchshrink.models import parameter_count
-from torchshrink.pruning import iterative_prune, make_permanent, prune_, sparsity_report, structured_prune_
+from torchshrink.pruning import (
+    iterative_prune,
+    permanent_copy,
+    prune_,
+    sparsity_report,
+    structured_prune_,
+)
 from torchshrink.train import TrainConfig, evaluate, fit
 
 ONESHOT = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -67,7 +73,7 @@ def main() -> None:
                           "delta_points": 100 * (acc - base_acc), "wall_seconds": time.perf_counter() - start})  # fmt: skip
         print(f"step-by-step {100 * current:.1f}%: test {100 * acc:.2f}% ({100 * (acc - base_acc):+.2f} pts), "
               f"{time.perf_counter() - start:.0f}s cumulative")  # fmt: skip
-        snapshot = make_permanent(copy.deepcopy(model))
+        snapshot = permanent_copy(model)
         save_checkpoint(f"{args.checkpoint}-pruned-iterative-{target:g}", snapshot, "cnn", base.arguments(),
                         metrics={"test_accuracy": acc})  # fmt: skip
 

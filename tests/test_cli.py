@@ -113,3 +113,25 @@ def test_bad_pruning_and_quantization_arguments(args):
 def test_prune_missing_checkpoint_is_one_line(tmp_path):
     r = run("prune", str(tmp_path / "nope"), "--sparsity", "0.5", "--out", str(tmp_path / "out"))
     assert r.returncode == 1 and "no such checkpoint" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_compress_inspect_and_eval_a_file(tmp_path, data_dir):
+    base = tmp_path / "base"
+    assert run("train", "--model", "cnn_tiny", "--epochs", "1", "--train-subset", "1000", "--data-dir", data_dir,
+               "--out", str(base)).returncode == 0  # fmt: skip
+    out = tmp_path / "m.tshrink"
+    r = run("compress", str(base), "--sparsity", "0.7", "--bits", "4", "--steps", "1", "--qat-epochs", "0",
+            "--train-subset", "2000", "--data-dir", data_dir, "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "loaded back from the file" in r.stdout and out.is_file()
+    import json
+
+    summary = json.loads(out.with_name(out.name + ".json").read_text())
+    assert summary["file_bytes"] == out.stat().st_size and summary["sparsity"] >= 0.7 - 1e-3
+    r = run("inspect", str(out))
+    assert r.returncode == 0 and "features.conv2.weight" in r.stdout and "sparse" in r.stdout
+    r = run("eval", str(out), "--data-dir", data_dir)
+    assert r.returncode == 0 and f"{100 * summary['test_accuracy']:.2f}%" in r.stdout
+    (tmp_path / "junk.tshrink").write_bytes(b"not a model")
+    r = run("eval", str(tmp_path / "junk.tshrink"), "--data-dir", data_dir)
+    assert r.returncode == 1 and "junk.tshrink" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -163,3 +163,16 @@ def test_filter_that_matches_nothing_is_an_error():
         prune_(build_model("cnn_tiny"), 0.5, filter_fn=lambda m, n: False)
     with pytest.raises(ConfigError, match="no prunable layer named"):
         prune_(build_model("cnn_tiny"), {"nope": 0.5}, scope="layer")
+
+
+def test_permanent_copy_leaves_the_original_masked():
+    from torchshrink.pruning import permanent_copy, prunable_layers
+
+    model = build_model("cnn_tiny")
+    prune_(model, 0.5)
+    plain = permanent_copy(model)
+    assert get_mask(plain.features.conv1) is None and get_mask(model.features.conv1) is not None
+    assert len(prunable_layers(model)) == 5  # the original still has its weights and masks
+    prune_(model, 0.7)  # and can go on pruning, never reviving what the copy has as zeros
+    revived = (plain.features.conv1.weight == 0) & (get_mask(model.features.conv1) == 1)
+    assert not bool(revived.any())

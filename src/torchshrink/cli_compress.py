@@ -39,6 +39,9 @@ def add_compress_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentPar
         default="auto",
         help="entropy stage over the payload (default: %(default)s, the smallest)",
     )
+    p.add_argument(
+        "--train-subset", type=positive_int, metavar="N", help="fine-tune on the first N training images only"
+    )
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--out", metavar="FILE", help="output file (default: CHECKPOINT-sS-wB.tshrink)")
     add_data_dir(p)
@@ -71,6 +74,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise TorchshrinkError(f"--out {out}: is a folder; give a file name such as model.tshrink")
     data = load_fashion_mnist(args.data_dir)
+    if args.train_subset:
+        data = data.subset(train=args.train_subset)
     base_acc, _ = evaluate(ckpt.model, data.test_x, data.test_y)
     model, record = compress_model(ckpt.model, data, cfg, device)
     result = write_and_verify(model, ckpt.model, data, out, ckpt.meta["model"], ckpt.meta.get("model_args", {}),

@@ -6,6 +6,7 @@ from torchshrink.pruning.apply import (
     default_filter,
     get_mask,
     make_permanent,
+    permanent_copy,
     prunable_layers,
     prune_,
     prune_from_zeros_,
@@ -34,6 +35,7 @@ __all__ = [
     "prune_from_zeros_",
     "get_mask",
     "make_permanent",
+    "permanent_copy",
     "LayerSparsity",
     "sparsity_report",
     # procedures

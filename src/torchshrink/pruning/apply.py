@@ -8,6 +8,7 @@ reaching a pruned entry is zero. :func:`make_permanent` bakes the zeros in and r
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -27,6 +28,7 @@ __all__ = [
     "prune_",
     "prune_from_zeros_",
     "make_permanent",
+    "permanent_copy",
     "LayerSparsity",
     "sparsity_report",
 ]
@@ -143,6 +145,22 @@ def make_permanent(model: nn.Module) -> nn.Module:
         if get_mask(module) is not None:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     return model
+
+
+def permanent_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with masks made permanent; ``model`` itself keeps its masks.
+
+    ``copy.deepcopy`` shares torch's generated ``Parametrized*`` classes between original and copy, and
+    removing a parametrization edits that class, which would strip the original's ``weight``. So each copied
+    module first gets a class of its own.
+    """
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if parametrize.is_parametrized(module):
+            cls = module.__class__
+            body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+            module.__class__ = type(cls.__name__, cls.__bases__, body)
+    return make_permanent(clone)
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from torchshrink.data import FashionMNIST, normalize
-from torchshrink.pruning.apply import make_permanent, prune_from_zeros_
+from torchshrink.pruning.apply import permanent_copy, prune_from_zeros_
 from torchshrink.quant.apply import QuantConfig, attach_input_quant_, calibrate_, quantize_, set_scales_trainable
 from torchshrink.quant.fold import fold_batchnorm
 from torchshrink.quant.sharing import codebook_layers, codebook_quantize_
@@ -20,7 +19,7 @@ __all__ = ["calibration_batches", "prepare_quantized", "ptq", "qat", "codebook"]
 
 def _plain_copy(model: nn.Module) -> nn.Module:
     # contiguous (not channels_last) weights: a model loaded from a file then computes bit-identical outputs
-    return make_permanent(copy.deepcopy(model)).cpu().eval().to(memory_format=torch.contiguous_format)
+    return permanent_copy(model).cpu().eval().to(memory_format=torch.contiguous_format)
 
 
 def calibration_batches(data: FashionMNIST, images: int = 512, batch_size: int = 256) -> list[torch.Tensor]:

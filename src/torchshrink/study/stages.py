@@ -21,7 +21,7 @@ from torchshrink.models import build_model, fp32_bytes, layer_table, parameter_c
 from torchshrink.pruning import (
     iterative_prune,
     layer_sensitivity,
-    make_permanent,
+    permanent_copy,
     prune_,
     sparsity_report,
     structured_prune_,
@@ -97,7 +97,7 @@ def iterative_step(ctx: Context, model: nn.Module, start: float, target: float, 
                             TrainConfig(epochs=it.epochs_per_step, lr=it.lr, seed=ctx.cfg.seed), "agp", "global",
                             device=ctx.device, log=ctx.log, initial=start)  # fmt: skip
     seconds = time.perf_counter() - t0
-    plain = make_permanent(copy.deepcopy(model))
+    plain = permanent_copy(model)
     rows = sparsity_report(plain)
     achieved = 1 - sum(r.nonzeros for r in rows) / sum(r.params for r in rows)
     acc = ctx.test(plain)
