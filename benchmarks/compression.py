@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="runs/baseline")
     parser.add_argument("--qat-epochs", type=int, default=2)
-    parser.add_argument("--sparsities", default="0.4,0.8,0.9,0.95")
+    parser.add_argument("--sparsities", default="0.4,0.9,0.95")
     parser.add_argument("--out", default="runs/compressed")
     parser.add_argument("--data-dir")
     args = parser.parse_args()

@@ -17,7 +17,7 @@ TINY = {
     "oneshot": {"sparsities": [0.5, 0.9]},
     "sensitivity": {"sparsities": [0.5]},
     "iterative": {"targets": [0.4, 0.8], "steps_per_target": 1, "epochs_per_step": 1},
-    "quantization": {"bits": [8, 2], "qat_epochs": 1},
+    "quantization": {"bits": [8, 2], "edge8_bits": [2], "qat_epochs": 1},
     "combined": {
         "points": [
             {"sparsity": 0.4, "bits": 8, "act_bits": 8, "label": "student point"},

@@ -4,6 +4,7 @@ masks kept, then a real compressed file, loaded back and evaluated."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from collections.abc import Callable
@@ -101,9 +102,10 @@ def write_and_verify(
     fq_acc, _ = evaluate(model, data.test_x, data.test_y)
     _, rows = inspect_compressed(path)
     weights = [r for r in rows if r.encoding in ("uniform", "codebook")]
-    params = sum(int(torch.tensor(r.shape).prod()) for r in weights)
-    nonzeros = sum(round((1 - r.sparsity) * int(torch.tensor(r.shape).prod())) for r in weights)
-    theoretical = sum(r.bits * round((1 - r.sparsity) * int(torch.tensor(r.shape).prod())) for r in weights) / 8
+    params = sum(math.prod(r.shape) for r in weights)
+    nonzeros = sum(round((1 - r.sparsity) * math.prod(r.shape)) for r in weights)
+    # bits x non-zero codes: what the weights would take with free positions and no scales, biases, header
+    theoretical = sum(r.bits * round((1 - r.sparsity) * math.prod(r.shape)) for r in weights) / 8
     size = path.stat().st_size
     return {
         "file": str(path), "file_bytes": size, "fp32_bytes": fp32_bytes(base), "ratio": fp32_bytes(base) / size,

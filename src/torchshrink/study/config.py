@@ -53,7 +53,8 @@ class IterativeSection:
 @dataclass(frozen=True)
 class QuantSection:
     bits: tuple[int, ...] = (8, 6, 4, 2)  # W/A widths (weights and activations alike)
-    qat_epochs: int = 2  # QAT epochs per width
+    edge8_bits: tuple[int, ...] = (4, 2)  # widths also run with the first and last layers at 8 bits
+    qat_epochs: int = 1  # QAT epochs per width
     lr: float = 0.01  # QAT peak learning rate
     calibration: str = "percentile"  # activation ranges: minmax, percentile or mse
 
@@ -75,7 +76,7 @@ class CombinedSection:
         CombinedPoint(0.9, 4, 8, True, "90% pruned + 4-bit codebook"),
         CombinedPoint(0.95, 2, 8, True, "95% pruned + 2-bit codebook"),
     )
-    qat_epochs: int = 2  # fine-tuning epochs with the masks kept
+    qat_epochs: int = 1  # fine-tuning epochs with the masks kept
     lr: float = 0.01  # fine-tuning peak learning rate
 
 
@@ -138,6 +139,8 @@ def _check(cfg: StudyConfig) -> None:
     need(0 < cfg.structured.amount < 1, "structured.amount", cfg.structured.amount, "must be in (0, 1)")
     for b in cfg.quantization.bits:
         need(2 <= b <= 8, "quantization.bits", b, "must be from 2 to 8")
+    for b in cfg.quantization.edge8_bits:
+        need(b in cfg.quantization.bits and b < 8, "quantization.edge8_bits", b, "must be one of bits, below 8")
     need(cfg.quantization.calibration in ("minmax", "percentile", "mse"), "quantization.calibration",
          cfg.quantization.calibration, "must be minmax, percentile or mse")  # fmt: skip
     for i, p in enumerate(cfg.combined.points):

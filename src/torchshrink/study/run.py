@@ -48,7 +48,7 @@ def run_study(
     ctx = stages.Context(cfg, data, pick_device(device), lambda line: tqdm.write(line) if progress else log(line))
     cache = StageCache(out / "cache")
     it, qc = cfg.iterative, cfg.quantization
-    total = 5 + len(it.targets) + 2 * len(qc.bits) - (1 if 8 in qc.bits else 0) + len(cfg.combined.points)
+    total = 5 + len(it.targets) + len(qc.bits) + len(qc.edge8_bits) + len(cfg.combined.points)
     bar = tqdm(total=total, desc="study", unit="stage", disable=None if progress else True)
     timings: dict[str, float] = {}
     results: dict[str, Any] = {}
@@ -97,7 +97,7 @@ def run_study(
     results["quantization"] = []
     for bits in qc.bits:
         for edge in (False, True):
-            if edge and bits == 8:
+            if edge and bits not in qc.edge8_bits:
                 continue
             _, result = stage(f"quant-w{bits}{'-edge8' if edge else ''}", {**asdict(qc), "bits": bits, "edge": edge,
                               "calibration_images": cfg.data.calibration_images}, [base_key],
