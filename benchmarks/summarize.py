@@ -1,0 +1,84 @@
+"""Print the benchmark results (benchmarks/results/*.json) as markdown tables, for the README.
+
+python benchmarks/summarize.py
+"""
+
+from __future__ import annotations
+
+import json
+
+from _common import RESULTS
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def table(head: list[str], rows: list[list[object]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])  # fmt: skip
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main() -> None:
+    base = load("train_baseline")
+    if base:
+        p = base["pipeline"]
+        print(f"Baseline ({base['date']}, {base['machine']['cpu']}, {base['machine']['cores']} cores): "
+              f"test accuracy {pct(base['test_accuracy'])}%, validation {pct(base['val_accuracy'])}%, "
+              f"{base['config']['epochs']} epochs in {base['train_seconds']:.0f} s "
+              f"({base['images_per_second']:.0f} images/s); {base['parameters']:,} parameters, "
+              f"{base['fp32_bytes']:,} bytes fp32. Training loop / bare forward+backward: "
+              f"{p['loop_images_per_second']:.0f} / {sum(p['bare_images_per_second']) / 2:.0f} images/s "
+              f"= {p['ratio']:.2f}.\n")  # fmt: skip
+    pr = load("pruning")
+    if pr:
+        one = pr["oneshot"]
+        print(
+            table(
+                ["One-shot sparsity", "layer-wise (%)", "global (%)"],
+                [[f"{100 * float(s):.0f}%", pct(one["layer"][s]), pct(one["global"][s])] for s in one["layer"]],
+            )
+        )
+        print()
+        print(table(["Step-by-step sparsity", "test accuracy (%)", "vs baseline (points)", "cumulative wall (s)"],
+                    [[f"{100 * r['sparsity']:.1f}%", pct(r["test_accuracy"]), f"{r['delta_points']:+.2f}",
+                      f"{r['wall_seconds']:.0f}"] for r in pr["iterative"]]))  # fmt: skip
+        s = pr["structured"]
+        print()
+        print(table(["Structured, 50% of conv channels", "before", "after", "ratio"], [
+            ["parameters", f"{s['params_before']:,}", f"{s['params_after']:,}", f"{s['params_before'] / s['params_after']:.2f}x"],
+            ["multiply-adds", f"{s['macs_before']:,}", f"{s['macs_after']:,}", f"{s['macs_before'] / s['macs_after']:.2f}x"],
+            ["CPU latency batch 256 (ms)", f"{1e3 * s['latency']['256']['dense_s']:.1f}",
+             f"{1e3 * s['latency']['256']['pruned_s']:.1f}", f"{s['latency']['256']['speedup']:.2f}x"],
+            ["CPU latency batch 1 (ms)", f"{1e3 * s['latency']['1']['dense_s']:.2f}",
+             f"{1e3 * s['latency']['1']['pruned_s']:.2f}", f"{s['latency']['1']['speedup']:.2f}x"],
+            ["test accuracy (%)", pct(pr["baseline_test_accuracy"]), pct(s["test_accuracy_finetuned"]),
+             f"{s['delta_points']:+.2f} points"]]))  # fmt: skip
+        print()
+    q = load("quantization")
+    if q:
+        print(table(["W/A bits", "first/last 8-bit", "PTQ (%)", "QAT (%)", "QAT vs float (points)", "weight bytes",
+                     "ratio", "QAT wall (s)"],
+                    [[f"{r['bits']}/{r['act_bits']}", "yes" if r["first_last_8bit"] else "no",
+                      pct(r["ptq_test_accuracy"]), pct(r["qat_test_accuracy"]), f"{r['qat_delta_points']:+.2f}",
+                      f"{r['weight_bytes']:,.0f}", f"{r['ratio_vs_fp32']:.1f}x", f"{r['qat_seconds']:.0f}"]
+                     for r in q["rows"]]))  # fmt: skip
+        print()
+    c = load("compression")
+    if c:
+        print(table(["sparsity", "weights", "act bits", "entropy", "theoretical B", "file B", "ratio",
+                     "test (%)", "vs fp32 (points)"],
+                    [[f"{100 * r['config']['sparsity']:.0f}%",
+                      f"{r['config']['bits']}-bit {'codebook' if r['config']['codebook'] else 'uniform'}",
+                      r["config"]["act_bits"], r["compression"], f"{r['theoretical_weight_bytes']:,.0f}",
+                      f"{r['file_bytes']:,}", f"{r['ratio']:.1f}x", pct(r["test_accuracy"]),
+                      f"{r['delta_points']:+.2f}"] for r in c["rows"]]))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
