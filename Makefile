@@ -26,7 +26,7 @@ data:
 	fi
 
 run: setup
-	$(BIN)/torchshrink train --out runs/baseline
+	$(BIN)/torchshrink study --out runs/study
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks

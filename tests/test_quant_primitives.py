@@ -102,3 +102,11 @@ def test_invalid_widths_are_rejected():
     for bad in (1, 9, 0, 2.5):
         with pytest.raises(ConfigError, match="bits"):
             QuantSpec(bits=bad)
+
+
+def test_a_step_size_trained_below_zero_is_floored():
+    fq = FakeQuant(QuantSpec(bits=4, signed=False))
+    fq.enabled = True
+    fq.scale.data.fill_(-0.5)  # where a large LSQ step could push it
+    out = fq(torch.tensor([0.0, 1.0, 2.0]))
+    assert bool(torch.isfinite(out).all()) and float(fq.effective_scale[0]) > 0

@@ -121,7 +121,7 @@ def save_compressed(
     for name in list(layers) + list(books):
         iq = input_quantizer(modules[name])
         if iq is not None and iq.enabled:
-            scale = float(iq.scale[0])
+            scale = float(iq.effective_scale[0])
             activations.append({"layer": name, "bits": iq.spec.bits, "signed": iq.spec.signed,
                                 "symmetric": iq.spec.symmetric, "scale": scale, "zero_point": float(iq.zero_point[0])})  # fmt: skip
     blob, header = encode_file({"name": model_name, "args": model_args or {}, "batchnorm_folded": True}, records,

@@ -39,7 +39,7 @@ def export_layers(model: nn.Module) -> list[QuantizedLayer]:
             if p is fq:
                 break
             raw = p(raw)  # apply the pruning mask (the parametrizations before the quantizer)
-        scale, zp = fq.scale.detach().clone(), fq.zero_point.detach().clone()
+        scale, zp = fq.effective_scale.detach().clone(), fq.zero_point.detach().clone()
         codes = quantize(raw, scale if fq.spec.per_channel else scale[0], zp if fq.spec.per_channel else zp[0],
                          fq.spec.qmin, fq.spec.qmax, fq.spec.axis).to(torch.int8)  # fmt: skip
         iq = input_quantizer(layer)
@@ -52,7 +52,7 @@ def export_layers(model: nn.Module) -> list[QuantizedLayer]:
                 fq.spec,
                 None if bias is None else bias.detach().clone(),
                 iq.spec if iq is not None and iq.enabled else None,
-                iq.scale.detach().clone() if iq is not None and iq.enabled else None,
+                iq.effective_scale.detach().clone() if iq is not None and iq.enabled else None,
                 iq.zero_point.detach().clone() if iq is not None and iq.enabled else None,
             )  # fmt: skip
         )

@@ -17,6 +17,7 @@ from torchshrink.quant.primitives import check_bits, fake_quantize, minmax_qpara
 __all__ = ["QuantSpec", "FakeQuant", "CALIBRATIONS"]
 
 CALIBRATIONS = ("minmax", "percentile", "mse")
+MIN_SCALE = 1e-8
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,13 @@ class FakeQuant(nn.Module):
         s = self.spec
         return f"bits={s.bits}, signed={s.signed}, symmetric={s.symmetric}, per_channel={s.per_channel}, enabled={self.enabled}"
 
+    @property
+    def effective_scale(self) -> torch.Tensor:
+        """The scale in use: trained step sizes can cross zero, so they are floored at a tiny positive value."""
+        return self.scale.clamp_min(MIN_SCALE)
+
     def _scale_zp(self) -> tuple[torch.Tensor, torch.Tensor]:
-        scale, zp = self.scale, self.zero_point
+        scale, zp = self.effective_scale, self.zero_point
         if not self.spec.per_channel:
             scale, zp = scale[0], zp[0]
         return scale, zp
