@@ -186,3 +186,18 @@ def test_mutated_files_only_raise_the_format_error(good_file, tmp_path, data):
     else:  # a valid preamble and checksum-correct payload around a mutated header
         blob = bytearray(good_file[:16]) + bytearray(data.draw(st.binary(max_size=200))) + blob[16:]
     _only_format_error(bytes(blob), tmp_path)
+
+
+def test_centroid_gradient_is_the_mean_of_its_weights_gradients():
+    from torchshrink.quant import Codebook
+
+    w = torch.tensor([0.0, 1.0, 1.1, 0.9, -2.0, -2.1])
+    cb = Codebook(w, bits=2)
+    out = cb(w)
+    grads = torch.tensor([5.0, 1.0, 2.0, 3.0, 4.0, 6.0])
+    (out * grads).sum().backward()
+    table = torch.cat([torch.zeros(1), cb.centroids.detach()])
+    assert torch.allclose(table[cb.indices], torch.tensor([0.0, 1.0, 1.0, 1.0, -2.05, -2.05]), atol=1e-6)
+    members = {int(k): grads[cb.indices == k].mean() for k in cb.indices.unique() if k > 0}
+    for k, mean in members.items():
+        assert torch.isclose(cb.centroids.grad[k - 1], mean)

@@ -3,7 +3,9 @@ nearest of ``2**bits - 1`` shared values (a k-means codebook); index 0 is reserv
 
 The codebook is a parametrization ``weight = table[indices]`` with ``table = [0, centroids...]``: during
 fine-tuning, autograd sums the gradients of all weights sharing a centroid into that centroid, which is
-exactly the shared-gradient update of the paper. The indices stay fixed.
+the shared-gradient update of the paper. The sum is divided by the cluster's size (a mean), so one learning
+rate suits clusters of ten weights and of ten thousand: with the raw sum, fine-tuning at the learning
+rate of ordinary QAT diverged (measured: 10% accuracy). The indices stay fixed.
 """
 
 from __future__ import annotations
@@ -60,9 +62,14 @@ class Codebook(nn.Module):
         indices[nonzero] = assignment + 1
         self.centroids = nn.Parameter(centroids.to(weight.dtype))
         self.register_buffer("indices", indices)
+        counts = torch.zeros(k + 1).index_add_(0, indices.flatten(), torch.ones(indices.numel()))[1:]
+        self.register_buffer("inverse_counts", 1.0 / counts.clamp_min(1))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        table = torch.cat([self.centroids.new_zeros(1), self.centroids])
+        # same values, gradient scaled by 1 / cluster size: the mean of the shared weights' gradients
+        c = self.centroids
+        c = c * self.inverse_counts + (c - c * self.inverse_counts).detach()
+        table = torch.cat([c.new_zeros(1), c])
         return table[self.indices]
 
     def export(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -78,6 +78,7 @@ class CombinedSection:
     )
     qat_epochs: int = 1  # fine-tuning epochs with the masks kept
     lr: float = 0.01  # fine-tuning peak learning rate
+    codebook_gradient: str = "mean"  # shared-gradient update of codebook centroids: mean over the cluster
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,8 @@ def _check(cfg: StudyConfig) -> None:
              f"must be one of iterative.targets {list(cfg.iterative.targets)}")  # fmt: skip
         need(2 <= p.bits <= 8 and 2 <= p.act_bits <= 8, f"combined.points[{i}]", (p.bits, p.act_bits),
              "bits must be from 2 to 8")  # fmt: skip
+    need(cfg.combined.codebook_gradient == "mean", "combined.codebook_gradient", cfg.combined.codebook_gradient,
+         "must be 'mean' (the only update implemented)")  # fmt: skip
     for where, value in [("data.train_subset", cfg.data.train_subset), ("data.test_subset", cfg.data.test_subset)]:
         need(value is None or value >= 100, where, value, "must be empty or at least 100")
 

@@ -115,6 +115,7 @@ def run_study(
         key, result = stage(f"combined-s{point.sparsity:g}-w{point.bits}a{point.act_bits}"
                             f"{'-codebook' if point.codebook else ''}",
                             {**asdict(point), "epochs": cfg.combined.qat_epochs, "lr": cfg.combined.lr,
+                             "codebook_gradient": cfg.combined.codebook_gradient,
                              "calibration_images": cfg.data.calibration_images}, [base_key, pkey], compress)  # fmt: skip
         files = out / "compressed"
         files.mkdir(parents=True, exist_ok=True)
