@@ -64,22 +64,18 @@ def test_bad_inputs_give_one_line_and_exit_1(tmp_path):
     assert r.returncode == 1 and "no such checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_prune_and_quantize_commands(tmp_path, data_dir):
-    base = tmp_path / "base"
-    r = run(
-        "train",
-        "--model",
-        "cnn_tiny",
-        "--epochs",
-        "1",
-        "--train-subset",
-        "1000",
-        "--data-dir",
-        data_dir,
-        "--out",
-        str(base),
-    )
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, data_dir):
+    """A cnn_tiny checkpoint trained through the CLI, shared by the commands that read one."""
+    base = tmp_path_factory.mktemp("cli") / "base"
+    r = run("train", "--model", "cnn_tiny", "--epochs", "1", "--train-subset", "1000", "--data-dir", data_dir,
+            "--out", str(base))  # fmt: skip
     assert r.returncode == 0, r.stderr
+    return base
+
+
+def test_prune_and_quantize_commands(tmp_path, data_dir, tiny_checkpoint):
+    base = tiny_checkpoint
     pruned = tmp_path / "pruned"
     r = run(
         "prune", str(base), "--method", "oneshot", "--sparsity", "0.5", "--data-dir", data_dir, "--out", str(pruned)
@@ -115,10 +111,8 @@ def test_prune_missing_checkpoint_is_one_line(tmp_path):
     assert r.returncode == 1 and "no such checkpoint" in r.stderr and not (tmp_path / "out").exists()
 
 
-def test_compress_inspect_and_eval_a_file(tmp_path, data_dir):
-    base = tmp_path / "base"
-    assert run("train", "--model", "cnn_tiny", "--epochs", "1", "--train-subset", "1000", "--data-dir", data_dir,
-               "--out", str(base)).returncode == 0  # fmt: skip
+def test_compress_inspect_and_eval_a_file(tmp_path, data_dir, tiny_checkpoint):
+    base = tiny_checkpoint
     out = tmp_path / "m.tshrink"
     r = run("compress", str(base), "--sparsity", "0.7", "--bits", "4", "--steps", "1", "--qat-epochs", "0",
             "--train-subset", "2000", "--data-dir", data_dir, "--out", str(out))  # fmt: skip
