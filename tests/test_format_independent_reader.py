@@ -17,8 +17,10 @@ import torch
 from torchshrink.models import build_model
 from torchshrink.pack import save_compressed
 from torchshrink.pruning import make_permanent, prune_
-from torchshrink.quant import QuantConfig, ptq
+from torchshrink.quant import QuantConfig, codebook, ptq, snap_floats_
 from torchshrink.train import TrainConfig, fit
+
+FLOAT = {"float32": "<f4", "float16": "<f2"}
 
 
 def read_bits(blob: bytes, width: int, count: int) -> list[int]:
@@ -32,11 +34,37 @@ def read_bits(blob: bytes, width: int, count: int) -> list[int]:
     return out
 
 
+def huffman_symbols(table: bytes, width: int, blob: bytes, count: int) -> list[int]:
+    """Canonical Huffman, decoded bit by bit with a dictionary from (length, code) to symbol."""
+    lengths = read_bits(table, 4, 2**width)
+    order = sorted((n, s) for s, n in enumerate(lengths) if n)
+    codes, code, previous = {}, 0, order[0][0]
+    for n, s in order:
+        code <<= n - previous
+        codes[(n, code)] = s
+        code, previous = code + 1, n
+    out, cursor = [], 0
+    for _ in range(count):
+        n, value = 0, 0
+        while (n, value) not in codes:
+            value = (value << 1) | ((blob[cursor // 8] >> (cursor % 8)) & 1)
+            n, cursor = n + 1, cursor + 1
+        out.append(codes[(n, value)])
+    return out
+
+
+def read_stream(t: dict, sec: dict, name: str, width: int, count: int) -> list[int]:
+    if t.get(f"{name}_coding", "packed") == "huffman":
+        return huffman_symbols(sec[f"{name}_table"], width, sec[name], count)
+    return read_bits(sec[name], width, count)
+
+
 def independent_read(data: bytes) -> dict[str, np.ndarray]:
     assert data[:8] == b"TSHRINK\x00"
     (h,) = struct.unpack("<Q", data[8:16])
-    header = json.loads(data[16 : 16 + h].decode("utf-8"))
-    assert header["format"] == "torchshrink" and header["version"] == 1
+    head = data[16 : 16 + h]
+    header = json.loads((head if head[:1] == b"{" else zlib.decompress(head)).decode("utf-8"))
+    assert header["format"] == "torchshrink" and header["version"] == 2
     payload = data[16 + h :]
     assert len(payload) == header["payload_bytes"]
     assert hashlib.sha256(payload).hexdigest() == header["payload_sha256"]
@@ -47,50 +75,61 @@ def independent_read(data: bytes) -> dict[str, np.ndarray]:
         sec = {k: raw[v["offset"] : v["offset"] + v["length"]] for k, v in t["sections"].items()}
         n = math.prod(t["shape"])
         if t["encoding"] == "float":
-            dt = "<f4" if t["dtype"] == "float32" else "<f2"
-            out[t["name"]] = np.frombuffer(sec["values"], dtype=dt).astype(np.float32).reshape(t["shape"])
+            out[t["name"]] = (
+                np.frombuffer(sec["values"], dtype=FLOAT[t["dtype"]]).astype(np.float32).reshape(t["shape"])
+            )
             continue
         if t["storage"] == "dense":
-            stored = read_bits(sec["codes"], t["bits"], n)
+            stored = read_stream(t, sec, "codes", t["bits"], n)
         else:
             if t["positions"] == "bitmask":
                 where = [i for i in range(n) if (sec["positions"][i // 8] >> (i % 8)) & 1]
             else:
                 where, cursor, filler = [], 0, 2 ** t["gap_bits"] - 1
-                for g in read_bits(sec["positions"], t["gap_bits"], t["gap_count"]):
+                for g in read_stream(t, sec, "positions", t["gap_bits"], t["gap_count"]):
                     if g == filler:
                         cursor += g
                     else:
                         where.append(cursor + g)
                         cursor += g + 1
-            values = read_bits(sec["codes"], t["bits"], len(where))
+            values = read_stream(t, sec, "codes", t["bits"], len(where))
             zero = -t["code_offset"] if t["encoding"] == "uniform" else 0
             stored = [zero] * n
             for i, v in zip(where, values, strict=True):
                 stored[i] = v
         codes = np.array(stored, dtype=np.int64) + t["code_offset"]
         if t["encoding"] == "uniform":
-            scales = np.frombuffer(sec["scales"], dtype="<f4")
+            scales = np.frombuffer(sec["scales"], dtype=FLOAT[t.get("scale_dtype", "float32")]).astype(np.float32)
             per = scales if t["scale_count"] > 1 else np.repeat(scales, t["shape"][0])
             w = codes.reshape(t["shape"][0], -1).astype(np.float32) * per[:, None]
         else:
-            book = np.concatenate([[0.0], np.frombuffer(sec["codebook"], dtype="<f4")]).astype(np.float32)
+            centroids = np.frombuffer(sec["codebook"], dtype=FLOAT[t.get("codebook_dtype", "float32")])
+            book = np.concatenate([[0.0], centroids.astype(np.float32)]).astype(np.float32)
             w = book[codes]
         out[t["name"]] = w.reshape(t["shape"])
     return out
 
 
-@pytest.mark.parametrize("bits, sparsity, compression", [(4, 0.0, "none"), (3, 0.85, "lzma"), (2, 0.5, "zlib")])
-def test_independent_reader_agrees_with_the_model(small, tmp_path, bits, sparsity, compression):
+@pytest.mark.parametrize("bits, sparsity, compression, shared", [
+    (4, 0.0, "none", False), (3, 0.85, "lzma", False), (2, 0.5, "zlib", False), (4, 0.9, "none", True),
+])  # fmt: skip
+def test_independent_reader_agrees_with_the_model(small, tmp_path, bits, sparsity, compression, shared):
     torch.manual_seed(0)
     model = build_model("cnn_tiny")
     fit(model, small.subset(train=500), TrainConfig(epochs=1, lr=0.05, batch_size=64), "cpu", progress=False, log=None)
     if sparsity:
         prune_(model, sparsity)
         make_permanent(model)
-    q = ptq(model, small, QuantConfig(bits=bits))
+    if shared:
+        q = codebook(model, small, bits, act_bits=8, log=None)
+        snap_floats_(q)  # float16 biases and centroids
+    else:
+        q = ptq(model, small, QuantConfig(bits=bits))
     path = tmp_path / "m.tshrink"
-    save_compressed(q, path, "cnn_tiny", compression=compression)
+    header = save_compressed(q, path, "cnn_tiny", compression=compression)
+    if shared:
+        codings = {t.get(k) for t in header["tensors"] for k in ("codes_coding", "positions_coding")}
+        assert "huffman" in codings and any(t.get("codebook_dtype") == "float16" for t in header["tensors"])
     tensors = independent_read(path.read_bytes())
     modules = dict(q.named_modules())
     for name, array in tensors.items():

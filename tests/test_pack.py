@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -12,9 +15,11 @@ from hypothesis import strategies as st
 from torchshrink.models import build_model
 from torchshrink.pack import FormatError, inspect_compressed, load_compressed, read_compressed, save_compressed
 from torchshrink.pack.bitpack import pack_bits, packed_size, unpack_bits
-from torchshrink.pack.sparse import decode_positions, encode_positions
+from torchshrink.pack.huffman import canonical_codes, code_lengths, encoded_bits, huffman_decode, huffman_encode
+from torchshrink.pack.sparse import decode_positions, encode_positions, gap_codes
+from torchshrink.pack.streams import decode_stream, encode_stream
 from torchshrink.pruning import make_permanent, prune_
-from torchshrink.quant import QuantConfig, codebook, ptq, qat
+from torchshrink.quant import QuantConfig, codebook, ptq, qat, snap_floats_
 from torchshrink.train import TrainConfig, evaluate, fit
 
 
@@ -28,24 +33,89 @@ def test_bit_packing_round_trips_for_every_width(width, data):
     assert np.array_equal(unpack_bits(packed, width, values.size), values)
 
 
+def _decode(pos, n):
+    return decode_positions(pos.method, pos.stream.data, n, pos.gap_bits, pos.entries, pos.stream.coding,
+                            pos.stream.table)  # fmt: skip
+
+
 @settings(max_examples=200, deadline=None)
-@given(flags=st.lists(st.booleans(), max_size=400), density=st.floats(0, 1))
-def test_position_encodings_round_trip(flags, density):
-    """Either position encoding decodes to exactly the non-zero indices, and the smaller one is chosen."""
+@given(flags=st.lists(st.booleans(), max_size=400), density=st.floats(0, 1), entropy=st.booleans())
+def test_position_encodings_round_trip(flags, density, entropy):
+    """Every position encoding decodes to exactly the non-zero indices, and none is larger than the bitmask."""
     rng = np.random.default_rng(len(flags))
     mask = np.array(flags, dtype=bool) & (rng.random(len(flags)) < density)
-    pos = encode_positions(mask)
-    decoded = decode_positions(pos.method, pos.data, mask.size, pos.gap_bits, pos.entries)
-    assert np.array_equal(decoded, np.flatnonzero(mask))
-    assert len(pos.data) <= packed_size(mask.size, 1)
+    pos = encode_positions(mask, entropy)
+    assert np.array_equal(_decode(pos, mask.size), np.flatnonzero(mask))
+    assert pos.size <= packed_size(mask.size, 1)
 
 
 def test_long_gaps_use_fillers():
     mask = np.zeros(5000, dtype=bool)
     mask[[0, 4000, 4999]] = True
-    pos = encode_positions(mask)
-    assert pos.method == "delta" and len(pos.data) < 5000 / 8
-    assert decode_positions(pos.method, pos.data, 5000, pos.gap_bits, pos.entries).tolist() == [0, 4000, 4999]
+    pos = encode_positions(mask, entropy=False)
+    assert pos.method == "delta" and pos.size < 5000 / 8
+    assert _decode(pos, 5000).tolist() == [0, 4000, 4999]
+
+
+def test_gap_codes_match_a_plain_loop():
+    positions = np.array([0, 3, 40, 41, 300])
+    expected = []
+    for g in np.diff(np.concatenate([[-1], positions])) - 1:
+        while g >= 15:
+            expected.append(15)
+            g -= 15
+        expected.append(g)
+    assert gap_codes(positions, 4).tolist() == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(width=st.integers(1, 8), data=st.data())
+def test_huffman_round_trips_and_never_beats_the_entropy(width, data):
+    """Decode(encode(x)) == x for any symbols of any width; the code is a prefix code no shorter than the
+    order-0 entropy and within one bit per symbol of it (when no length limit applies)."""
+    symbols = np.array(data.draw(st.lists(st.integers(0, 2**width - 1), max_size=500)), dtype=np.int64)
+    lengths, blob = huffman_encode(symbols, 2**width)
+    assert np.array_equal(huffman_decode(lengths, blob, symbols.size), symbols)
+    if symbols.size:
+        assert np.sum(2.0 ** -lengths[lengths > 0]) <= 1.0
+        p = np.bincount(symbols) / symbols.size
+        entropy = -np.sum(p[p > 0] * np.log2(p[p > 0])) * symbols.size
+        used = encoded_bits(symbols, lengths)
+        assert used >= entropy - 1e-6 and len(blob) == -(-used // 8)
+        if lengths.max() < 15:
+            assert used <= entropy + symbols.size + 1e-6
+
+
+def test_huffman_matches_the_documented_example():
+    """docs/FORMAT.md: lengths A=1, B=2, C=2 -> codes 0, 10, 11; B A C is the single byte 0x19."""
+    assert canonical_codes(np.array([1, 2, 2])).tolist() == [0b0, 0b10, 0b11]
+    lengths, blob = huffman_encode(np.array([1, 0, 2, 0]), 3)  # A twice: A=1 bit
+    assert lengths.tolist() == [1, 2, 2]
+    assert huffman_decode(np.array([1, 2, 2]), bytes([0x19]), 3).tolist() == [1, 0, 2]
+
+
+def test_huffman_limits_code_lengths_and_rejects_bad_streams():
+    counts = np.array([2**i for i in range(40)], dtype=np.int64)  # Fibonacci-like skew wants 39-bit codes
+    lengths = code_lengths(counts)
+    assert lengths.max() <= 15 and np.sum(2.0**-lengths) <= 1.0
+    with pytest.raises(ValueError, match="Kraft"):
+        canonical_codes(np.array([1, 1, 1]))
+    with pytest.raises(ValueError):
+        huffman_decode(np.array([1, 2, 2]), b"", 5)  # stream too short for its count
+    with pytest.raises(ValueError, match="not a code"):
+        huffman_decode(np.array([2, 2, 0, 0]), bytes([0xFF]), 3)  # 11 is no code of {00, 01}
+
+
+def test_streams_keep_the_smaller_coding():
+    rng = np.random.default_rng(0)
+    skewed = np.minimum(rng.geometric(0.5, 5000) - 1, 15)
+    uniform = rng.integers(0, 16, 5000)
+    assert encode_stream(skewed, 4).coding == "huffman"
+    assert encode_stream(uniform, 4).coding == "packed"
+    assert encode_stream(skewed, 4, entropy=False).coding == "packed"
+    for values in (skewed, uniform):
+        s = encode_stream(values, 4)
+        assert np.array_equal(decode_stream(s.coding, s.data, s.table, 4, values.size), values)
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +188,23 @@ def test_codebook_round_trip_and_shared_gradient(trained, small, tmp_path):
     layer = q.features.conv2
     values = torch.unique(layer.weight)
     assert values.numel() <= 2**3  # 7 shared values and the pruned zero
+    assert snap_floats_(q) > 0  # biases and centroids rounded to float16 values
     path = tmp_path / "cb.tshrink"
-    save_compressed(q, path, "cnn_tiny")
+    header = save_compressed(q, path, "cnn_tiny")
     _predictions_equal(q, load_compressed(path), small)
+    dtypes = {t.get("dtype") or t.get("codebook_dtype") for t in header["tensors"]}
+    assert dtypes == {"float16"}  # every float survived the rounding exactly, so the file keeps half the bytes
     acc, _ = evaluate(q, small.test_x, small.test_y)
     assert acc > 0.5
+
+
+def _with_plain_header(blob: bytes, change) -> bytes:
+    """The file with its header decoded, changed, and stored back as plain JSON."""
+    (n,) = struct.unpack("<Q", blob[8:16])
+    head = blob[16 : 16 + n]
+    header = json.loads(head if head[:1] == b"{" else zlib.decompress(head))
+    new = json.dumps(change(header)).encode()
+    return blob[:8] + struct.pack("<Q", len(new)) + new + blob[16 + n :]
 
 
 def test_strict_reader_rejects_bad_files(trained, small, tmp_path):
@@ -136,7 +218,7 @@ def test_strict_reader_rejects_bad_files(trained, small, tmp_path):
         "magic": b"XXXXXXXX" + good[8:],
         "huge header": good[:8] + (2**40).to_bytes(8, "little") + good[16:],
         "flipped payload": good[:-5] + bytes([good[-5] ^ 0xFF]) + good[-4:],
-        "version": good.replace(b'"version":1', b'"version":7'),
+        "version": _with_plain_header(good, lambda h: h | {"version": 7}),
     }
     messages = {}
     for name, blob in cases.items():
@@ -150,6 +232,18 @@ def test_strict_reader_rejects_bad_files(trained, small, tmp_path):
     assert "checksum" in messages["flipped payload"] and "version 7" in messages["version"]
     with pytest.raises(FormatError, match="cannot read"):
         read_compressed(tmp_path / "missing.tshrink")
+
+
+def test_plain_and_compressed_headers_read_alike(trained, small, tmp_path):
+    q = ptq(trained, small, QuantConfig(bits=4))
+    path = tmp_path / "m.tshrink"
+    save_compressed(q, path, "cnn_tiny")
+    blob = path.read_bytes()
+    assert blob[16:17] != b"{"  # the header compresses, so it is stored as a zlib stream
+    plain = tmp_path / "plain.tshrink"
+    plain.write_bytes(_with_plain_header(blob, lambda h: h))
+    a, b = load_compressed(path), load_compressed(plain)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 @pytest.fixture(scope="module")

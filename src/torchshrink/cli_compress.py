@@ -99,11 +99,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     size = Path(args.file).stat().st_size
     fp32 = 0
     width = max(len(r.name) for r in rows)
-    print(f"{'tensor':<{width}} {'shape':<16} {'encoding':<9} {'storage':<7} {'bits':>4} {'sparsity':>8} "
-          f"{'bytes':>8} {'share':>6}")  # fmt: skip
+    print(f"{'tensor':<{width}} {'shape':<16} {'encoding':<9} {'storage':<7} {'coding (codes/gaps)':<19} {'bits':>4} "
+          f"{'sparsity':>8} {'bytes':>8} {'share':>6}")  # fmt: skip
     for r in rows:
         fp32 += 4 * math.prod(r.shape)
-        print(f"{r.name:<{width}} {str(r.shape):<16} {r.encoding:<9} {r.storage:<7} {r.bits:>4} "
+        print(f"{r.name:<{width}} {str(r.shape):<16} {r.encoding:<9} {r.storage:<7} {r.coding:<19} {r.bits:>4} "
               f"{100 * r.sparsity:>7.1f}% {r.bytes:>8,} {100 * r.bytes / header['raw_payload_bytes']:>5.1f}%")  # fmt: skip
     print(f"model {header['model']['name']} {header['model'].get('args', {})}; payload {header['raw_payload_bytes']:,} "
           f"bytes, stored with {header['compression']} as {header['payload_bytes']:,}; file {size:,} bytes; "

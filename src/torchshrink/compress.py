@@ -21,7 +21,7 @@ from torchshrink.models import fp32_bytes
 from torchshrink.pack import inspect_compressed, load_compressed, save_compressed
 from torchshrink.pruning import iterative_prune, make_permanent
 from torchshrink.pruning.masks import check_amount
-from torchshrink.quant import QuantConfig, codebook, ptq, qat
+from torchshrink.quant import QuantConfig, codebook, ptq, qat, snap_floats_
 from torchshrink.quant.primitives import check_bits
 from torchshrink.train import TrainConfig, evaluate
 
@@ -41,6 +41,7 @@ class CompressConfig:
     lr: float = 0.01  # peak learning rate of the fine-tuning
     codebook: bool = False  # k-means weight sharing instead of uniform levels
     keep_first_last_8bit: bool = False  # first/last layers at 8 bits
+    float16: bool = True  # round biases and centroids to float16 values: the file stores them in half the bytes
 
     def __post_init__(self) -> None:
         check_amount(self.sparsity)
@@ -81,6 +82,8 @@ def compress_model(
     else:
         qcfg = QuantConfig(bits=cfg.bits, act_bits=act_bits, keep_first_last_8bit=cfg.keep_first_last_8bit)
         model = qat(pruned, data, qcfg, train, device, log=log)[0] if train else ptq(pruned, data, qcfg)
+    if cfg.float16:
+        snap_floats_(model)
     record["quant_seconds"] = time.perf_counter() - start
     return model.cpu().eval(), record
 

@@ -1,10 +1,10 @@
 """Save a fake-quantized (and possibly pruned) model to a ``.tshrink`` file and load it back into a runnable
 model whose predictions equal the model it was saved from.
 
-Quantized weights are stored as integer codes at exactly their width (dense, or only the non-zero codes
-plus their positions, whichever is smaller) with per-channel float32 scales, or as codebook indices plus
-a float32 codebook. Everything else (biases) is float32. BatchNorm is folded before quantization, so the
-file holds no BatchNorm. The input quantizers' parameters travel in the header.
+Quantized weights are stored as integer codes at exactly their width or Huffman-coded (dense, or only the
+non-zero codes plus their positions, whichever is smaller) with per-channel scales, or as codebook indices
+plus a codebook. Floats (biases, scales, centroids) are float16 where that is exact, else float32.
+BatchNorm is folded before quantization, so the file holds no BatchNorm. The input quantizers' parameters travel in the header.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from torch import nn
 from torchshrink._io import atomic_write_bytes
 from torchshrink.errors import TorchshrinkError
 from torchshrink.models import MODELS, build_model
-from torchshrink.pack.bitpack import pack_bits, unpack_bits
 from torchshrink.pack.format import (
     MAX_ELEMENTS,
     FormatError,
@@ -33,6 +32,7 @@ from torchshrink.pack.format import (
     float_values,
 )
 from torchshrink.pack.sparse import decode_positions, encode_positions
+from torchshrink.pack.streams import Stream, decode_stream, encode_stream
 from torchshrink.quant.apply import _quantize_input_hook, input_quantizer, quantized_layers
 from torchshrink.quant.export import export_layers
 from torchshrink.quant.fake_quant import FakeQuant, QuantSpec
@@ -45,29 +45,43 @@ FILE_LIMIT = 1 << 31
 
 
 def _codes_record(name: str, codes: np.ndarray, shape: list[int], bits: int, offset: int,
-                  extra_meta: dict[str, Any], extra_sections: dict[str, bytes]) -> TensorRecord:  # fmt: skip
-    """Encode codes (already shifted to be non-negative by ``offset``): dense or sparse, whichever is smaller.
+                  extra_meta: dict[str, Any], extra_sections: dict[str, bytes], entropy: bool) -> TensorRecord:  # fmt: skip
+    """Encode codes (``codes - offset`` is stored, non-negative): dense or sparse, whichever is smaller.
 
-    ``zero`` is the stored value of a zero weight (``-offset``), omitted in sparse storage.
+    A zero weight has code 0 (uniform) or index 0 (codebook); sparse storage omits those.
     """
     flat = codes.reshape(-1).astype(np.int64)
-    zero_code = 0
-    dense = pack_bits((flat - offset).astype(np.uint8), bits)
-    nonzero = flat != zero_code
-    pos = encode_positions(nonzero)
-    sparse_codes = pack_bits((flat[nonzero] - offset).astype(np.uint8), bits)
     meta = {"shape": shape, "bits": bits, "code_offset": offset, **extra_meta}
-    if len(pos.data) + len(sparse_codes) < len(dense):
+    dense = encode_stream(flat - offset, bits, entropy)
+    nonzero = flat != 0
+    pos = encode_positions(nonzero, entropy)
+    sparse = encode_stream(flat[nonzero] - offset, bits, entropy)
+    if pos.size + sparse.size < dense.size:
         meta |= {"storage": "sparse", "positions": pos.method, "gap_bits": pos.gap_bits, "gap_count": pos.entries,
-                 "nonzeros": int(nonzero.sum())}  # fmt: skip
-        return TensorRecord(name, meta, {**extra_sections, "positions": pos.data, "codes": sparse_codes})
-    meta |= {"storage": "dense"}
-    return TensorRecord(name, meta, {**extra_sections, "codes": dense})
+                 "positions_coding": pos.stream.coding, "nonzeros": int(nonzero.sum()), "codes_coding": sparse.coding}  # fmt: skip
+        sections = {**extra_sections, **_stream_sections("positions", pos.stream), **_stream_sections("codes", sparse)}
+        return TensorRecord(name, meta, sections)
+    meta |= {"storage": "dense", "codes_coding": dense.coding}
+    return TensorRecord(name, meta, {**extra_sections, **_stream_sections("codes", dense)})
 
 
-def _float_record(name: str, t: torch.Tensor, dtype: str = "float32") -> TensorRecord:
+def _stream_sections(key: str, stream: Stream) -> dict[str, bytes]:
+    return {key: stream.data, f"{key}_table": stream.table} if stream.coding == "huffman" else {key: stream.data}
+
+
+def _float_dtype(values: np.ndarray) -> str:
+    """``float16`` when every value survives the round trip exactly (storage never changes a value)."""
+    values = np.asarray(values, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        exact = np.array_equal(values.astype(np.float16).astype(np.float32), values)
+    return "float16" if exact else "float32"
+
+
+def _float_record(name: str, t: torch.Tensor) -> TensorRecord:
+    values = t.detach().cpu().float().numpy()
+    dtype = _float_dtype(values)
     return TensorRecord(name, {"shape": list(t.shape), "encoding": "float", "dtype": dtype},
-                        {"values": float_bytes(t.detach().cpu().numpy(), dtype)})  # fmt: skip
+                        {"values": float_bytes(values, dtype)})  # fmt: skip
 
 
 @torch.no_grad()
@@ -77,9 +91,14 @@ def save_compressed(
     model_name: str,
     model_args: dict[str, Any] | None = None,
     compression: str = "auto",
+    entropy: bool = True,
 ) -> dict[str, Any]:
     """Write a quantized model (from :func:`torchshrink.quant.ptq`, ``qat`` or the codebook transform) to
     ``path`` atomically. Returns the header that was written.
+
+    Storage is lossless: every code stream is bit-packed or (``entropy``) Huffman-coded, whichever is
+    smaller; float values (biases, scales, centroids) go to float16 only when that is exact (see
+    :func:`torchshrink.quant.snap_floats_`), else float32. ``compression`` then applies to the whole payload.
     """
     if model_name not in MODELS:
         raise ValueError(f"unknown model {model_name!r}")
@@ -94,19 +113,21 @@ def save_compressed(
         owner, _, leaf = key.rpartition(".")
         if leaf == "weight" and owner in exported:
             q = exported[owner]
-            scales = float_bytes(q.scale.numpy(), "float32")
+            dtype = _float_dtype(q.scale.numpy())
             records.append(_codes_record(
                 key, q.codes.numpy(), list(q.codes.shape), q.spec.bits, q.spec.qmin,
-                {"encoding": "uniform", "scale_count": q.scale.numel()}, {"scales": scales},
+                {"encoding": "uniform", "scale_count": q.scale.numel(), "scale_dtype": dtype},
+                {"scales": float_bytes(q.scale.numpy(), dtype)}, entropy,
             ))  # fmt: skip
         elif leaf == "weight" and owner in books:
             cb = books[owner]
             values, indices = cb.export()
             # stored index 0 is a pruned zero; centroid k is stored as k + 1
+            dtype = _float_dtype(values.numpy())
             records.append(_codes_record(
                 key, indices.numpy() + 1, list(indices.shape), cb.bits, 0,
-                {"encoding": "codebook", "codebook_size": values.numel()},
-                {"codebook": float_bytes(values.numpy(), "float32")},
+                {"encoding": "codebook", "codebook_size": values.numel(), "codebook_dtype": dtype},
+                {"codebook": float_bytes(values.numpy(), dtype)}, entropy,
             ))  # fmt: skip
         else:
             try:
@@ -156,24 +177,31 @@ def _decode_tensor(rec: TensorRecord) -> torch.Tensor:
     bits, offset = meta["bits"], meta["code_offset"]
     if not (isinstance(bits, int) and 1 <= bits <= 8 and isinstance(offset, int) and -256 <= offset <= 256):
         raise ValueError(f"bits {bits!r} / code_offset {offset!r} out of range")
+    sections = rec.sections
+    coding = meta.get("codes_coding", "packed")
     if meta.get("storage") == "sparse":
-        positions = decode_positions(meta["positions"], rec.sections["positions"], numel, meta["gap_bits"],
-                                     meta["gap_count"])  # fmt: skip
+        positions = decode_positions(meta["positions"], sections["positions"], numel, meta["gap_bits"],
+                                     meta["gap_count"], meta.get("positions_coding", "packed"),
+                                     sections.get("positions_table", b""))  # fmt: skip
         codes = np.zeros(numel, dtype=np.int64)
-        codes[positions] = unpack_bits(rec.sections["codes"], bits, positions.size).astype(np.int64) + offset
+        stored = decode_stream(coding, sections["codes"], sections.get("codes_table", b""), bits, positions.size)
+        codes[positions] = stored.astype(np.int64) + offset
     elif meta.get("storage") == "dense":
-        codes = unpack_bits(rec.sections["codes"], bits, numel).astype(np.int64) + offset
+        stored = decode_stream(coding, sections["codes"], sections.get("codes_table", b""), bits, numel)
+        codes = stored.astype(np.int64) + offset
     else:
         raise ValueError(f"unknown storage {meta.get('storage')!r}")
     codes_t = torch.from_numpy(codes).reshape(shape)
     if meta.get("encoding") == "uniform":
-        scales = torch.from_numpy(float_values(rec.sections["scales"], "float32", meta["scale_count"]).copy())
+        raw = float_values(sections["scales"], meta.get("scale_dtype", "float32"), meta["scale_count"])
+        scales = torch.from_numpy(raw.copy())
         if scales.numel() not in (1, shape[0]):
             raise ValueError(f"{scales.numel()} scales for {shape[0]} channels")
         view = scales.reshape(-1, *[1] * (len(shape) - 1)) if scales.numel() > 1 else scales[0]
         return codes_t.float() * view  # the same product the fake quant computes
     if meta.get("encoding") == "codebook":
-        book = torch.from_numpy(float_values(rec.sections["codebook"], "float32", meta["codebook_size"]).copy())
+        raw = float_values(sections["codebook"], meta.get("codebook_dtype", "float32"), meta["codebook_size"])
+        book = torch.from_numpy(raw.copy())
         table = torch.cat([torch.zeros(1), book])
         if codes_t.numel() and int(codes_t.max()) >= table.numel():
             raise ValueError("codebook index out of range")
@@ -233,6 +261,13 @@ def load_compressed(path: str | os.PathLike[str]) -> nn.Module:
         raise FormatError(f"{path}: malformed content ({type(exc).__name__}: {exc})") from exc
 
 
+def _coding(meta: dict[str, Any]) -> str:
+    if meta.get("encoding") == "float":
+        return str(meta.get("dtype"))
+    codes = meta.get("codes_coding", "packed")
+    return f"{codes}/{meta.get('positions_coding', 'packed')}" if meta.get("storage") == "sparse" else codes
+
+
 @dataclass(frozen=True)
 class TensorSummary:
     """One tensor of a file, for ``torchshrink inspect``."""
@@ -244,6 +279,7 @@ class TensorSummary:
     bits: int
     sparsity: float
     bytes: int  # its sections, before the whole-payload compression
+    coding: str = "-"  # how the codes (and gaps) are stored: packed or huffman; float dtype for floats
 
 
 def inspect_compressed(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[TensorSummary]]:
@@ -259,6 +295,6 @@ def inspect_compressed(path: str | os.PathLike[str]) -> tuple[dict[str, Any], li
         rows.append(TensorSummary(
             rec.name, rec.meta["shape"], rec.meta.get("encoding", "?"), rec.meta.get("storage", "-"),
             rec.meta.get("bits", 32 if rec.meta.get("dtype") == "float32" else 16),
-            float((tensor == 0).sum()) / numel, sum(len(b) for b in rec.sections.values()),
+            float((tensor == 0).sum()) / numel, sum(len(b) for b in rec.sections.values()), _coding(rec.meta),
         ))  # fmt: skip
     return header, rows

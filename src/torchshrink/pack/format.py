@@ -1,8 +1,8 @@
 """The ``.tshrink`` compressed model file: write and read, strictly. Specified in ``docs/FORMAT.md``.
 
 Layout: 8-byte magic ``TSHRINK\\x00``, an unsigned 64-bit little-endian header length ``H``, ``H`` bytes of
-UTF-8 JSON header, then the payload. The payload is the concatenation of every tensor's byte sections,
-optionally compressed as a whole (``lzma`` or ``zlib``); the header's offsets point into the *decompressed*
+header (UTF-8 JSON, or a zlib stream of it when that is smaller), then the payload. The payload is the
+concatenation of every tensor's byte sections, optionally compressed as a whole (``lzma`` or ``zlib``); the header's offsets point into the *decompressed*
 payload, and ``payload_sha256`` checks the payload bytes as stored.
 """
 
@@ -34,7 +34,8 @@ __all__ = [
 
 MAGIC = b"TSHRINK\x00"
 FORMAT_NAME = "torchshrink"
-VERSION = 1
+VERSION = 2  # 2 added Huffman-coded streams, float16 scales / centroids and the zlib-compressed header
+READABLE_VERSIONS = (1, 2)
 MAX_HEADER = 16 << 20  # a header larger than 16 MiB is refused before it is read
 MAX_ELEMENTS = 1 << 28  # per tensor, and in total: bounds every allocation driven by the header
 MAX_PAYLOAD = 1 << 31
@@ -89,6 +90,9 @@ def encode_file(model: dict[str, Any], tensors: list[TensorRecord], compression:
         **(extra or {}),
     }
     head = json.dumps(header, separators=(",", ":")).encode()
+    packed_head = zlib.compress(head, 9)
+    if len(packed_head) < len(head):
+        head = packed_head  # a zlib stream never starts with "{", so a reader can tell the two apart
     return MAGIC + struct.pack("<Q", len(head)) + head + payload, header
 
 
@@ -125,14 +129,22 @@ def _decode(data: bytes) -> tuple[dict[str, Any], list[TensorRecord]]:
     (head_len,) = struct.unpack("<Q", data[8:16])
     _need(head_len <= MAX_HEADER, f"header length {head_len} exceeds the {MAX_HEADER}-byte limit")
     _need(16 + head_len <= len(data), f"truncated: header of {head_len} bytes but only {len(data) - 16} follow")
+    head = data[16 : 16 + head_len]
+    if head[:1] != b"{":
+        try:
+            d = zlib.decompressobj()
+            head = d.decompress(head, MAX_HEADER + 1)  # bounded, like the payload
+        except zlib.error as exc:
+            raise FormatError(f"header is neither JSON nor a zlib stream ({exc})") from exc
+        _need(len(head) <= MAX_HEADER and d.eof, "compressed header is truncated or too large")
     try:
-        header = json.loads(data[16 : 16 + head_len].decode("utf-8"))
+        header = json.loads(head.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise FormatError(f"header is not valid JSON ({exc})") from exc
     _need(isinstance(header, dict), "header is not a JSON object")
     _need(header.get("format") == FORMAT_NAME, f"format {header.get('format')!r} is not {FORMAT_NAME!r}")
-    _need(header.get("version") == VERSION,
-          f"format version {header.get('version')!r} is not supported (this reader knows version {VERSION})")  # fmt: skip
+    _need(header.get("version") in READABLE_VERSIONS,
+          f"format version {header.get('version')!r} is not supported (this reader knows {READABLE_VERSIONS})")  # fmt: skip
     payload = data[16 + head_len :]
     _need(len(payload) == _int(header, "payload_bytes"),
           f"payload is {len(payload)} bytes, header says {header.get('payload_bytes')} (truncated or padded)")  # fmt: skip

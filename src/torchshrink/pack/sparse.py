@@ -1,10 +1,10 @@
-"""Positions of the non-zero entries of a flattened tensor: a bitmask or packed gaps, whichever is smaller.
+"""Positions of the non-zero entries of a flattened tensor: a bitmask or gaps, whichever is smaller.
 
 * ``bitmask``: one bit per entry (1 = non-zero), packed LSB first: ``ceil(n / 8)`` bytes.
 * ``delta``: for each non-zero entry in order, the count of zeros since the previous non-zero (or since the
-  start), packed at a fixed ``gap_bits`` width 1..8. A gap longer than ``2**gap_bits - 1`` is split by
-  *filler* entries: a gap code of all ones means "that many zeros, and no non-zero entry yet", so the
-  reader keeps counting. Fillers are rare at the widths chosen.
+  start), as a stream of ``gap_bits``-wide gap codes (bit-packed or Huffman-coded, see :mod:`streams`). A gap
+  longer than ``2**gap_bits - 1`` is split by *filler* entries: a gap code of all ones means "that many
+  zeros, and no non-zero entry yet", so the reader keeps counting. Every width 1..8 is tried.
 """
 
 from __future__ import annotations
@@ -13,52 +13,58 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from torchshrink.pack.bitpack import pack_bits, packed_size, unpack_bits
+from torchshrink.pack.bitpack import packed_size
+from torchshrink.pack.streams import Stream, decode_stream, encode_stream
 
-__all__ = ["Positions", "encode_positions", "decode_positions"]
+__all__ = ["Positions", "encode_positions", "decode_positions", "gap_codes"]
 
 
 @dataclass(frozen=True)
 class Positions:
-    """Encoded positions: the method, its packed bytes, the gap width (delta only) and the entry count."""
+    """Encoded positions: the method, its stream, the gap width (delta only) and the entry count."""
 
     method: str
-    data: bytes
+    stream: Stream
     gap_bits: int
-    entries: int  # number of packed gap codes (delta), or n (bitmask)
+    entries: int  # number of gap codes (delta), or n (bitmask)
+
+    @property
+    def size(self) -> int:
+        return self.stream.size
 
 
-def _gaps(positions: np.ndarray, width: int) -> np.ndarray:
+def gap_codes(positions: np.ndarray, width: int) -> np.ndarray:
+    """The gap codes of increasing ``positions`` at ``width`` bits, fillers included."""
     limit = (1 << width) - 1
     previous = np.concatenate([[-1], positions[:-1]])
     gaps = positions - previous - 1
-    codes = []
-    for g in gaps.tolist():
-        while g >= limit:
-            codes.append(limit)  # filler: `limit` zeros, keep counting
-            g -= limit
-        codes.append(g)
-    return np.asarray(codes, dtype=np.uint8)
+    per_gap = gaps // limit + 1  # fillers, then the remainder
+    codes = np.full(int(per_gap.sum()), limit, dtype=np.uint8)
+    codes[np.cumsum(per_gap) - 1] = gaps % limit
+    return codes
 
 
-def encode_positions(nonzero: np.ndarray) -> Positions:
-    """Encode a boolean vector of non-zero flags in the smaller of the two methods."""
+def encode_positions(nonzero: np.ndarray, entropy: bool = True) -> Positions:
+    """Encode a boolean vector of non-zero flags in the smallest of the methods and widths."""
     nonzero = np.asarray(nonzero, dtype=bool).reshape(-1)
     n = nonzero.size
-    best = Positions("bitmask", np.packbits(nonzero.astype(np.uint8), bitorder="little").tobytes(), 0, n)
+    bitmask = Stream("packed", np.packbits(nonzero.astype(np.uint8), bitorder="little").tobytes())
+    best = Positions("bitmask", bitmask, 0, n)
     positions = np.flatnonzero(nonzero)
     if positions.size == 0:
-        return Positions("delta", b"", 1, 0)
+        return Positions("delta", Stream("packed", b""), 1, 0)
     for width in range(1, 9):
-        if positions.size * width / 8 >= len(best.data):
-            break  # wider gaps only cost more from here
-        codes = _gaps(positions, width)
-        if packed_size(codes.size, width) < len(best.data):
-            best = Positions("delta", pack_bits(codes, width), width, codes.size)
+        if not entropy and positions.size * width / 8 >= best.size:
+            break  # packed: wider gaps only cost more from here
+        codes = gap_codes(positions, width)
+        stream = encode_stream(codes, width, entropy)
+        if stream.size < best.size:
+            best = Positions("delta", stream, width, codes.size)
     return best
 
 
-def decode_positions(method: str, data: bytes, n: int, gap_bits: int = 0, entries: int = 0) -> np.ndarray:
+def decode_positions(method: str, data: bytes, n: int, gap_bits: int = 0, entries: int = 0,
+                     coding: str = "packed", table: bytes = b"") -> np.ndarray:  # fmt: skip
     """Indices of the non-zero entries of an ``n``-vector, in increasing order.
 
     Raises ``ValueError`` on data that cannot be valid (too short, positions past ``n``).
@@ -69,7 +75,9 @@ def decode_positions(method: str, data: bytes, n: int, gap_bits: int = 0, entrie
         flags = np.unpackbits(np.frombuffer(data, dtype=np.uint8, count=packed_size(n, 1)), bitorder="little")[:n]
         return np.flatnonzero(flags)
     if method == "delta":
-        codes = unpack_bits(data, gap_bits, entries).astype(np.int64)
+        if not (isinstance(gap_bits, int) and 1 <= gap_bits <= 8):
+            raise ValueError(f"gap_bits {gap_bits!r} must be 1..8")
+        codes = decode_stream(coding, data, table, gap_bits, entries).astype(np.int64)
         limit = (1 << gap_bits) - 1
         filler = codes == limit
         # each code advances by (code) zeros, and by one more for the non-zero entry unless it is a filler

@@ -94,12 +94,16 @@ def iterative_prune(
     filter_fn: FilterFn = default_filter,
     log: Callable[[str], None] | None = print,
     initial: float = 0.0,
+    final: TrainConfig | None = None,
+    teacher: nn.Module | None = None,
 ) -> list[PruneStep]:
     """Reach ``sparsity`` over ``steps`` prune -> retrain rounds following ``schedule`` (``agp`` or ``linear``).
 
     Each round prunes to ``sparsity_at(step)`` of the total (already-pruned weights stay pruned), optionally
     rewinds the survivors to ``rewind_state``, then retrains for ``finetune.epochs`` epochs. ``initial`` is
-    the sparsity the schedule starts from, to continue from an already-pruned model.
+    the sparsity the schedule starts from, to continue from an already-pruned model. ``final`` adds one
+    longer fine-tune after the last step (recorded as a step with no new pruning); ``teacher`` (usually the
+    dense model) guides every retraining by distillation when the configs set ``distill > 0``.
     """
     sparsity_at = make_schedule(schedule, sparsity, steps, initial)
     history = []
@@ -111,7 +115,7 @@ def iterative_prune(
         if rewind_state is not None:
             rewind_(model, rewind_state, filter_fn)
         cfg = TrainConfig(**{**finetune.to_dict(), "seed": finetune.seed + step})
-        fit(model, data, cfg, device, log=None)
+        fit(model, data, cfg, device, log=None, teacher=teacher)
         retrained, _ = evaluate(model, data.val_x, data.val_y, device=device)
         achieved, layers = _achieved(model, filter_fn)
         history.append(PruneStep(step, target, achieved, pruned_acc, retrained, time.perf_counter() - start, layers))
@@ -119,5 +123,16 @@ def iterative_prune(
             log(
                 f"step {step}/{steps}  sparsity {100 * achieved:5.1f}%  val acc pruned {100 * pruned_acc:6.2f}%"
                 f"  retrained {100 * retrained:6.2f}%  {history[-1].seconds:5.1f}s"
+            )
+    if final is not None:
+        start = time.perf_counter()
+        before, _ = evaluate(model, data.val_x, data.val_y, device=device)
+        fit(model, data, final, device, log=log, teacher=teacher)
+        after, _ = evaluate(model, data.val_x, data.val_y, device=device)
+        achieved, layers = _achieved(model, filter_fn)
+        history.append(PruneStep(steps + 1, sparsity, achieved, before, after, time.perf_counter() - start, layers))
+        if log is not None:
+            log(
+                f"final fine-tune  sparsity {100 * achieved:5.1f}%  val acc {100 * before:6.2f}% -> {100 * after:6.2f}%"
             )
     return history

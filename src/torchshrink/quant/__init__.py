@@ -25,6 +25,7 @@ from torchshrink.quant.primitives import (
 )
 from torchshrink.quant.procedures import calibration_batches, codebook, prepare_quantized, ptq, qat
 from torchshrink.quant.sharing import Codebook, codebook_layers, codebook_quantize_, kmeans_1d
+from torchshrink.quant.snap import snap_floats_
 
 __all__ = [
     # primitives
@@ -62,4 +63,5 @@ __all__ = [
     "kmeans_1d",
     "codebook_quantize_",
     "codebook_layers",
+    "snap_floats_",
 ]

@@ -1,0 +1,84 @@
+"""Choosing the step-by-step pruning recipe for high sparsity on the validation split.
+
+Starts from a pruned checkpoint (default: the 80% one the pruning benchmark writes) and continues to the
+target sparsity with several recipes side by side: the plain prune -> retrain rounds, plus a longer final
+fine-tune, plus distillation from the dense baseline. Every recipe is scored on validation; the test
+accuracy is recorded for the closing figures only, never used to choose.
+
+    python benchmarks/pruning_recipes.py [--start runs/baseline-pruned-iterative-0.8] [--target 0.9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+from _common import write_result
+from torchshrink.checkpoint import load_checkpoint, save_checkpoint
+from torchshrink.data import load_fashion_mnist
+from torchshrink.pruning import iterative_prune, permanent_copy, prune_from_zeros_, sparsity_report
+from torchshrink.train import TrainConfig, evaluate
+
+
+def sparsity_of(model) -> float:
+    rows = sparsity_report(model)
+    return 1 - sum(r.nonzeros for r in rows) / sum(r.params for r in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default="runs/baseline")
+    parser.add_argument("--start", default="runs/baseline-pruned-iterative-0.8")
+    parser.add_argument("--target", type=float, default=0.9)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--epochs-per-step", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--final-epochs", type=int, default=3)
+    parser.add_argument("--final-lr", type=float, default=0.05)
+    parser.add_argument("--distill", type=float, default=0.7)
+    parser.add_argument("--recipes", default="final,final+distill")
+    parser.add_argument("--save", help="save the best recipe's model to this checkpoint folder")
+    parser.add_argument("--data-dir")
+    args = parser.parse_args()
+    data = load_fashion_mnist(args.data_dir)
+    teacher = load_checkpoint(args.baseline).model
+    start_ckpt = load_checkpoint(args.start)
+    base_val, _ = evaluate(teacher, data.val_x, data.val_y)
+    base_test, _ = evaluate(teacher, data.test_x, data.test_y)
+    results = []
+    best = None
+    for recipe in args.recipes.split(","):
+        model = copy.deepcopy(start_ckpt.model)
+        prune_from_zeros_(model)
+        initial = sparsity_of(model)
+        kd = args.distill if "distill" in recipe else 0.0
+        step_cfg = TrainConfig(epochs=args.epochs_per_step, lr=args.lr, distill=kd)
+        final = TrainConfig(epochs=args.final_epochs, lr=args.final_lr, distill=kd) if "final" in recipe else None
+        t0 = time.perf_counter()
+        history = iterative_prune(model, data, args.target, args.steps, step_cfg, "agp", "global", initial=initial,
+                                  final=final, teacher=teacher if kd else None)  # fmt: skip
+        seconds = time.perf_counter() - t0
+        val, _ = evaluate(model, data.val_x, data.val_y)
+        test, _ = evaluate(model, data.test_x, data.test_y)
+        row = {"recipe": recipe, "initial_sparsity": initial, "sparsity": sparsity_of(model), "val_accuracy": val,
+               "test_accuracy": test, "val_delta_points": 100 * (val - base_val),
+               "test_delta_points": 100 * (test - base_test), "seconds": seconds,
+               "steps": [h.to_dict() for h in history]}  # fmt: skip
+        results.append(row)
+        print(f"{recipe}: sparsity {100 * row['sparsity']:.1f}%  val {100 * val:.2f}% ({row['val_delta_points']:+.2f})"
+              f"  test {100 * test:.2f}% ({row['test_delta_points']:+.2f})  {seconds:.0f}s")  # fmt: skip
+        if best is None or val > best[0]:
+            best = (val, recipe, permanent_copy(model), test)
+    assert best is not None
+    print(f"chosen on validation: {best[1]}")
+    if args.save:
+        save_checkpoint(args.save, best[2], "cnn", teacher.arguments(),
+                        metrics={"test_accuracy": best[3], "val_accuracy": best[0], "recipe": best[1]})  # fmt: skip
+    write_result(f"pruning_recipes_{args.target:g}", {"baseline_val_accuracy": base_val,
+                 "baseline_test_accuracy": base_test, "chosen": best[1], "recipes": results,
+                 "settings": vars(args)})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
