@@ -2,18 +2,24 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
+from torchshrink.data import normalize
+from torchshrink.errors import ConfigError
 from torchshrink.models import build_model
 from torchshrink.pruning import (
+    GradualPruner,
     get_mask,
+    gradual_prune,
     iterative_prune,
     layer_sensitivity,
     oneshot_prune,
+    prune_from_zeros_,
     sensitivity_table,
     sparsities_for_tolerance,
 )
-from torchshrink.train import TrainConfig, evaluate, fit
+from torchshrink.train import TrainConfig, distillation_loss, evaluate, fit
 
 FT = TrainConfig(epochs=1, lr=0.02, batch_size=64, augment=False)
 
@@ -77,3 +83,55 @@ def test_rewind_resets_survivors_and_keeps_the_mask(small):
     mask = get_mask(conv)
     assert torch.equal(conv.weight, early["features.conv2.weight"] * mask)
     assert torch.equal(model.features.bn2.running_mean, early["features.bn2.running_mean"])
+
+
+def test_gradual_pruning_follows_the_cubic_schedule_during_training(small):
+    model = _trained(small)
+    cfg = TrainConfig(epochs=2, lr=0.02, batch_size=64, augment=False)
+    masks_seen = []
+    step = gradual_prune(model, small, 0.8, cfg, start=0.1, end=0.6, frequency=5, log=lambda _: None)
+    assert abs(step.achieved - 0.8) < 1e-3
+    assert step.val_acc_retrained > 0.5
+    # the pruner's own schedule: monotone, cubic (fast first), ending at the target
+    pruner = GradualPruner(0.8, start_step=10, end_step=60, frequency=5)
+    levels = [pruner.sparsity_at(s) for s in range(0, 70)]
+    assert levels[10] == 0.0 and levels[60] == levels[69] == 0.8
+    assert all(b >= a for a, b in zip(levels, levels[1:], strict=False))
+    assert abs(levels[35] - 0.7) < 1e-9  # cubic: 0.7 at half the window, where a linear schedule is at 0.4
+    # masks only tighten between updates while training continues
+    model2 = _trained(small)
+    pruner = GradualPruner(0.6, start_step=2, end_step=20, frequency=3)
+    prune_from_zeros_(model2)
+
+    def hook(m):
+        pruner(m)
+        masks_seen.append({n: get_mask(x).clone() for n, x in m.named_modules() if get_mask(x) is not None})
+
+    fit(model2, small.subset(train=640), TrainConfig(epochs=2, lr=0.02, batch_size=64), "cpu", after_step=hook,
+        progress=False, log=None)  # fmt: skip
+    for earlier, later in zip(masks_seen, masks_seen[1:], strict=False):
+        for name in earlier:
+            assert not bool(((earlier[name] == 0) & (later[name] == 1)).any())
+    assert [u[0] for u in pruner.updates] == [2, 5, 8, 11, 14, 17, 20]
+    assert abs(pruner.updates[-1][1] - 0.6) < 1e-9
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(small):
+    teacher = _trained(small)
+    torch.manual_seed(1)
+    student = build_model("cnn_tiny")
+    cfg = TrainConfig(epochs=1, lr=0.05, batch_size=64, augment=False, distill=1.0, label_smoothing=0.0)
+    with pytest.raises(ConfigError, match="teacher"):
+        fit(copy.deepcopy(student), small, cfg, "cpu", progress=False, log=None)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    fit(student, small, cfg, "cpu", teacher=teacher, progress=False, log=None)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # the teacher never trains
+    x = normalize(small.val_x[:500])
+    with torch.no_grad():
+        agree = (student.eval()(x).argmax(1) == teacher.eval()(x).argmax(1)).float().mean()
+    assert agree > 0.7
+    # the loss itself: with distill=1 it is T^2 KL, zero when the logits agree
+    logits = torch.randn(8, 10)
+    labels = torch.randint(0, 10, (8,))
+    assert float(distillation_loss(logits, logits, labels, cfg)) < 1e-6
+    assert float(distillation_loss(logits, torch.randn(8, 10), labels, cfg)) > 0

@@ -12,7 +12,8 @@ from torchshrink.pruning.apply import (
     prune_from_zeros_,
     sparsity_report,
 )
-from torchshrink.pruning.iterative import PruneStep, iterative_prune, oneshot_prune, rewind_
+from torchshrink.pruning.gradual import GradualPruner, gradual_prune
+from torchshrink.pruning.iterative import PruneStep, achieved_sparsity, iterative_prune, oneshot_prune, rewind_
 from torchshrink.pruning.masks import MASKS, global_magnitude_masks, layer_magnitude_mask
 from torchshrink.pruning.schedules import SCHEDULES, agp_schedule, linear_schedule, make_schedule
 from torchshrink.pruning.sensitivity import layer_sensitivity, sensitivity_table, sparsities_for_tolerance
@@ -43,6 +44,9 @@ __all__ = [
     "oneshot_prune",
     "iterative_prune",
     "rewind_",
+    "achieved_sparsity",
+    "GradualPruner",
+    "gradual_prune",
     "layer_sensitivity",
     "sensitivity_table",
     "sparsities_for_tolerance",

@@ -35,7 +35,8 @@ class PruneStep:
         return asdict(self)
 
 
-def _achieved(model: nn.Module, filter_fn: FilterFn) -> tuple[float, list[dict[str, Any]]]:
+def achieved_sparsity(model: nn.Module, filter_fn: FilterFn = default_filter) -> tuple[float, list[dict[str, Any]]]:
+    """Overall sparsity of the prunable layers, and their per-layer rows."""
     rows = sparsity_report(model, filter_fn)
     params = sum(r.params for r in rows)
     return 1 - sum(r.nonzeros for r in rows) / params, [r.to_dict() for r in rows]
@@ -77,7 +78,7 @@ def oneshot_prune(
     if finetune is not None:
         fit(model, data, finetune, device, log=log)
         retrained, _ = evaluate(model, data.val_x, data.val_y, device=device)
-    achieved, layers = _achieved(model, filter_fn)
+    achieved, layers = achieved_sparsity(model, filter_fn)
     return PruneStep(1, sparsity, achieved, pruned_acc, retrained, time.perf_counter() - start, layers)
 
 
@@ -117,7 +118,7 @@ def iterative_prune(
         cfg = TrainConfig(**{**finetune.to_dict(), "seed": finetune.seed + step})
         fit(model, data, cfg, device, log=None, teacher=teacher)
         retrained, _ = evaluate(model, data.val_x, data.val_y, device=device)
-        achieved, layers = _achieved(model, filter_fn)
+        achieved, layers = achieved_sparsity(model, filter_fn)
         history.append(PruneStep(step, target, achieved, pruned_acc, retrained, time.perf_counter() - start, layers))
         if log is not None:
             log(
@@ -129,7 +130,7 @@ def iterative_prune(
         before, _ = evaluate(model, data.val_x, data.val_y, device=device)
         fit(model, data, final, device, log=log, teacher=teacher)
         after, _ = evaluate(model, data.val_x, data.val_y, device=device)
-        achieved, layers = _achieved(model, filter_fn)
+        achieved, layers = achieved_sparsity(model, filter_fn)
         history.append(PruneStep(steps + 1, sparsity, achieved, before, after, time.perf_counter() - start, layers))
         if log is not None:
             log(

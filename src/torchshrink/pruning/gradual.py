@@ -1,0 +1,103 @@
+"""Gradual pruning during training (Zhu & Gupta 2017): the mask tightens every few optimizer steps along
+the cubic schedule while the network keeps training, instead of prune -> retrain rounds.
+
+The pruner is an ``after_step`` hook for :func:`torchshrink.train.fit`, so one training run (one learning
+rate schedule, optionally distilled from the dense model) both prunes and recovers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from torchshrink.data import FashionMNIST
+from torchshrink.errors import ConfigError
+from torchshrink.pruning.apply import FilterFn, default_filter, prunable_layers, prune_, prune_from_zeros_
+from torchshrink.pruning.iterative import PruneStep, achieved_sparsity
+from torchshrink.pruning.masks import check_amount
+from torchshrink.pruning.schedules import agp_schedule
+from torchshrink.train import TrainConfig, evaluate, fit
+
+__all__ = ["GradualPruner", "gradual_prune"]
+
+
+@dataclass
+class GradualPruner:
+    """Call after every optimizer step: between ``start_step`` and ``end_step`` it prunes to the cubic
+    schedule's sparsity every ``frequency`` steps (and at ``end_step``, which reaches ``final``)."""
+
+    final: float
+    start_step: int
+    end_step: int
+    frequency: int = 50
+    initial: float = 0.0
+    scope: str = "global"
+    filter_fn: FilterFn = default_filter
+    step: int = 0
+    updates: list[tuple[int, float]] = field(default_factory=list)  # (step, sparsity) of every mask update
+
+    def __post_init__(self) -> None:
+        check_amount(self.final)
+        if not 0 <= self.start_step < self.end_step:
+            raise ConfigError(f"pruning window {self.start_step}..{self.end_step}: need 0 <= start < end")
+        if self.frequency < 1:
+            raise ConfigError(f"frequency={self.frequency}: must be at least 1")
+        rounds = math.ceil((self.end_step - self.start_step) / self.frequency)
+        self._schedule = agp_schedule(self.final, rounds, self.initial)
+        self._rounds = rounds
+
+    def sparsity_at(self, step: int) -> float:
+        """The schedule's sparsity after optimizer step ``step``."""
+        done = min(max(step - self.start_step, 0), self.end_step - self.start_step)
+        return self._schedule(math.ceil(done / self.frequency))
+
+    def __call__(self, model: nn.Module) -> None:
+        self.step += 1
+        if self.step < self.start_step or self.step > self.end_step:
+            return
+        if (self.step - self.start_step) % self.frequency and self.step != self.end_step:
+            return
+        target = self.sparsity_at(self.step)
+        prune_(model, target, self.scope, self.filter_fn)
+        self.updates.append((self.step, target))
+
+
+def gradual_prune(
+    model: nn.Module,
+    data: FashionMNIST,
+    sparsity: float,
+    train: TrainConfig,
+    start: float = 0.0,
+    end: float = 0.6,
+    frequency: int = 50,
+    scope: str = "global",
+    teacher: nn.Module | None = None,
+    device: str | torch.device = "cpu",
+    filter_fn: FilterFn = default_filter,
+    log: Callable[[str], None] | None = print,
+) -> PruneStep:
+    """Train ``model`` for ``train.epochs`` epochs while pruning it from its current sparsity to ``sparsity``
+    between the fractions ``start`` and ``end`` of the run; the rest of the run recovers at the final mask.
+
+    Returns one :class:`PruneStep` (validation accuracy before and after, per-layer sparsity).
+    """
+    if not 0 <= start < end <= 1:
+        raise ConfigError(f"pruning window {start}..{end}: need 0 <= start < end <= 1 (fractions of the run)")
+    if not prunable_layers(model, filter_fn):
+        raise ConfigError("the model has no prunable layer")
+    t0 = time.perf_counter()
+    before, _ = evaluate(model, data.val_x, data.val_y, device=device)
+    prune_from_zeros_(model, filter_fn)  # masks exist before the optimizer sees the parameters
+    initial, _ = achieved_sparsity(model, filter_fn)
+    total = train.epochs * math.ceil(len(data.train_y) / train.batch_size)
+    pruner = GradualPruner(sparsity, int(start * total), max(int(end * total), int(start * total) + 1),
+                           frequency, initial, scope, filter_fn)  # fmt: skip
+    fit(model, data, train, device, after_step=pruner, teacher=teacher, log=log)
+    after, _ = evaluate(model, data.val_x, data.val_y, device=device)
+    achieved, layers = achieved_sparsity(model, filter_fn)
+    return PruneStep(1, sparsity, achieved, before, after, time.perf_counter() - t0, layers)
