@@ -1,11 +1,15 @@
 """Choosing the step-by-step pruning recipe for high sparsity on the validation split.
 
-Starts from a pruned checkpoint (default: the 80% one the pruning benchmark writes) and continues to the
-target sparsity with several recipes side by side: the plain prune -> retrain rounds, plus a longer final
-fine-tune, plus distillation from the dense baseline. Every recipe is scored on validation; the test
-accuracy is recorded for the closing figures only, never used to choose.
+Recipes, side by side:
+* ``rounds``: prune -> retrain rounds continuing from a pruned checkpoint (default: the 80% one the
+  pruning benchmark writes), optionally with a longer ``final`` fine-tune and ``distill``-ation from the
+  dense baseline;
+* ``gradual``: from the dense baseline, one training run whose mask tightens every few steps along the
+  cubic schedule (Zhu & Gupta), optionally distilled.
+Every recipe is scored on validation; the test accuracy is recorded for the closing figures only, never used
+to choose.
 
-    python benchmarks/pruning_recipes.py [--start runs/baseline-pruned-iterative-0.8] [--target 0.9]
+    python benchmarks/pruning_recipes.py [--target 0.9] [--recipes rounds,gradual,gradual+distill]
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from _common import write_result
 from torchshrink.checkpoint import load_checkpoint, save_checkpoint
 from torchshrink.data import load_fashion_mnist
-from torchshrink.pruning import iterative_prune, permanent_copy, prune_from_zeros_, sparsity_report
+from torchshrink.pruning import gradual_prune, iterative_prune, permanent_copy, prune_from_zeros_, sparsity_report
 from torchshrink.train import TrainConfig, evaluate
 
 
@@ -37,7 +41,11 @@ def main() -> None:
     parser.add_argument("--final-epochs", type=int, default=3)
     parser.add_argument("--final-lr", type=float, default=0.05)
     parser.add_argument("--distill", type=float, default=0.7)
-    parser.add_argument("--recipes", default="final,final+distill")
+    parser.add_argument("--gradual-epochs", type=int, default=8)
+    parser.add_argument("--gradual-lr", type=float, default=0.05)
+    parser.add_argument("--window", default="0.0,0.6", help="gradual pruning from/to these fractions of the run")
+    parser.add_argument("--frequency", type=int, default=50, help="gradual: optimizer steps between mask updates")
+    parser.add_argument("--recipes", default="rounds+final,rounds+final+distill")
     parser.add_argument("--save", help="save the best recipe's model to this checkpoint folder")
     parser.add_argument("--data-dir")
     args = parser.parse_args()
@@ -49,15 +57,23 @@ def main() -> None:
     results = []
     best = None
     for recipe in args.recipes.split(","):
-        model = copy.deepcopy(start_ckpt.model)
-        prune_from_zeros_(model)
-        initial = sparsity_of(model)
         kd = args.distill if "distill" in recipe else 0.0
-        step_cfg = TrainConfig(epochs=args.epochs_per_step, lr=args.lr, distill=kd)
-        final = TrainConfig(epochs=args.final_epochs, lr=args.final_lr, distill=kd) if "final" in recipe else None
         t0 = time.perf_counter()
-        history = iterative_prune(model, data, args.target, args.steps, step_cfg, "agp", "global", initial=initial,
-                                  final=final, teacher=teacher if kd else None)  # fmt: skip
+        if recipe.startswith("gradual"):
+            model = copy.deepcopy(teacher)
+            start, end = (float(v) for v in args.window.split(","))
+            cfg = TrainConfig(epochs=args.gradual_epochs, lr=args.gradual_lr, distill=kd)
+            history = [gradual_prune(model, data, args.target, cfg, start, end, args.frequency,
+                                     teacher=teacher if kd else None)]  # fmt: skip
+            initial = 0.0
+        else:
+            model = copy.deepcopy(start_ckpt.model)
+            prune_from_zeros_(model)
+            initial = sparsity_of(model)
+            step_cfg = TrainConfig(epochs=args.epochs_per_step, lr=args.lr, distill=kd)
+            final = TrainConfig(epochs=args.final_epochs, lr=args.final_lr, distill=kd) if "final" in recipe else None
+            history = iterative_prune(model, data, args.target, args.steps, step_cfg, "agp", "global",
+                                      initial=initial, final=final, teacher=teacher if kd else None)  # fmt: skip
         seconds = time.perf_counter() - t0
         val, _ = evaluate(model, data.val_x, data.val_y)
         test, _ = evaluate(model, data.test_x, data.test_y)
@@ -75,7 +91,7 @@ def main() -> None:
     if args.save:
         save_checkpoint(args.save, best[2], "cnn", teacher.arguments(),
                         metrics={"test_accuracy": best[3], "val_accuracy": best[0], "recipe": best[1]})  # fmt: skip
-    write_result(f"pruning_recipes_{args.target:g}", {"baseline_val_accuracy": base_val,
+    write_result(f"pruning_recipes_{args.target:g}_{args.recipes.replace(',', '_').replace('+', '-')}", {"baseline_val_accuracy": base_val,
                  "baseline_test_accuracy": base_test, "chosen": best[1], "recipes": results,
                  "settings": vars(args)})  # fmt: skip
 

@@ -39,7 +39,14 @@ from torchshrink.quant.fake_quant import FakeQuant, QuantSpec
 from torchshrink.quant.fold import fold_batchnorm
 from torchshrink.quant.sharing import codebook_layers
 
-__all__ = ["save_compressed", "load_compressed", "read_compressed", "TensorSummary", "inspect_compressed"]
+__all__ = [
+    "save_compressed",
+    "load_compressed",
+    "read_compressed",
+    "TensorSummary",
+    "inspect_compressed",
+    "encoded_weight_bytes",
+]
 
 FILE_LIMIT = 1 << 31
 
@@ -63,6 +70,12 @@ def _codes_record(name: str, codes: np.ndarray, shape: list[int], bits: int, off
         return TensorRecord(name, meta, sections)
     meta |= {"storage": "dense", "codes_coding": dense.coding}
     return TensorRecord(name, meta, {**extra_sections, **_stream_sections("codes", dense)})
+
+
+def encoded_weight_bytes(codes: np.ndarray, bits: int, entropy: bool = True) -> int:
+    """Bytes the file spends on these weight codes (0 = zero weight): codes and positions, as written."""
+    record = _codes_record("w", codes, list(codes.shape), bits, 0, {}, {}, entropy)
+    return sum(len(b) for b in record.sections.values())
 
 
 def _stream_sections(key: str, stream: Stream) -> dict[str, bytes]:

@@ -74,7 +74,7 @@ def qat(
 def codebook(
     model: nn.Module,
     data: FashionMNIST,
-    bits: int,
+    bits: int | dict[str, int],
     act_bits: int | None = None,
     train: TrainConfig | None = None,
     device: str | torch.device = "cpu",
@@ -82,7 +82,7 @@ def codebook(
     log: Callable[[str], None] | None = print,
 ) -> nn.Module:
     """Weight sharing: a copy of ``model`` with BatchNorm folded, each layer's weights clustered into a
-    ``bits``-bit codebook (pruned zeros kept exact), inputs quantized at ``act_bits`` (none if ``None``; the
+    ``bits``-bit codebook (or per-layer widths from a dict; pruned zeros kept exact), inputs quantized at ``act_bits`` (none if ``None``; the
     first layer's input at 8 bits, as in :func:`quantize_`), then the centroids fine-tuned if ``train``.
     """
     q = _plain_copy(model)

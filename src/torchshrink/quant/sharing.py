@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from torchshrink.errors import ConfigError
 from torchshrink.pruning.apply import FilterFn, default_filter, prunable_layers
 from torchshrink.quant.primitives import check_bits
 
@@ -92,11 +93,18 @@ def codebook_layers(model: nn.Module) -> dict[str, Codebook]:
 
 
 @torch.no_grad()
-def codebook_quantize_(model: nn.Module, bits: int, filter_fn: FilterFn = default_filter) -> nn.Module:
+def codebook_quantize_(model: nn.Module, bits: int | dict[str, int], filter_fn: FilterFn = default_filter) -> nn.Module:
     """Replace every accepted layer's weight by a ``bits``-bit shared-weight codebook, in place.
 
+    ``bits`` may be a dict of per-layer widths (mixed precision); it must then name every accepted layer.
     Call on a model with permanent pruning (plain zeros) and BatchNorm folded.
     """
-    for layer in prunable_layers(model, filter_fn).values():
-        parametrize.register_parametrization(layer, "weight", Codebook(layer.weight.detach(), bits), unsafe=True)
+    layers = prunable_layers(model, filter_fn)
+    if isinstance(bits, dict):
+        missing, unknown = sorted(set(layers) - set(bits)), sorted(set(bits) - set(layers))
+        if missing or unknown:
+            raise ConfigError(f"per-layer bits: missing {missing}, unknown {unknown}; layers: {', '.join(layers)}")
+    for name, layer in layers.items():
+        width = bits[name] if isinstance(bits, dict) else bits
+        parametrize.register_parametrization(layer, "weight", Codebook(layer.weight.detach(), width), unsafe=True)
     return model

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from torchshrink.errors import ConfigError
+from torchshrink.mixed_precision import LayerWidth, allocate_bits, plan_mixed_precision
+from torchshrink.models import build_model
+from torchshrink.pack import load_compressed, read_compressed, save_compressed
+from torchshrink.pruning import make_permanent, prune_
+from torchshrink.quant import codebook
+from torchshrink.train import TrainConfig, evaluate, fit
+
+
+def _rows(layer, accs_bytes):
+    return [LayerWidth(layer, b, acc, size) for b, (acc, size) in accs_bytes.items()]
+
+
+def test_greedy_narrows_the_cheapest_layer_per_byte_first():
+    table = _rows("robust", {2: (0.90, 100), 4: (0.90, 200)}) + _rows("fragile", {2: (0.50, 100), 4: (0.90, 200)})
+    # one narrowing fits 350 bytes: the robust layer loses nothing for the same 100 bytes
+    assert allocate_bits(table, budget=350, fixed=50) == {"robust": 2, "fragile": 4}
+    assert allocate_bits(table, budget=500, fixed=50) == {"robust": 4, "fragile": 4}  # fits already
+    assert allocate_bits(table, budget=250, fixed=50) == {"robust": 2, "fragile": 2}
+    with pytest.raises(ConfigError, match="narrowest"):
+        allocate_bits(table, budget=249, fixed=50)
+
+
+def test_plan_fits_the_budget_and_the_file_uses_the_chosen_widths(small, tmp_path):
+    torch.manual_seed(0)
+    model = build_model("cnn_tiny")
+    fit(model, small, TrainConfig(epochs=2, lr=0.05, batch_size=64, augment=False), "cpu", progress=False, log=None)
+    prune_(model, 0.5)
+    make_permanent(model)
+    wide = plan_mixed_precision(copy.deepcopy(model), small, budget_bytes=10**6, candidates=(2, 4), progress=False,
+                                log=None)  # fmt: skip
+    assert set(wide.bits.values()) == {4}  # a generous budget keeps every layer at its widest width
+    budget = (wide.estimated_bytes + wide.fixed_bytes) // 2 + 300
+    plan = plan_mixed_precision(model, small, budget_bytes=budget, candidates=(2, 4), progress=False, log=None)
+    assert plan.estimated_bytes <= budget and 2 in plan.bits.values()
+    q = codebook(model, small, plan.bits, act_bits=8, log=None)
+    path = tmp_path / "mixed.tshrink"
+    header = save_compressed(q, path, "cnn_tiny")
+    stored = {t["name"].rsplit(".", 1)[0]: t["bits"] for t in header["tensors"] if t["encoding"] == "codebook"}
+    assert stored == plan.bits
+    assert abs(path.stat().st_size - plan.estimated_bytes) < 0.25 * plan.estimated_bytes  # the estimate is close
+    acc, _ = evaluate(load_compressed(path), small.test_x, small.test_y)
+    assert acc > 0.5
+    read_compressed(path)
