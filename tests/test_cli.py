@@ -129,3 +129,32 @@ def test_compress_inspect_and_eval_a_file(tmp_path, data_dir, tiny_checkpoint):
     (tmp_path / "junk.tshrink").write_bytes(b"not a model")
     r = run("eval", str(tmp_path / "junk.tshrink"), "--data-dir", data_dir)
     assert r.returncode == 1 and "junk.tshrink" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_compress_gradual_distilled_mixed_precision_under_a_budget(tmp_path, data_dir, tiny_checkpoint):
+    import json
+
+    out = tmp_path / "mixed.tshrink"
+    r = run("compress", str(tiny_checkpoint), "--sparsity", "0.6", "--bits", "4", "--codebook", "--budget", "3200",
+            "--prune-method", "gradual", "--prune-epochs", "1", "--distill", "0.5", "--qat-epochs", "1",
+            "--train-subset", "2000", "--data-dir", data_dir, "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(out.with_name(out.name + ".json").read_text())
+    plan = summary["mixed_precision"]
+    assert plan["estimated_bytes"] <= 3200 and set(plan["bits"].values()) <= {2, 3, 4}
+    assert summary["config"]["prune_method"] == "gradual" and summary["sparsity"] >= 0.6 - 1e-3
+    assert summary["bits"] == sorted(set(plan["bits"].values()))  # the file holds the planned widths
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("compress", "X", "--sparsity", "0.5", "--bits", "4", "--budget", "1000"), "--codebook"),
+        (("prune", "X", "--sparsity", "0.5", "--method", "structured", "--distill", "0.5"), "--distill"),
+    ],
+)
+def test_options_that_do_not_combine_are_one_line_errors(tmp_path, data_dir, tiny_checkpoint, args, message):
+    args = tuple(str(tiny_checkpoint) if a == "X" else a for a in args)
+    r = run(*args, "--data-dir", data_dir, "--out", str(tmp_path / "out"))
+    assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "out").exists()

@@ -14,7 +14,7 @@ __all__ = ["add_compress_commands"]
 
 def add_compress_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser], None]) -> None:
     from torchshrink.cli import non_negative_int, positive_int
-    from torchshrink.cli_pruning import _sparsity
+    from torchshrink.cli_pruning import GRADUAL_EPOCHS, _fraction, _sparsity
     from torchshrink.cli_quant import _bits
 
     p = sub.add_parser("compress", help="prune + quantize a checkpoint into a small .tshrink file",
@@ -24,10 +24,23 @@ def add_compress_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentPar
     p.add_argument("--sparsity", type=_sparsity, required=True, help="fraction of weights to prune, in [0, 1)")
     p.add_argument("--bits", type=_bits, required=True, help="weight bits, 2..8")
     p.add_argument("--act-bits", type=_bits, help="activation bits, 2..8 (default: --bits)")
-    p.add_argument("--steps", type=positive_int, default=4, help="pruning steps (default: %(default)s)")
     p.add_argument(
-        "--prune-epochs", type=positive_int, default=1, help="retraining epochs per step (default: %(default)s)"
-    )
+        "--prune-method", choices=("iterative", "gradual"), default="iterative",
+        help="prune -> retrain rounds, or pruning during one training run (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--steps", type=positive_int, default=4, help="iterative: pruning steps (default: %(default)s)")
+    p.add_argument(
+        "--prune-epochs", type=positive_int, default=None,
+        help=f"iterative: retraining epochs per step (default: 1); gradual: epochs of the run (default: {GRADUAL_EPOCHS})",
+    )  # fmt: skip
+    p.add_argument(
+        "--distill", type=_fraction, default=0.0,
+        help="weight in [0, 1] of the dense model's soft predictions in every retraining loss (default: 0, off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--budget", type=positive_int, metavar="BYTES",
+        help="with --codebook: choose a width per layer (2..--bits) so the file fits BYTES (mixed precision)",
+    )  # fmt: skip
     p.add_argument(
         "--qat-epochs", type=non_negative_int, default=2, help="QAT epochs, 0 for PTQ (default: %(default)s)"
     )
@@ -59,16 +72,22 @@ def add_compress_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentPar
 def _cmd_compress(args: argparse.Namespace) -> int:
     from torchshrink._io import atomic_write_json
     from torchshrink.checkpoint import load_checkpoint
+    from torchshrink.cli_pruning import GRADUAL_EPOCHS, GRADUAL_LR
     from torchshrink.compress import CompressConfig, compress_model, write_and_verify
     from torchshrink.data import load_fashion_mnist
     from torchshrink.train import evaluate, pick_device
 
     device = pick_device(args.device)
+    if args.budget is not None and not args.codebook:
+        raise TorchshrinkError("--budget chooses codebook widths per layer: add --codebook")
     ckpt = load_checkpoint(args.checkpoint)
+    gradual = args.prune_method == "gradual"
+    prune_epochs = args.prune_epochs or (GRADUAL_EPOCHS if gradual else 1)
     cfg = CompressConfig(
-        sparsity=args.sparsity, bits=args.bits, act_bits=args.act_bits, steps=args.steps,
-        prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs, codebook=args.codebook,
-        keep_first_last_8bit=args.keep_first_last_8bit,
+        sparsity=args.sparsity, bits=args.bits, act_bits=args.act_bits, prune_method=args.prune_method,
+        steps=args.steps, prune_epochs=prune_epochs, prune_lr=GRADUAL_LR if gradual else 0.02,
+        qat_epochs=args.qat_epochs, codebook=args.codebook, keep_first_last_8bit=args.keep_first_last_8bit,
+        distill=args.distill, budget_bytes=args.budget,
     )  # fmt: skip
     out = Path(args.out) if args.out else Path(f"{ckpt.path}-s{args.sparsity:g}-w{args.bits}.tshrink")
     if out.is_dir():

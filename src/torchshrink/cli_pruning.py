@@ -28,6 +28,30 @@ def _sparsity_list(text: str) -> list[float]:
     return [_sparsity(part) for part in text.split(",") if part.strip()]
 
 
+# gradual pruning's defaults, chosen on the validation split (benchmarks/pruning_recipes.py)
+GRADUAL_EPOCHS, GRADUAL_LR = 8, 0.05
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1]")
+    return value
+
+
 def add_pruning_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser], None]) -> None:
     from torchshrink.cli import non_negative_int, positive_int
 
@@ -35,9 +59,10 @@ def add_pruning_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentPars
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder written by `torchshrink train`")
     p.add_argument(
         "--method",
-        choices=("oneshot", "iterative", "structured"),
+        choices=("oneshot", "iterative", "gradual", "structured"),
         default="iterative",
-        help="one step, several prune->retrain steps, or whole-channel removal (default: %(default)s)",
+        help="one step; several prune->retrain steps; gradual pruning during one training run (Zhu & Gupta); "
+        "or whole-channel removal (default: %(default)s)",
     )
     p.add_argument(
         "--sparsity",
@@ -64,9 +89,17 @@ def add_pruning_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentPars
         "--finetune-epochs",
         type=non_negative_int,
         default=None,
-        help="epochs of retraining after each step (default: 2 for iterative, 0 for oneshot, 3 structured)",
+        help="epochs of retraining after each step (default: 2 for iterative, 0 for oneshot, 3 structured); "
+        f"gradual: epochs of the whole run (default: {GRADUAL_EPOCHS})",
     )
-    p.add_argument("--lr", type=float, default=0.02, help="peak learning rate of the retraining (default: %(default)s)")
+    p.add_argument(
+        "--lr", type=_positive_float, default=None,
+        help=f"peak learning rate of the retraining (default: 0.02; gradual: {GRADUAL_LR})",
+    )  # fmt: skip
+    p.add_argument(
+        "--distill", type=_fraction, default=0.0,
+        help="weight in [0, 1] of the dense model's soft predictions in the retraining loss (default: 0, off)",
+    )  # fmt: skip
     p.add_argument(
         "--rewind",
         action="store_true",
@@ -95,7 +128,14 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from torchshrink.data import load_fashion_mnist
     from torchshrink.measure import count_macs
     from torchshrink.models import parameter_count
-    from torchshrink.pruning import iterative_prune, make_permanent, oneshot_prune, sparsity_report, structured_prune_
+    from torchshrink.pruning import (
+        gradual_prune,
+        iterative_prune,
+        make_permanent,
+        oneshot_prune,
+        sparsity_report,
+        structured_prune_,
+    )
     from torchshrink.train import TrainConfig, evaluate, fit, pick_device
 
     device = pick_device(args.device)
@@ -108,15 +148,20 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise TorchshrinkError(f"--out {out}: exists and is not a folder; choose another path")
     epochs = args.finetune_epochs
     if epochs is None:
-        epochs = {"iterative": 2, "oneshot": 0, "structured": 3}[args.method]
-    if args.method == "iterative" and epochs == 0:
-        raise ConfigError("--finetune-epochs 0: iterative pruning retrains after each step; use --method oneshot")
-    finetune = TrainConfig(epochs=max(epochs, 1), lr=args.lr) if epochs else None
+        epochs = {"iterative": 2, "oneshot": 0, "structured": 3, "gradual": GRADUAL_EPOCHS}[args.method]
+    if args.method in ("iterative", "gradual") and epochs == 0:
+        raise ConfigError(f"--finetune-epochs 0: {args.method} pruning trains while pruning; use --method oneshot")
+    if args.distill and (args.method == "structured" or not epochs):
+        raise ConfigError("--distill needs retraining: iterative, gradual, or oneshot with --finetune-epochs")
+    lr = args.lr if args.lr is not None else (GRADUAL_LR if args.method == "gradual" else 0.02)
+    finetune = TrainConfig(epochs=max(epochs, 1), lr=lr, distill=args.distill) if epochs else None
+    teacher = copy.deepcopy(ckpt.model).eval() if args.distill else None
     data = load_fashion_mnist(args.data_dir)
     model = ckpt.model
     before_acc, _ = evaluate(model, data.test_x, data.test_y, device=device)
     record: dict[str, Any] = {
-        "method": args.method, "sparsity": args.sparsity, "scope": args.scope, "finetune_epochs": epochs,
+        "method": args.method, "sparsity": args.sparsity, "scope": args.scope, "finetune_epochs": epochs, "lr": lr,
+        "distill": args.distill,
         "source": str(ckpt.path), "test_accuracy_before": before_acc, "params_before": parameter_count(model),
     }  # fmt: skip
     start = time.perf_counter()
@@ -132,10 +177,16 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             fit(model, data, finetune, device)
         record.update(macs_before=count_macs(dense), macs_after=count_macs(model), params_after=parameter_count(model))
     elif args.method == "oneshot":
-        record["steps"] = [oneshot_prune(model, data, args.sparsity, args.scope, finetune, device).to_dict()]
+        step = oneshot_prune(model, data, args.sparsity, args.scope, finetune, device, teacher=teacher)
+        record["steps"] = [step.to_dict()]
+    elif args.method == "gradual":
+        assert finetune is not None
+        step = gradual_prune(model, data, args.sparsity, finetune, scope=args.scope, teacher=teacher, device=device)
+        record["steps"] = [step.to_dict()]
     else:
         history = iterative_prune(
-            model, data, args.sparsity, args.steps, finetune, args.schedule, args.scope, rewind, device
+            model, data, args.sparsity, args.steps, finetune, args.schedule, args.scope, rewind, device,
+            teacher=teacher,
         )  # fmt: skip
         record.update(steps=[h.to_dict() for h in history], schedule=args.schedule, rewind=args.rewind)
     make_permanent(model)

@@ -17,9 +17,10 @@ from torch import nn
 
 from torchshrink.data import FashionMNIST
 from torchshrink.errors import ConfigError
+from torchshrink.mixed_precision import plan_mixed_precision
 from torchshrink.models import fp32_bytes
 from torchshrink.pack import inspect_compressed, load_compressed, save_compressed
-from torchshrink.pruning import iterative_prune, make_permanent
+from torchshrink.pruning import gradual_prune, iterative_prune, make_permanent
 from torchshrink.pruning.masks import check_amount
 from torchshrink.quant import QuantConfig, codebook, ptq, qat, snap_floats_
 from torchshrink.quant.primitives import check_bits
@@ -32,13 +33,17 @@ __all__ = ["CompressConfig", "compress_model", "write_and_verify"]
 class CompressConfig:
     """One point of the compression frontier."""
 
-    sparsity: float = 0.0  # fraction of weights pruned (global magnitude, step by step)
-    bits: int = 8  # weight bits (uniform codes, or log2 of the codebook size)
+    sparsity: float = 0.0  # fraction of weights pruned (global magnitude)
+    bits: int = 8  # weight bits (uniform codes, or log2 of the codebook size; the widest with a budget)
     act_bits: int | None = None  # activation bits (None: same as bits)
-    steps: int = 4  # pruning steps (AGP schedule)
-    prune_epochs: int = 1  # retraining epochs after each pruning step
+    prune_method: str = "iterative"  # "iterative": prune -> retrain rounds; "gradual": pruning during training
+    steps: int = 4  # iterative: pruning steps (AGP schedule)
+    prune_epochs: int = 1  # iterative: retraining epochs after each step; gradual: epochs of the whole run
+    prune_lr: float = 0.02  # peak learning rate of the pruning's retraining
     qat_epochs: int = 2  # QAT / codebook fine-tuning epochs (0: post-training only)
     lr: float = 0.01  # peak learning rate of the fine-tuning
+    distill: float = 0.0  # weight of the dense model's soft predictions in every retraining loss (0: off)
+    budget_bytes: int | None = None  # codebook only: per-layer widths (2..bits) chosen to fit this file size
     codebook: bool = False  # k-means weight sharing instead of uniform levels
     keep_first_last_8bit: bool = False  # first/last layers at 8 bits
     float16: bool = True  # round biases and centroids to float16 values: the file stores them in half the bytes
@@ -50,6 +55,12 @@ class CompressConfig:
             check_bits(self.act_bits)
         if self.steps < 1:
             raise ConfigError(f"steps={self.steps}: must be at least 1")
+        if self.prune_method not in ("iterative", "gradual"):
+            raise ConfigError(f"prune_method={self.prune_method!r}: choose 'iterative' or 'gradual'")
+        if self.budget_bytes is not None and not self.codebook:
+            raise ConfigError("a size budget (mixed precision) needs codebook weight sharing")
+        if self.budget_bytes is not None and self.budget_bytes < 1:
+            raise ConfigError(f"budget_bytes={self.budget_bytes}: must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,23 +76,36 @@ def compress_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Prune (unless ``pruned`` is given: an already-pruned model to reuse) and quantize a copy of ``base``."""
     record: dict[str, Any] = {"config": cfg.to_dict()}
+    teacher = base if cfg.distill else None
     start = time.perf_counter()
     if pruned is None:
         pruned = copy.deepcopy(base)
         if cfg.sparsity > 0:
-            steps = iterative_prune(pruned, data, cfg.sparsity, cfg.steps,
-                                    TrainConfig(epochs=cfg.prune_epochs, lr=2 * cfg.lr), device=device, log=log)  # fmt: skip
+            prune_cfg = TrainConfig(epochs=cfg.prune_epochs, lr=cfg.prune_lr, distill=cfg.distill)
+            if cfg.prune_method == "gradual":
+                steps = [gradual_prune(pruned, data, cfg.sparsity, prune_cfg, teacher=teacher, device=device, log=log)]
+            else:
+                steps = iterative_prune(pruned, data, cfg.sparsity, cfg.steps, prune_cfg, device=device, log=log,
+                                        teacher=teacher)  # fmt: skip
             record["prune_steps"] = [s.to_dict() for s in steps]
         make_permanent(pruned)
     record["prune_seconds"] = time.perf_counter() - start
     start = time.perf_counter()
     act_bits = cfg.act_bits if cfg.act_bits is not None else cfg.bits
-    train = TrainConfig(epochs=cfg.qat_epochs, lr=cfg.lr) if cfg.qat_epochs else None
+    train = TrainConfig(epochs=cfg.qat_epochs, lr=cfg.lr, distill=cfg.distill) if cfg.qat_epochs else None
     if cfg.codebook:
-        model = codebook(pruned, data, cfg.bits, act_bits, train, device, log=log)
+        bits: int | dict[str, int] = cfg.bits
+        if cfg.budget_bytes is not None:
+            plan = plan_mixed_precision(pruned, data, cfg.budget_bytes, tuple(range(2, cfg.bits + 1)), log=log)
+            bits = plan.bits
+            record["mixed_precision"] = plan.to_dict()
+        model = codebook(pruned, data, bits, act_bits, train, device, log=log, teacher=teacher)
     else:
         qcfg = QuantConfig(bits=cfg.bits, act_bits=act_bits, keep_first_last_8bit=cfg.keep_first_last_8bit)
-        model = qat(pruned, data, qcfg, train, device, log=log)[0] if train else ptq(pruned, data, qcfg)
+        if train:
+            model = qat(pruned, data, qcfg, train, device, log=log, teacher=teacher)[0]
+        else:
+            model = ptq(pruned, data, qcfg)
     if cfg.float16:
         snap_floats_(model)
     record["quant_seconds"] = time.perf_counter() - start

@@ -69,14 +69,16 @@ def oneshot_prune(
     device: str | torch.device = "cpu",
     filter_fn: FilterFn = default_filter,
     log: Callable[[str], None] | None = print,
+    teacher: nn.Module | None = None,
 ) -> PruneStep:
-    """Reach ``sparsity`` in one step; evaluate, and optionally fine-tune with the masks held fixed."""
+    """Reach ``sparsity`` in one step; evaluate, and optionally fine-tune with the masks held fixed (distilled
+    from ``teacher`` when ``finetune.distill > 0``)."""
     start = time.perf_counter()
     prune_(model, sparsity, scope, filter_fn)
     pruned_acc, _ = evaluate(model, data.val_x, data.val_y, device=device)
     retrained = None
     if finetune is not None:
-        fit(model, data, finetune, device, log=log)
+        fit(model, data, finetune, device, log=log, teacher=teacher)
         retrained, _ = evaluate(model, data.val_x, data.val_y, device=device)
     achieved, layers = achieved_sparsity(model, filter_fn)
     return PruneStep(1, sparsity, achieved, pruned_acc, retrained, time.perf_counter() - start, layers)

@@ -61,12 +61,13 @@ def qat(
     calibration_images: int = 512,
     log: Callable[[str], None] | None = print,
     progress: bool = True,
+    teacher: nn.Module | None = None,
 ) -> tuple[nn.Module, list[EpochStats]]:
     """Quantization-aware training: start from PTQ, then fine-tune weights and LSQ step sizes together
-    with fake quant in the loop (straight-through rounding)."""
+    with fake quant in the loop (straight-through rounding), distilled from ``teacher`` if ``train.distill``."""
     q = ptq(model, data, config, calibration_images)
     set_scales_trainable(q, True)
-    history = fit(q, data, train, device, log=log, progress=progress)
+    history = fit(q, data, train, device, log=log, progress=progress, teacher=teacher)
     set_scales_trainable(q, False)
     return q.eval().to(memory_format=torch.contiguous_format), history
 
@@ -80,10 +81,12 @@ def codebook(
     device: str | torch.device = "cpu",
     calibration_images: int = 512,
     log: Callable[[str], None] | None = print,
+    teacher: nn.Module | None = None,
 ) -> nn.Module:
     """Weight sharing: a copy of ``model`` with BatchNorm folded, each layer's weights clustered into a
     ``bits``-bit codebook (or per-layer widths from a dict; pruned zeros kept exact), inputs quantized at ``act_bits`` (none if ``None``; the
-    first layer's input at 8 bits, as in :func:`quantize_`), then the centroids fine-tuned if ``train``.
+    first layer's input at 8 bits, as in :func:`quantize_`), then the centroids fine-tuned if ``train``
+    (distilled from ``teacher`` if ``train.distill``).
     """
     q = _plain_copy(model)
     fold_batchnorm(q)
@@ -96,6 +99,6 @@ def codebook(
         calibrate_(q, calibration_batches(data, calibration_images))
     if train is not None:
         set_scales_trainable(q, True)
-        fit(q, data, train, device, log=log)
+        fit(q, data, train, device, log=log, teacher=teacher)
         set_scales_trainable(q, False)
     return q.eval().to(memory_format=torch.contiguous_format)
