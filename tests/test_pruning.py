@@ -15,6 +15,7 @@ from torchshrink.pruning import (
     agp_schedule,
     get_mask,
     global_magnitude_masks,
+    lamp_scores,
     layer_magnitude_mask,
     linear_schedule,
     make_permanent,
@@ -176,3 +177,25 @@ def test_permanent_copy_leaves_the_original_masked():
     prune_(model, 0.7)  # and can go on pruning, never reviving what the copy has as zeros
     revived = (plain.features.conv1.weight == 0) & (get_mask(model.features.conv1) == 1)
     assert not bool(revived.any())
+
+
+def test_lamp_scores_follow_the_definition_and_ignore_layer_scale():
+    w = torch.tensor([0.5, -2.0, 1.0, 0.0])
+    # sorted squares 0, .25, 1, 4: each over the sum of itself and everything larger
+    expected = torch.tensor([0.25 / 5.25, 4.0 / 4.0, 1.0 / 5.0, 0.0 / 5.25])
+    assert torch.allclose(lamp_scores(w), expected)
+    assert torch.allclose(lamp_scores(w * 1000), expected)  # scale-free
+    assert lamp_scores(w, torch.tensor([1.0, 1.0, 0.0, 1.0]))[2] == -1  # pruned entries stay pruned
+    torch.manual_seed(0)
+    model = MLP(hidden=(64, 32))
+    with torch.no_grad():
+        model.net[3].weight.mul_(0.01)  # global magnitude would empty this layer first; LAMP does not care
+    lamp = copy.deepcopy(model)
+    prune_(lamp, 0.8, scope="lamp")
+    assert abs(_total_sparsity(lamp) - 0.8) < 1e-3
+    torch.manual_seed(0)
+    unscaled = MLP(hidden=(64, 32))
+    prune_(unscaled, 0.8, scope="lamp")
+    assert [get_mask(m).sum() for m in lamp.modules() if get_mask(m) is not None] == [
+        get_mask(m).sum() for m in unscaled.modules() if get_mask(m) is not None
+    ]

@@ -72,9 +72,10 @@ def add_pruning_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentPars
     )
     p.add_argument(
         "--scope",
-        choices=("global", "layer"),
+        choices=("global", "lamp", "layer"),
         default="global",
-        help="one magnitude threshold for all layers, or the same sparsity per layer (default: %(default)s)",
+        help="one magnitude threshold for all layers; one threshold on scale-free LAMP scores; or the same "
+        "sparsity per layer (default: %(default)s)",
     )
     p.add_argument(
         "--steps", type=positive_int, default=5, help="iterative: prune->retrain rounds (default: %(default)s)"

@@ -14,7 +14,7 @@ from torchshrink.pruning.apply import (
 )
 from torchshrink.pruning.gradual import GradualPruner, gradual_prune
 from torchshrink.pruning.iterative import PruneStep, achieved_sparsity, iterative_prune, oneshot_prune, rewind_
-from torchshrink.pruning.masks import MASKS, global_magnitude_masks, layer_magnitude_mask
+from torchshrink.pruning.masks import MASKS, global_magnitude_masks, lamp_masks, lamp_scores, layer_magnitude_mask
 from torchshrink.pruning.schedules import SCHEDULES, agp_schedule, linear_schedule, make_schedule
 from torchshrink.pruning.sensitivity import layer_sensitivity, sensitivity_table, sparsities_for_tolerance
 from torchshrink.pruning.structured import conv_chain, filter_scores, structured_prune_
@@ -24,6 +24,8 @@ __all__ = [
     "MASKS",
     "layer_magnitude_mask",
     "global_magnitude_masks",
+    "lamp_scores",
+    "lamp_masks",
     "SCHEDULES",
     "linear_schedule",
     "agp_schedule",

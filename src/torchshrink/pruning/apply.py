@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from torchshrink.errors import ConfigError
-from torchshrink.pruning.masks import check_amount, global_magnitude_masks, layer_magnitude_mask
+from torchshrink.pruning.masks import check_amount, global_magnitude_masks, lamp_masks, layer_magnitude_mask
 
 __all__ = [
     "FilterFn",
@@ -100,18 +100,20 @@ def prune_(
     Args:
         sparsity: the fraction of zeros to reach; with ``scope="layer"`` it may be a dict of per-layer
             sparsities (layers not named keep their current mask).
-        scope: ``"global"`` ranks all prunable weights together, ``"layer"`` ranks each layer alone.
+        scope: ``"global"`` ranks all prunable weights together by magnitude, ``"lamp"`` together by
+            layer-adaptive (scale-free) magnitude, ``"layer"`` ranks each layer alone.
         filter_fn: ``(module, qualified_name) -> bool`` choosing the prunable layers.
 
     Masks already attached are respected: a weight once pruned is never revived.
     """
     layers = prunable_layers(model, filter_fn)
-    if scope == "global":
+    if scope in ("global", "lamp"):
         if isinstance(sparsity, dict):
             raise ConfigError("per-layer sparsities need scope='layer'")
         names = list(layers)
         scores = [_weight(layers[n]) for n in names]
-        masks = global_magnitude_masks(scores, check_amount(sparsity), [get_mask(layers[n]) for n in names])
+        rank = global_magnitude_masks if scope == "global" else lamp_masks
+        masks = rank(scores, check_amount(sparsity), [get_mask(layers[n]) for n in names])
         plan = dict(zip(names, masks, strict=True))
     elif scope == "layer":
         amounts = sparsity if isinstance(sparsity, dict) else dict.fromkeys(layers, sparsity)
@@ -123,7 +125,7 @@ def prune_(
             for n, a in amounts.items()
         }
     else:
-        raise ConfigError(f"scope {scope!r}: choose 'global' or 'layer'")
+        raise ConfigError(f"scope {scope!r}: choose 'global', 'lamp' or 'layer'")
     for name, mask in plan.items():
         _set_mask(layers[name], mask)
     return {name: get_mask(module) for name, module in layers.items() if get_mask(module) is not None}

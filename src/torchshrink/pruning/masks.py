@@ -14,7 +14,16 @@ import torch
 
 from torchshrink.errors import ConfigError
 
-__all__ = ["MaskFn", "MASKS", "check_amount", "layer_magnitude_mask", "global_magnitude_masks", "n_pruned"]
+__all__ = [
+    "MaskFn",
+    "MASKS",
+    "check_amount",
+    "layer_magnitude_mask",
+    "global_magnitude_masks",
+    "lamp_scores",
+    "lamp_masks",
+    "n_pruned",
+]
 
 
 def check_amount(amount: float) -> float:
@@ -81,6 +90,42 @@ def global_magnitude_masks(
     return out
 
 
+def lamp_scores(scores: torch.Tensor, previous_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Layer-adaptive magnitude scores (LAMP, Lee et al. 2021), flattened: ``w_u^2 / sum(w_v^2, |w_v| >= |w_u|)``.
+
+    A weight's squared magnitude over the sum of those not smaller in its layer: comparable across layers
+    whatever their scale (a conv followed by BatchNorm has no meaningful absolute scale), and the largest
+    weight of every layer scores 1, so no layer is ever emptied. Previously pruned entries score -1.
+    """
+    s = scores.detach().float().flatten() ** 2
+    if previous_mask is not None:
+        s = s * previous_mask.flatten().float()
+    order = torch.sort(s, stable=True).indices
+    ordered = s[order]
+    suffix = torch.flip(torch.cumsum(torch.flip(ordered, [0]), 0), [0])
+    out = torch.empty_like(s)
+    out[order] = ordered / suffix.clamp_min(torch.finfo(torch.float32).tiny)
+    if previous_mask is not None:
+        out = torch.where(previous_mask.flatten().bool(), out, torch.full_like(out, -1.0))
+    return out
+
+
+def lamp_masks(
+    scores: Sequence[torch.Tensor], amount: float, previous_masks: Sequence[torch.Tensor | None] | None = None
+) -> list[torch.Tensor]:
+    """One threshold over the LAMP scores of all tensors: the layer sparsities follow from the weights'
+    distribution within each layer rather than from the layers' scales. Total sparsity exactly ``amount``."""
+    previous_masks = previous_masks or [None] * len(scores)
+    flats = [lamp_scores(s, m) for s, m in zip(scores, previous_masks, strict=True)]
+    total = sum(f.numel() for f in flats)
+    drop = _lowest(torch.cat(flats), n_pruned(amount, total))
+    out, start = [], 0
+    for s in scores:
+        out.append((~drop[start : start + s.numel()]).reshape(s.shape).to(torch.float32))
+        start += s.numel()
+    return out
+
+
 MaskFn = Callable[..., object]
-# scope name -> mask function; "layer" takes one tensor, "global" a list of tensors
-MASKS: dict[str, MaskFn] = {"layer": layer_magnitude_mask, "global": global_magnitude_masks}
+# scope name -> mask function; "layer" takes one tensor, "global" and "lamp" a list of tensors
+MASKS: dict[str, MaskFn] = {"layer": layer_magnitude_mask, "global": global_magnitude_masks, "lamp": lamp_masks}
