@@ -17,11 +17,21 @@ TINY = {
     "oneshot": {"sparsities": [0.5, 0.9]},
     "sensitivity": {"sparsities": [0.5]},
     "iterative": {"targets": [0.4, 0.8], "steps_per_target": 1, "epochs_per_step": 1},
+    "gradual": {"sparsity": 0.7, "epochs": 1, "distill": 0.5, "frequency": 2},
     "quantization": {"bits": [8, 2], "edge8_bits": [2], "qat_epochs": 1},
     "combined": {
         "points": [
             {"sparsity": 0.4, "bits": 8, "act_bits": 8, "label": "student point"},
             {"sparsity": 0.8, "bits": 2, "act_bits": 8, "codebook": True, "label": "codebook"},
+            {
+                "sparsity": 0.7,
+                "bits": 3,
+                "act_bits": 8,
+                "codebook": True,
+                "label": "mixed",
+                "source": "gradual",
+                "budget_bytes": 10000,
+            },
         ],
         "qat_epochs": 1,
     },
@@ -71,6 +81,8 @@ def test_study_produces_every_artifact_and_resumes(tiny_config, tmp_path, data_d
     assert [r["target"] for r in results["iterative"]] == [0.4, 0.8]
     assert results["iterative"][1]["sparsity"] > results["iterative"][0]["sparsity"]
     assert {(r["bits"], r["first_last_8bit"]) for r in results["quantization"]} == {(8, False), (2, False), (2, True)}
+    assert results["gradual"]["sparsity"] > 0.7 - 1e-3 and 0 < results["gradual"]["test_accuracy"] <= 1
+    assert set(results["combined"][2]["mixed_precision"]["bits"].values()) <= {2, 3}
     for point in results["combined"]:
         assert (out / "compressed" / point["file"]).is_file()
         assert point["file_bytes"] == (out / "compressed" / point["file"]).stat().st_size
@@ -82,6 +94,7 @@ def test_study_produces_every_artifact_and_resumes(tiny_config, tmp_path, data_d
         "## Pruning",
         "## Quantization",
         "## Structured",
+        "Gradual pruning during training",
         "93.14",
         "90.95",
     ):

@@ -33,8 +33,10 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str,
     """The student project's table beside ours: technique, their accuracy/ratio, our accuracy/ratio, what we ran."""
     base = results["baseline"]
     fp32 = base["fp32_bytes"]
-    it = results["iterative"]
-    # our pruned row: the sparsest step-by-step point within 0.3 points of the baseline, else the first one
+    it = [{**r, "how": "step-by-step"} for r in results["iterative"]]
+    if "gradual" in results:
+        it.append({**results["gradual"], "how": "gradual (distilled)"})
+    # our pruned row: the sparsest pruned model within 0.3 points of the baseline, else the first one
     ok = [r for r in it if r["test_accuracy"] >= base["test_accuracy"] - 0.003]
     pruned = max(ok, key=lambda r: r["sparsity"]) if ok else it[0]
     q8 = next((r for r in results["quantization"] if r["bits"] == 8 and not r["first_last_8bit"]), None)
@@ -43,7 +45,7 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str,
         ("Original Model", f"{STUDENT['original'][0]:.2f}", "-", _pct(base["test_accuracy"]), "1.0x",
          f"fp32, {base['parameters']:,} parameters, {fp32:,} bytes"),
         ("Pruned Model", f"{STUDENT['pruned'][0]:.2f}", "1.5x", _pct(pruned["test_accuracy"]),
-         f"{1 / (1 - pruned['sparsity']):.1f}x (non-zeros)", f"step-by-step to {100 * pruned['sparsity']:.0f}% sparsity"),
+         f"{1 / (1 - pruned['sparsity']):.1f}x (non-zeros)", f"{pruned['how']} to {100 * pruned['sparsity']:.0f}% sparsity"),
     ]  # fmt: skip
     if q8 is not None:
         acc = q8["qat_test_accuracy"] if q8["qat_test_accuracy"] is not None else q8["ptq_test_accuracy"]
@@ -143,6 +145,7 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:
                 for r in results["iterative"]
             ],
         ),  # fmt: skip
+        *_gradual_part(results),
         "## Quantization (W/A at the same width)",
         _table(
             ["Bits", "First/last 8-bit", "PTQ (%)", "QAT (%)", "Weight bytes", "Ratio", "Seconds"],
@@ -204,9 +207,35 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _gradual_part(results: dict[str, Any]) -> list[str]:
+    if "gradual" not in results:
+        return []
+    g = results["gradual"]
+    cfg = g["train_config"]
+    return [
+        f"Gradual pruning during training (Zhu & Gupta's cubic schedule, mask updated every few steps), "
+        f"{cfg['epochs']} epochs from the dense baseline, distilled from it (weight {cfg['distill']:g}):",
+        _table(
+            ["Target", "Sparsity", "Non-zeros", "Validation accuracy (%)", "Test accuracy (%)", "Seconds"],
+            [
+                [
+                    f"{100 * g['target']:.0f}%",
+                    f"{100 * g['sparsity']:.1f}%",
+                    f"{g['nonzeros']:,}",
+                    _pct(g["val_accuracy"]),
+                    _pct(g["test_accuracy"]),
+                    f"{g['stage_seconds']:.0f}",
+                ]
+            ],
+        ),  # fmt: skip
+    ]
+
+
 def _stage_times(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     rows = [("baseline", results["baseline"]), ("oneshot", results["oneshot"]), ("sensitivity", results["sensitivity"])]
     rows += [(f"iterative {r['target']:g}", r) for r in results["iterative"]]
+    if "gradual" in results:
+        rows.append((f"gradual {results['gradual']['target']:g}", results["gradual"]))
     rows += [(f"quant W{r['bits']}{' edge8' if r['first_last_8bit'] else ''}", r) for r in results["quantization"]]
     rows += [(r["label"], r) for r in results["combined"]]
     rows.append(("structured", results["structured"]))
@@ -234,6 +263,10 @@ def plot_all(results: dict[str, Any], out: Path) -> None:
     it = results["iterative"]
     ax.plot([100 * r["sparsity"] for r in it], [100 * r["test_accuracy"] for r in it], "D-", lw=2,
             label="step-by-step (retrained)")  # fmt: skip
+    if "gradual" in results:
+        g = results["gradual"]
+        ax.scatter([100 * g["sparsity"]], [100 * g["test_accuracy"]], marker="P", s=110, color="green", zorder=5,
+                   label="gradual during training, distilled")  # fmt: skip
     ax.axhline(base_acc, color="gray", lw=1, ls=":", label=f"baseline {base_acc:.2f}%")
     ax.set(xlabel="sparsity (% of weights removed)", ylabel="test accuracy (%)", title="Pruning: accuracy vs sparsity")
     ax.set_ylim(max(0, min(base_acc - 20, ax.get_ylim()[0])), 100)

@@ -21,7 +21,7 @@ from torchshrink._io import atomic_write_json
 
 __all__ = ["StageCache", "stage_key"]
 
-CACHE_VERSION = 1  # bump when stage code changes what a stage computes
+CACHE_VERSION = 2  # bump when stage code changes what a stage computes
 
 
 def stage_key(name: str, config: Any, upstream: list[str]) -> str:

@@ -45,15 +45,26 @@ class SensitivitySection:
 @dataclass(frozen=True)
 class IterativeSection:
     targets: tuple[float, ...] = (0.4, 0.8, 0.9, 0.95)  # sparsities reached in turn, each measured
-    steps_per_target: int = 2  # AGP steps from one target to the next
+    steps_per_target: int = 1  # AGP steps from one target to the next
     epochs_per_step: int = 1  # retraining epochs after each step
     lr: float = 0.02  # peak learning rate of the retraining
 
 
 @dataclass(frozen=True)
+class GradualSection:
+    sparsity: float = 0.9  # target, reached during one training run from the dense baseline
+    epochs: int = 8  # epochs of that run
+    lr: float = 0.05  # peak learning rate
+    distill: float = 0.7  # weight of the dense model's soft predictions in the loss (0: labels only)
+    start: float = 0.0  # pruning starts at this fraction of the run ...
+    end: float = 0.6  # ... and reaches the target here; the rest of the run recovers
+    frequency: int = 50  # optimizer steps between mask updates
+
+
+@dataclass(frozen=True)
 class QuantSection:
     bits: tuple[int, ...] = (8, 6, 4, 2)  # W/A widths (weights and activations alike)
-    edge8_bits: tuple[int, ...] = (4, 2)  # widths also run with the first and last layers at 8 bits
+    edge8_bits: tuple[int, ...] = (2,)  # widths also run with the first and last layers at 8 bits
     qat_epochs: int = 1  # QAT epochs per width
     lr: float = 0.01  # QAT peak learning rate
     calibration: str = "percentile"  # activation ranges: minmax, percentile or mse
@@ -61,23 +72,28 @@ class QuantSection:
 
 @dataclass(frozen=True)
 class CombinedPoint:
-    sparsity: float  # a target of the iterative section (its pruned model is reused)
-    bits: int  # weight bits
+    sparsity: float  # the pruned model reused: a target of the iterative section, or the gradual sparsity
+    bits: int  # weight bits (the widest, with a budget)
     act_bits: int  # activation bits
     codebook: bool = False  # k-means weight sharing instead of uniform levels
     label: str = ""  # name in the report
+    source: str = "iterative"  # which pruned model: "iterative" (prune -> retrain rounds) or "gradual"
+    budget_bytes: int | None = None  # codebook only: per-layer widths (2..bits) chosen to fit this file size
 
 
 @dataclass(frozen=True)
 class CombinedSection:
     points: tuple[CombinedPoint, ...] = (
         CombinedPoint(0.4, 8, 8, False, "40% pruned + 8-bit (the student point)"),
-        CombinedPoint(0.9, 4, 8, False, "90% pruned + W4A8"),
-        CombinedPoint(0.9, 4, 8, True, "90% pruned + 4-bit codebook"),
+        CombinedPoint(0.9, 4, 8, True, "90% pruned (gradual) + 4-bit codebook", "gradual"),
+        CombinedPoint(
+            0.9, 4, 8, True, "90% pruned (gradual) + mixed 2-4-bit codebook, 32 KB budget", "gradual", 32_000
+        ),
         CombinedPoint(0.95, 2, 8, True, "95% pruned + 2-bit codebook"),
     )
     qat_epochs: int = 1  # fine-tuning epochs with the masks kept
     lr: float = 0.01  # fine-tuning peak learning rate
+    distill: float = 0.0  # weight of the dense model's soft predictions in the fine-tuning loss
     codebook_gradient: str = "mean"  # shared-gradient update of codebook centroids: mean over the cluster
 
 
@@ -96,6 +112,7 @@ class StudyConfig:
     oneshot: OneshotSection = field(default_factory=OneshotSection)
     sensitivity: SensitivitySection = field(default_factory=SensitivitySection)
     iterative: IterativeSection = field(default_factory=IterativeSection)
+    gradual: GradualSection = field(default_factory=GradualSection)
     quantization: QuantSection = field(default_factory=QuantSection)
     combined: CombinedSection = field(default_factory=CombinedSection)
     structured: StructuredSection = field(default_factory=StructuredSection)
@@ -118,6 +135,7 @@ def _check(cfg: StudyConfig) -> None:
     for where, value in [("baseline.epochs", cfg.baseline.epochs), ("baseline.batch_size", cfg.baseline.batch_size),
                          ("iterative.steps_per_target", cfg.iterative.steps_per_target),
                          ("iterative.epochs_per_step", cfg.iterative.epochs_per_step),
+                         ("gradual.epochs", cfg.gradual.epochs), ("gradual.frequency", cfg.gradual.frequency),
                          ("data.calibration_images", cfg.data.calibration_images)]:  # fmt: skip
         need(value >= 1, where, value, "must be at least 1")
     for where, value in [("quantization.qat_epochs", cfg.quantization.qat_epochs),
@@ -127,8 +145,13 @@ def _check(cfg: StudyConfig) -> None:
         need(value >= 0, where, value, "must not be negative")
     for where, value in [("baseline.lr", cfg.baseline.lr), ("iterative.lr", cfg.iterative.lr),
                          ("quantization.lr", cfg.quantization.lr), ("combined.lr", cfg.combined.lr),
-                         ("structured.lr", cfg.structured.lr)]:  # fmt: skip
+                         ("structured.lr", cfg.structured.lr), ("gradual.lr", cfg.gradual.lr)]:  # fmt: skip
         need(value > 0, where, value, "must be positive")
+    g = cfg.gradual
+    need(0 < g.sparsity < 1, "gradual.sparsity", g.sparsity, "must be a sparsity in (0, 1)")
+    need(0 <= g.start < g.end <= 1, "gradual", (g.start, g.end), "start and end must satisfy 0 <= start < end <= 1")
+    for where, value in [("gradual.distill", g.distill), ("combined.distill", cfg.combined.distill)]:
+        need(0 <= value <= 1, where, value, "must be in [0, 1]")
     for where, values in [("oneshot.sparsities", cfg.oneshot.sparsities),
                           ("sensitivity.sparsities", cfg.sensitivity.sparsities),
                           ("iterative.targets", cfg.iterative.targets)]:  # fmt: skip
@@ -145,8 +168,16 @@ def _check(cfg: StudyConfig) -> None:
     need(cfg.quantization.calibration in ("minmax", "percentile", "mse"), "quantization.calibration",
          cfg.quantization.calibration, "must be minmax, percentile or mse")  # fmt: skip
     for i, p in enumerate(cfg.combined.points):
-        need(p.sparsity in cfg.iterative.targets, f"combined.points[{i}].sparsity", p.sparsity,
-             f"must be one of iterative.targets {list(cfg.iterative.targets)}")  # fmt: skip
+        need(p.source in ("iterative", "gradual"), f"combined.points[{i}].source", p.source,
+             "must be 'iterative' or 'gradual'")  # fmt: skip
+        if p.source == "iterative":
+            need(p.sparsity in cfg.iterative.targets, f"combined.points[{i}].sparsity", p.sparsity,
+                 f"must be one of iterative.targets {list(cfg.iterative.targets)}")  # fmt: skip
+        else:
+            need(p.sparsity == g.sparsity, f"combined.points[{i}].sparsity", p.sparsity,
+                 f"must be gradual.sparsity ({g.sparsity}) for a gradual point")  # fmt: skip
+        need(p.budget_bytes is None or (p.codebook and p.budget_bytes > 0), f"combined.points[{i}].budget_bytes",
+             p.budget_bytes, "needs codebook: true and a positive size")  # fmt: skip
         need(2 <= p.bits <= 8 and 2 <= p.act_bits <= 8, f"combined.points[{i}]", (p.bits, p.act_bits),
              "bits must be from 2 to 8")  # fmt: skip
     need(cfg.combined.codebook_gradient == "mean", "combined.codebook_gradient", cfg.combined.codebook_gradient,
@@ -231,6 +262,7 @@ def quick_config(cfg: StudyConfig) -> StudyConfig:
         oneshot=r(cfg.oneshot, sparsities=(0.3, 0.6, 0.9)),
         sensitivity=r(cfg.sensitivity, sparsities=(0.5, 0.9)),
         iterative=r(cfg.iterative, steps_per_target=1, epochs_per_step=1),
+        gradual=r(cfg.gradual, epochs=1),
         quantization=r(cfg.quantization, qat_epochs=1),
         combined=r(cfg.combined, qat_epochs=1),
         structured=r(cfg.structured, finetune_epochs=1),

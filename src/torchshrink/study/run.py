@@ -48,7 +48,7 @@ def run_study(
     ctx = stages.Context(cfg, data, pick_device(device), lambda line: tqdm.write(line) if progress else log(line))
     cache = StageCache(out / "cache")
     it, qc = cfg.iterative, cfg.quantization
-    total = 5 + len(it.targets) + len(qc.bits) + len(qc.edge8_bits) + len(cfg.combined.points)
+    total = 6 + len(it.targets) + len(qc.bits) + len(qc.edge8_bits) + len(cfg.combined.points)
     bar = tqdm(total=total, desc="study", unit="stage", disable=None if progress else True)
     timings: dict[str, float] = {}
     results: dict[str, Any] = {}
@@ -94,6 +94,9 @@ def run_study(
         pruned_keys[target] = previous_key
         results["iterative"].append(result)
 
+    gradual_key, results["gradual"] = stage("gradual", {**asdict(cfg.gradual), "seed": cfg.seed}, [base_key],
+                                            lambda folder: stages.gradual(ctx, base, folder))  # fmt: skip
+
     results["quantization"] = []
     for bits in qc.bits:
         for edge in (False, True):
@@ -106,16 +109,15 @@ def run_study(
 
     results["combined"] = []
     for point in cfg.combined.points:
-        pkey = pruned_keys[point.sparsity]
+        pkey = gradual_key if point.source == "gradual" else pruned_keys[point.sparsity]
 
         def compress(folder: Path, pkey: str = pkey, point: Any = point) -> dict:
             pruned = stages.load_model(cache.folder(pkey), ctx.device)
             return stages.combined_point(ctx, base, pruned, point, folder)
 
-        key, result = stage(f"combined-s{point.sparsity:g}-w{point.bits}a{point.act_bits}"
-                            f"{'-codebook' if point.codebook else ''}",
+        key, result = stage(f"combined-{stages.point_file(point).removesuffix('.tshrink')}",
                             {**asdict(point), "epochs": cfg.combined.qat_epochs, "lr": cfg.combined.lr,
-                             "codebook_gradient": cfg.combined.codebook_gradient,
+                             "distill": cfg.combined.distill, "codebook_gradient": cfg.combined.codebook_gradient,
                              "calibration_images": cfg.data.calibration_images}, [base_key, pkey], compress)  # fmt: skip
         files = out / "compressed"
         files.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from torchshrink.data import FashionMNIST
 from torchshrink.measure import count_macs, latency
 from torchshrink.models import build_model, fp32_bytes, layer_table, parameter_count
 from torchshrink.pruning import (
+    gradual_prune,
     iterative_prune,
     layer_sensitivity,
     permanent_copy,
@@ -30,8 +31,8 @@ from torchshrink.quant import QuantConfig, ptq, qat, storage_report
 from torchshrink.study.config import CombinedPoint, StudyConfig
 from torchshrink.train import TrainConfig, evaluate, fit
 
-__all__ = ["Context", "baseline", "oneshot", "sensitivity", "iterative_step", "quantize_width", "combined_point",
-           "structured"]  # fmt: skip
+__all__ = ["Context", "baseline", "oneshot", "sensitivity", "iterative_step", "gradual", "quantize_width",
+           "combined_point", "point_file", "structured"]  # fmt: skip
 
 
 @dataclass
@@ -109,6 +110,24 @@ def iterative_step(ctx: Context, model: nn.Module, start: float, target: float, 
     }  # fmt: skip
 
 
+def gradual(ctx: Context, base: nn.Module, folder: Path) -> dict[str, Any]:
+    """Prune a copy of the dense baseline during one training run, distilled from the baseline."""
+    g = ctx.cfg.gradual
+    model = copy.deepcopy(base)
+    train = TrainConfig(epochs=g.epochs, lr=g.lr, distill=g.distill, seed=ctx.cfg.seed)
+    step = gradual_prune(model, ctx.data, g.sparsity, train, g.start, g.end, g.frequency,
+                         teacher=base if g.distill else None, device=ctx.device, log=ctx.log)  # fmt: skip
+    plain = permanent_copy(model)
+    rows = sparsity_report(plain)
+    acc = ctx.test(plain)
+    save_checkpoint(folder / "model", plain, ctx.cfg.baseline.model, _model_args(plain), metrics={"test_accuracy": acc})
+    return {
+        "target": g.sparsity, "sparsity": step.achieved, "test_accuracy": acc, "val_accuracy": step.val_acc_retrained,
+        "seconds": step.seconds, "nonzeros": sum(r.nonzeros for r in rows), "params": sum(r.params for r in rows),
+        "layers": [r.to_dict() for r in rows], "train_config": train.to_dict(),
+    }  # fmt: skip
+
+
 def quantize_width(ctx: Context, base: nn.Module, bits: int, first_last_8bit: bool) -> dict[str, Any]:
     q = ctx.cfg.quantization
     config = QuantConfig(bits=bits, act_calibration=q.calibration, keep_first_last_8bit=first_last_8bit)
@@ -130,12 +149,21 @@ def combined_point(
 ) -> dict[str, Any]:
     c = ctx.cfg.combined
     cfg = CompressConfig(sparsity=point.sparsity, bits=point.bits, act_bits=point.act_bits, codebook=point.codebook,
-                         qat_epochs=c.qat_epochs, lr=c.lr)  # fmt: skip
+                         qat_epochs=c.qat_epochs, lr=c.lr, distill=c.distill, budget_bytes=point.budget_bytes)  # fmt: skip
     model, record = compress_model(base, ctx.data, cfg, ctx.device, log=ctx.log, pruned=pruned)
-    name = f"s{point.sparsity:g}-w{point.bits}a{point.act_bits}-{'codebook' if point.codebook else 'uniform'}.tshrink"
-    result = write_and_verify(model, base, ctx.data, folder / name, ctx.cfg.baseline.model, _model_args(base))
-    result["file"] = name
-    return {"label": point.label, "config": cfg.to_dict(), **result, "seconds": record["quant_seconds"]}
+    result = write_and_verify(model, base, ctx.data, folder / point_file(point), ctx.cfg.baseline.model,
+                              _model_args(base))  # fmt: skip
+    result["file"] = point_file(point)
+    extra = {"mixed_precision": record["mixed_precision"]} if "mixed_precision" in record else {}
+    return {"label": point.label, "source": point.source, "config": cfg.to_dict(), **result, **extra,
+            "seconds": record["quant_seconds"]}  # fmt: skip
+
+
+def point_file(point: CombinedPoint) -> str:
+    """The file name of a combined point, e.g. ``gradual-s0.9-w4a8-codebook-budget32000.tshrink``."""
+    kind = "codebook" if point.codebook else "uniform"
+    budget = f"-budget{point.budget_bytes}" if point.budget_bytes else ""
+    return f"{point.source}-s{point.sparsity:g}-w{point.bits}a{point.act_bits}-{kind}{budget}.tshrink"
 
 
 def structured(ctx: Context, base: nn.Module) -> dict[str, Any]:
