@@ -1,12 +1,17 @@
 """Compression benchmark: real files on disk, loaded back and evaluated on the full test set.
 
 * the student project's point: 40% pruned + 8 bits (it reported 90.95% at 4x);
-* a frontier over sparsity x bits x (uniform | codebook) x (entropy coding on | off), each with theoretical
-  weight bytes and actual file bytes. Ratio = fp32 bytes of all baseline parameters and buffers / file bytes.
+* a frontier of file size vs accuracy over starting sparsity (prune -> retrain rounds, or gradual distilled
+  pruning), bits, uniform | codebook | mixed-precision codebook under a size budget; every point written
+  three ways: codes bit-packed ("packed"), Huffman-coded streams ("huffman"), Huffman + the best of
+  zlib/lzma over the payload ("huffman+auto"). Ratio = fp32 bytes of all baseline parameters and buffers /
+  file bytes.
 
-Pruned starting points come from the pruning benchmark (``runs/baseline-pruned-iterative-S``) when present.
+Starting points: ``runs/baseline-pruned-iterative-0.4`` (pruned here when missing: 2 steps x 1 epoch), and the
+gradual distilled models written by ``pruning_recipes.py --save`` (``runs/pruned-0.9-gradual``,
+``runs/pruned-0.95-gd``).
 
-    python benchmarks/compression.py [--checkpoint runs/baseline] [--qat-epochs 2]
+    python benchmarks/compression.py [--checkpoint runs/baseline] [--distill 0.7]
 """
 
 from __future__ import annotations
@@ -23,23 +28,30 @@ from torchshrink.data import load_fashion_mnist
 from torchshrink.pruning import iterative_prune, make_permanent
 from torchshrink.train import TrainConfig, evaluate
 
-
-def pruned_start(base, data, checkpoint: str, sparsity: float):
-    path = Path(f"{checkpoint}-pruned-iterative-{sparsity:g}")
-    if sparsity == 0:
-        return copy.deepcopy(base), "baseline"
-    if path.is_dir():
-        return load_checkpoint(path).model, str(path)
-    model = copy.deepcopy(base)
-    iterative_prune(model, data, sparsity, 2, TrainConfig(epochs=1, lr=0.02), log=None)
-    return make_permanent(model), "pruned here (2 steps x 1 epoch)"
+# (label, start, config): start names a pruned starting point (see `starts` below)
+POINTS = [
+    ("40% + W8A8 PTQ (the student point)", "iterative-0.4", dict(sparsity=0.4, bits=8, act_bits=8, qat_epochs=0)),
+    ("40% + 4-bit codebook", "iterative-0.4", dict(sparsity=0.4, bits=4, act_bits=8, codebook=True)),
+    ("90% gradual + W4A4 QAT", "gradual-0.9", dict(sparsity=0.9, bits=4, act_bits=4, qat_epochs=2)),
+    ("90% gradual + 4-bit codebook", "gradual-0.9", dict(sparsity=0.9, bits=4, act_bits=8, codebook=True)),
+    ("90% gradual + 3-bit codebook", "gradual-0.9", dict(sparsity=0.9, bits=3, act_bits=8, codebook=True)),
+    ("90% gradual + mixed 2-5-bit codebook, 31 KB budget", "gradual-0.9",
+     dict(sparsity=0.9, bits=5, act_bits=8, codebook=True, budget_bytes=31_000)),
+    ("95% gradual + 4-bit codebook", "gradual-0.95", dict(sparsity=0.95, bits=4, act_bits=8, codebook=True)),
+    ("95% gradual + 3-bit codebook", "gradual-0.95", dict(sparsity=0.95, bits=3, act_bits=8, codebook=True)),
+    ("95% gradual + 2-bit codebook", "gradual-0.95", dict(sparsity=0.95, bits=2, act_bits=8, codebook=True)),
+]  # fmt: skip
+WRITES = [("packed", "none", False), ("huffman", "none", True), ("huffman+auto", "auto", True)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="runs/baseline")
-    parser.add_argument("--qat-epochs", type=int, default=2)
-    parser.add_argument("--sparsities", default="0.4,0.9,0.95")
+    parser.add_argument("--gradual-0.9", dest="gradual_09", default="runs/pruned-0.9-gradual")
+    parser.add_argument("--gradual-0.95", dest="gradual_095", default="runs/pruned-0.95-gd")
+    parser.add_argument("--epochs", type=int, default=1, help="QAT / codebook fine-tuning epochs (unless a point says)")
+    parser.add_argument("--distill", type=float, default=0.7, help="distillation weight of every fine-tuning")
+    parser.add_argument("--only", help="comma-separated substrings: run the matching points only")
     parser.add_argument("--out", default="runs/compressed")
     parser.add_argument("--data-dir")
     args = parser.parse_args()
@@ -48,44 +60,53 @@ def main() -> None:
     base, name, margs = ckpt.model, ckpt.meta["model"], ckpt.meta.get("model_args", {})
     base_acc, _ = evaluate(base, data.test_x, data.test_y)
     print(f"baseline test accuracy {100 * base_acc:.2f}%")
-    # (bits, act_bits, codebook, fine-tune epochs)
-    variants = [(8, 8, False, 0), (4, 4, False, args.qat_epochs), (4, 8, True, 1), (2, 8, True, 1)]
+
+    def start(key: str):
+        if key == "iterative-0.4":
+            path = Path(f"{args.checkpoint}-pruned-iterative-0.4")
+            if not path.is_dir():
+                model = copy.deepcopy(base)
+                iterative_prune(model, data, 0.4, 2, TrainConfig(epochs=1, lr=0.02), log=None)
+                from torchshrink.checkpoint import save_checkpoint
+
+                save_checkpoint(path, make_permanent(model), name, margs)
+            return load_checkpoint(path).model, str(path)
+        path = Path({"gradual-0.9": args.gradual_09, "gradual-0.95": args.gradual_095}[key])
+        return load_checkpoint(path).model, str(path)
+
     rows = []
-    for sparsity in (float(s) for s in args.sparsities.split(",")):
-        start_model, origin = pruned_start(base, data, args.checkpoint, sparsity)
-        for bits, act_bits, use_codebook, epochs in variants:
-            cfg = CompressConfig(sparsity=sparsity, bits=bits, act_bits=act_bits, codebook=use_codebook,
-                                 qat_epochs=epochs)  # fmt: skip
-            t0 = time.perf_counter()
-            model, record = compress_model(base, data, cfg, log=None, pruned=start_model)
-            seconds = time.perf_counter() - t0
-            tag = f"s{sparsity:g}-w{bits}a{act_bits}-{'codebook' if use_codebook else 'uniform'}"
-            for compression in ("none", "auto"):
-                path = Path(args.out) / f"{tag}-{compression}.tshrink"
-                result = write_and_verify(model, base, data, path, name, margs, compression)
-                row = {"config": cfg.to_dict(), "pruned_from": origin, "entropy_coding": compression != "none",
-                       **result, "delta_points": 100 * (result["test_accuracy"] - base_acc),
-                       "seconds": seconds}  # fmt: skip
-                rows.append(row)
-                print(f"{tag:<28} {'entropy' if compression != 'none' else 'raw    '} {result['file_bytes']:>8,} B "
-                      f"{result['ratio']:6.1f}x  test {100 * result['test_accuracy']:.2f}% "
-                      f"({row['delta_points']:+.2f})  theory {result['theoretical_weight_bytes']:,.0f} B", flush=True)  # fmt: skip
-    within = [r for r in rows if r["delta_points"] >= -0.5]
+    for label, key, settings in POINTS:
+        if args.only and not any(s in label for s in args.only.split(",")):
+            continue
+        pruned, origin = start(key)
+        cfg = CompressConfig(**{"qat_epochs": args.epochs, "distill": args.distill, **settings})
+        t0 = time.perf_counter()
+        model, record = compress_model(base, data, cfg, log=None, pruned=pruned)
+        seconds = time.perf_counter() - t0
+        val, _ = evaluate(model, data.val_x, data.val_y)
+        for storage, compression, huffman in WRITES:
+            path = Path(args.out) / f"{label.split(' (')[0].replace(' ', '_').replace('%', '')}-{storage}.tshrink"
+            result = write_and_verify(model, base, data, path, name, margs, compression, huffman)
+            row = {"label": label, "storage": storage, "config": cfg.to_dict(), "pruned_from": origin,
+                   "val_accuracy": val, **result, "delta_points": 100 * (result["test_accuracy"] - base_acc),
+                   "seconds": seconds, "mixed_precision": record.get("mixed_precision")}  # fmt: skip
+            rows.append(row)
+            print(f"{label:<52} {storage:<13} {result['file_bytes']:>8,} B {result['ratio']:6.1f}x  "
+                  f"test {100 * result['test_accuracy']:.2f}% ({row['delta_points']:+.2f})  "
+                  f"val {100 * val:.2f}%", flush=True)  # fmt: skip
+        if record.get("mixed_precision"):
+            print("   widths:", record["mixed_precision"]["bits"])
+    best = [r for r in rows if r["storage"] == "huffman+auto"]
+    within = [r for r in best if r["delta_points"] >= -0.5]
     best_ratio = max(within, key=lambda r: r["ratio"]) if within else None
-    keep93 = [r for r in rows if r["test_accuracy"] >= 0.93]
+    keep93 = [r for r in best if r["test_accuracy"] >= 0.93]
     smallest93 = min(keep93, key=lambda r: r["file_bytes"]) if keep93 else None
-    student = [r for r in rows if r["config"]["sparsity"] == 0.4 and r["config"]["bits"] == 8
-               and not r["config"]["codebook"]]  # fmt: skip
     write_result("compression", {"baseline_test_accuracy": base_acc, "rows": rows,
-                                 "student_point": student,
                                  "best_ratio_within_0.5_points": best_ratio, "smallest_file_at_93": smallest93,
                                  "settings": vars(args)})  # fmt: skip
-    if best_ratio:
-        print(f"best ratio within 0.5 points: {best_ratio['file']} {best_ratio['ratio']:.1f}x "
-              f"{100 * best_ratio['test_accuracy']:.2f}%")  # fmt: skip
-    if smallest93:
-        print(f"smallest file >= 93.0%: {smallest93['file']} {smallest93['file_bytes']:,} B "
-              f"{100 * smallest93['test_accuracy']:.2f}%")  # fmt: skip
+    for title, r in (("best ratio within 0.5 points", best_ratio), ("smallest file >= 93.0%", smallest93)):
+        if r:
+            print(f"{title}: {r['label']} {r['file_bytes']:,} B {r['ratio']:.1f}x {100 * r['test_accuracy']:.2f}%")
 
 
 if __name__ == "__main__":

@@ -69,15 +69,29 @@ def main() -> None:
                       f"{r['weight_bytes']:,.0f}", f"{r['ratio_vs_fp32']:.1f}x", f"{r['qat_seconds']:.0f}"]
                      for r in q["rows"]]))  # fmt: skip
         print()
+    recipes = sorted(RESULTS.glob("pruning_recipes_*.json"))
+    if recipes:
+        rows = []
+        for path in recipes:
+            d = json.loads(path.read_text())
+            for r in d["recipes"]:
+                s = d["settings"]
+                how = (f"{s['gradual_epochs']} epochs, lr {s['gradual_lr']:g}" if r["recipe"].startswith("gradual")
+                       else f"from {100 * r['initial_sparsity']:.0f}%: {s['steps']} steps x {s['epochs_per_step']} "
+                            f"epochs" + (f" + {s['final_epochs']} final" if "final" in r["recipe"] else ""))  # fmt: skip
+                rows.append([r["recipe"], how, f"{100 * r['sparsity']:.1f}%", pct(r["val_accuracy"]),
+                             f"{r['val_delta_points']:+.2f}", pct(r["test_accuracy"]),
+                             f"{r['test_delta_points']:+.2f}", f"{r['seconds']:.0f}"])  # fmt: skip
+        print(table(["recipe", "schedule", "sparsity", "val (%)", "val vs base", "test (%)", "test vs base",
+                     "wall (s)"], rows))  # fmt: skip
+        print()
     c = load("compression")
     if c:
-        print(table(["sparsity", "weights", "act bits", "entropy", "theoretical B", "file B", "ratio",
-                     "test (%)", "vs fp32 (points)"],
-                    [[f"{100 * r['config']['sparsity']:.0f}%",
-                      f"{r['config']['bits']}-bit {'codebook' if r['config']['codebook'] else 'uniform'}",
-                      r["config"]["act_bits"], r["compression"], f"{r['theoretical_weight_bytes']:,.0f}",
-                      f"{r['file_bytes']:,}", f"{r['ratio']:.1f}x", pct(r["test_accuracy"]),
-                      f"{r['delta_points']:+.2f}"] for r in c["rows"]]))  # fmt: skip
+        print(table(["point", "storage", "bits", "theoretical B", "file B", "ratio", "val (%)", "test (%)",
+                     "vs fp32 (points)"],
+                    [[r["label"], r["storage"], "/".join(map(str, r["bits"])), f"{r['theoretical_weight_bytes']:,.0f}",
+                      f"{r['file_bytes']:,}", f"{r['ratio']:.1f}x", pct(r.get("val_accuracy")),
+                      pct(r["test_accuracy"]), f"{r['delta_points']:+.2f}"] for r in c["rows"]]))  # fmt: skip
 
 
 if __name__ == "__main__":

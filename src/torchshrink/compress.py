@@ -120,10 +120,11 @@ def write_and_verify(
     model_name: str,
     model_args: dict[str, Any],
     compression: str = "auto",
+    entropy: bool = True,
 ) -> dict[str, Any]:
     """Write the file, load it back, and measure what matters from the file itself."""
     path = Path(path)
-    header = save_compressed(model, path, model_name, model_args, compression)
+    header = save_compressed(model, path, model_name, model_args, compression, entropy)
     loaded = load_compressed(path)
     acc, loss = evaluate(loaded, data.test_x, data.test_y)
     fq_acc, _ = evaluate(model, data.test_x, data.test_y)
@@ -138,6 +139,6 @@ def write_and_verify(
         "file": str(path), "file_bytes": size, "fp32_bytes": fp32_bytes(base), "ratio": fp32_bytes(base) / size,
         "test_accuracy": acc, "test_loss": loss, "fake_quant_test_accuracy": fq_acc,
         "weight_params": params, "nonzeros": nonzeros, "sparsity": 1 - nonzeros / params,
-        "theoretical_weight_bytes": theoretical, "compression": header["compression"],
+        "theoretical_weight_bytes": theoretical, "compression": header["compression"], "huffman": entropy,
         "bits": sorted({r.bits for r in weights}),
     }  # fmt: skip
