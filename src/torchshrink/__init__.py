@@ -18,8 +18,16 @@ from torchshrink.models import MODELS, build_model, fp32_bytes, layer_table, par
 from torchshrink.pack import FormatError, inspect_compressed, load_compressed, save_compressed
 
 # pruning, quantization, compressed files
-from torchshrink.pruning import iterative_prune, make_permanent, oneshot_prune, prune_, structured_prune_
-from torchshrink.quant import QuantConfig, codebook, fold_batchnorm, ptq, qat, quantize_
+from torchshrink.mixed_precision import plan_mixed_precision
+from torchshrink.pruning import (
+    gradual_prune,
+    iterative_prune,
+    make_permanent,
+    oneshot_prune,
+    prune_,
+    structured_prune_,
+)
+from torchshrink.quant import QuantConfig, codebook, fold_batchnorm, ptq, qat, quantize_, snap_floats_
 from torchshrink.train import TrainConfig, evaluate, fit
 
 __all__ = [
@@ -44,6 +52,7 @@ __all__ = [
     "make_permanent",
     "oneshot_prune",
     "iterative_prune",
+    "gradual_prune",
     "structured_prune_",
     # quantization
     "QuantConfig",
@@ -52,6 +61,8 @@ __all__ = [
     "ptq",
     "qat",
     "codebook",
+    "plan_mixed_precision",
+    "snap_floats_",
     # compressed files
     "CompressConfig",
     "compress_model",
