@@ -4,21 +4,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# data
-# checkpoints
 from torchshrink.checkpoint import load_checkpoint, save_checkpoint
 from torchshrink.compress import CompressConfig, compress_model
 from torchshrink.data import FashionMNIST, load_fashion_mnist
-
-# errors
 from torchshrink.errors import CheckpointError, ConfigError, DataError, TorchshrinkError
-
-# models and training
+from torchshrink.mixed_precision import plan_mixed_precision
 from torchshrink.models import MODELS, build_model, fp32_bytes, layer_table, parameter_count
 from torchshrink.pack import FormatError, inspect_compressed, load_compressed, save_compressed
-
-# pruning, quantization, compressed files
-from torchshrink.mixed_precision import plan_mixed_precision
 from torchshrink.pruning import (
     gradual_prune,
     iterative_prune,
