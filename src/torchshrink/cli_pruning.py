@@ -197,11 +197,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     params = sum(r["params"] for r in record["layers"])
     record["sparsity_achieved"] = 1 - sum(r["nonzeros"] for r in record["layers"]) / params
     model_args = model.arguments() if hasattr(model, "arguments") else ckpt.meta.get("model_args", {})
-    save_checkpoint(out, model, ckpt.meta["model"], model_args, pruning=record,
-                    metrics={"test_accuracy": record["test_accuracy"]})  # fmt: skip
     from torchshrink._io import atomic_write_json
 
+    # the record first: the checkpoint's model.json, written last, marks the folder complete
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "pruning.json", record)
+    save_checkpoint(out, model, ckpt.meta["model"], model_args, metrics={"test_accuracy": record["test_accuracy"]})
     print(
         f"{args.method} pruning: sparsity {100 * record['sparsity_achieved']:.1f}%  test accuracy "
         f"{100 * before_acc:.2f}% -> {100 * record['test_accuracy']:.2f}%  {record['seconds']:.0f}s  -> {out}"
