@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from torchshrink.errors import ConfigError
+from torchshrink.parametrizations import find_parametrization
 from torchshrink.pruning.masks import check_amount, global_magnitude_masks, lamp_masks, layer_magnitude_mask
 
 __all__ = [
@@ -72,11 +73,8 @@ def _weight(module: nn.Module) -> torch.Tensor:
 
 def get_mask(module: nn.Module) -> torch.Tensor | None:
     """The mask attached to ``module.weight``, or ``None``."""
-    if parametrize.is_parametrized(module, "weight"):
-        for p in module.parametrizations.weight:
-            if isinstance(p, Mask):
-                return p.mask
-    return None
+    mask = find_parametrization(module, Mask)
+    return None if mask is None else mask.mask
 
 
 def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:

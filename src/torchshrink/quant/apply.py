@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from torchshrink.errors import ConfigError
+from torchshrink.parametrizations import find_parametrization
 from torchshrink.pruning.apply import FilterFn, default_filter, prunable_layers
 from torchshrink.quant.fake_quant import CALIBRATIONS, FakeQuant, QuantSpec
 from torchshrink.quant.primitives import check_bits
@@ -80,11 +81,7 @@ def _quantize_input_hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> t
 
 def weight_quantizer(module: nn.Module) -> FakeQuant | None:
     """The weight's fake-quant parametrization, or ``None``."""
-    if parametrize.is_parametrized(module, "weight"):
-        for p in module.parametrizations.weight:
-            if isinstance(p, FakeQuant):
-                return p
-    return None
+    return find_parametrization(module, FakeQuant)
 
 
 def input_quantizer(module: nn.Module) -> FakeQuant | None:

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from torchshrink.errors import ConfigError
+from torchshrink.parametrizations import find_parametrization
 from torchshrink.pruning.apply import FilterFn, default_filter, prunable_layers
 from torchshrink.quant.primitives import check_bits
 
@@ -80,11 +81,7 @@ class Codebook(nn.Module):
 
 def codebook_quantizer(module: nn.Module) -> Codebook | None:
     """The codebook parametrization of ``module.weight``, or ``None``."""
-    if parametrize.is_parametrized(module, "weight"):
-        for p in module.parametrizations.weight:
-            if isinstance(p, Codebook):
-                return p
-    return None
+    return find_parametrization(module, Codebook)
 
 
 def codebook_layers(model: nn.Module) -> dict[str, Codebook]:
