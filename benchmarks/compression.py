@@ -25,6 +25,7 @@ from _common import write_result
 from torchshrink.checkpoint import load_checkpoint
 from torchshrink.compress import CompressConfig, compress_model, write_and_verify
 from torchshrink.data import load_fashion_mnist
+from torchshrink.models import fp32_bytes
 from torchshrink.pruning import iterative_prune, make_permanent
 from torchshrink.train import TrainConfig, evaluate
 
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--distill", type=float, default=0.7, help="distillation weight of every fine-tuning")
     parser.add_argument("--only", help="comma-separated substrings: run the matching points only")
     parser.add_argument("--out", default="runs/compressed")
+    parser.add_argument("--budget", help="bytes for the budget points, or 50x: fp32 bytes / 50 (default: 31,000)")
+    parser.add_argument("--name", default="compression", help="results file: benchmarks/results/NAME.json")
     parser.add_argument("--data-dir")
     args = parser.parse_args()
     data = load_fashion_mnist(args.data_dir)
@@ -85,6 +88,10 @@ def main() -> None:
         if args.only and not any(s in label for s in args.only.split(",")):
             continue
         pruned, origin = start(key)
+        if args.budget and "budget_bytes" in settings:
+            budget = fp32_bytes(base) // 50 if args.budget == "50x" else int(args.budget)
+            settings = {**settings, "budget_bytes": budget}
+            label = label.replace("31 KB budget", f"{budget:,} B budget")
         cfg = CompressConfig(**{"qat_epochs": args.epochs, "distill": args.distill, **settings})
         t0 = time.perf_counter()
         model, record = compress_model(base, data, cfg, log=None, pruned=pruned)
@@ -107,7 +114,7 @@ def main() -> None:
     best_ratio = max(within, key=lambda r: r["ratio"]) if within else None
     keep93 = [r for r in best if r["test_accuracy"] >= 0.93]
     smallest93 = min(keep93, key=lambda r: r["file_bytes"]) if keep93 else None
-    write_result("compression", {"baseline_test_accuracy": base_acc, "rows": rows,
+    write_result(args.name, {"baseline_test_accuracy": base_acc, "rows": rows,
                                  "best_ratio_within_0.5_points": best_ratio, "smallest_file_at_93": smallest93,
                                  "settings": vars(args)})  # fmt: skip
     for title, r in (("best ratio within 0.5 points", best_ratio), ("smallest file >= 93.0%", smallest93)):
