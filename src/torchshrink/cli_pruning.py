@@ -32,16 +32,6 @@ def _sparsity_list(text: str) -> list[float]:
 GRADUAL_EPOCHS, GRADUAL_LR = 8, 0.05
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
-
-
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -53,7 +43,7 @@ def _fraction(text: str) -> float:
 
 
 def add_pruning_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser], None]) -> None:
-    from torchshrink.cli import non_negative_int, positive_int
+    from torchshrink.cli import _positive_float, non_negative_int, positive_int
 
     p = sub.add_parser("prune", help="prune a checkpoint", description="Prune a checkpoint and save the result.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder written by `torchshrink train`")

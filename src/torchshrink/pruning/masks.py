@@ -57,6 +57,16 @@ def _scores_with_history(scores: torch.Tensor, previous_mask: torch.Tensor | Non
     return s
 
 
+def _one_threshold(flats: list[torch.Tensor], shapes: list[torch.Size], amount: float) -> list[torch.Tensor]:
+    """Prune exactly ``amount`` of all entries by their flattened scores together; one mask per tensor."""
+    drop = _lowest(torch.cat(flats), n_pruned(amount, sum(f.numel() for f in flats)))
+    out, start = [], 0
+    for shape, flat in zip(shapes, flats, strict=True):
+        out.append((~drop[start : start + flat.numel()]).reshape(shape).to(torch.float32))
+        start += flat.numel()
+    return out
+
+
 def layer_magnitude_mask(
     scores: torch.Tensor, amount: float, previous_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -81,13 +91,7 @@ def global_magnitude_masks(
     """
     previous_masks = previous_masks or [None] * len(scores)
     flats = [_scores_with_history(s, m) for s, m in zip(scores, previous_masks, strict=True)]
-    total = sum(f.numel() for f in flats)
-    drop = _lowest(torch.cat(flats), n_pruned(amount, total))
-    out, start = [], 0
-    for s in scores:
-        out.append((~drop[start : start + s.numel()]).reshape(s.shape).to(torch.float32))
-        start += s.numel()
-    return out
+    return _one_threshold(flats, [s.shape for s in scores], amount)
 
 
 def lamp_scores(scores: torch.Tensor, previous_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,13 +121,7 @@ def lamp_masks(
     distribution within each layer rather than from the layers' scales. Total sparsity exactly ``amount``."""
     previous_masks = previous_masks or [None] * len(scores)
     flats = [lamp_scores(s, m) for s, m in zip(scores, previous_masks, strict=True)]
-    total = sum(f.numel() for f in flats)
-    drop = _lowest(torch.cat(flats), n_pruned(amount, total))
-    out, start = [], 0
-    for s in scores:
-        out.append((~drop[start : start + s.numel()]).reshape(s.shape).to(torch.float32))
-        start += s.numel()
-    return out
+    return _one_threshold(flats, [s.shape for s in scores], amount)
 
 
 MaskFn = Callable[..., object]
