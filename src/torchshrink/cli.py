@@ -25,13 +25,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _bounded(kind: Callable[[str], float | int], low: float, what: str) -> Callable[[str], float | int]:
+def _bounded(
+    kind: Callable[[str], float | int], low: float, what: str, high: float | None = None
+) -> Callable[[str], float | int]:
+    """An argparse type: ``kind(text)`` within ``[low, high]`` (no upper bound when ``high`` is None)."""
+
     def parse(text: str) -> float | int:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not value >= low:
+        if not (value >= low and (high is None or value <= high)):
             raise argparse.ArgumentTypeError(f"{text!r} must be {what}")
         return value
 

@@ -33,13 +33,9 @@ GRADUAL_EPOCHS, GRADUAL_LR = 8, 0.05
 
 
 def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1]")
-    return value
+    from torchshrink.cli import _bounded
+
+    return float(_bounded(float, 0, "a number in [0, 1]", high=1)(text))
 
 
 def add_pruning_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser], None]) -> None:

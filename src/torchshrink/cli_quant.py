@@ -14,13 +14,9 @@ __all__ = ["add_quant_commands"]
 
 
 def _bits(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 2 <= value <= 8:
-        raise argparse.ArgumentTypeError(f"{text!r} must be from 2 to 8")
-    return value
+    from torchshrink.cli import _bounded
+
+    return int(_bounded(int, 2, "an integer from 2 to 8", high=8)(text))
 
 
 def add_quant_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser], None]) -> None:

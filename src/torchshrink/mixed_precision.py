@@ -73,9 +73,14 @@ def codebook_width_table(
 ) -> tuple[float, list[LayerWidth]]:
     """For every prunable layer and width: validation accuracy with only that layer clustered, and the
     layer's encoded bytes (codes, positions, float16 codebook). Returns the float accuracy and the table."""
+    return _width_table(_folded(model), data, candidates, val_images, progress)
+
+
+def _width_table(
+    folded: nn.Module, data: FashionMNIST, candidates: tuple[int, ...], val_images: int, progress: bool
+) -> tuple[float, list[LayerWidth]]:
     for b in candidates:
         check_bits(b)
-    folded = _folded(model)
     x, y = data.val_x[:val_images], data.val_y[:val_images]
     float_acc, _ = evaluate(folded, x, y)
     names = list(prunable_layers(folded))
@@ -112,7 +117,8 @@ def allocate_bits(table: list[LayerWidth], budget: int, fixed: int) -> dict[str,
 
     smallest = fixed + sum(rows[0].bytes for rows in by_layer.values())
     if smallest > budget:
-        raise ConfigError(f"budget {budget:,} bytes: even the narrowest widths need about {smallest:,} bytes")
+        raise ConfigError(f"budget {budget:,} bytes: even the narrowest widths need about {smallest:,} bytes; "
+                          f"raise the budget to at least that, or prune more")  # fmt: skip
     while total() > budget:
         best, best_cost = None, np.inf
         for name, i in chosen.items():
@@ -139,8 +145,8 @@ def plan_mixed_precision(
     log: Callable[[str], None] | None = print,
 ) -> MixedPlan:
     """Measure the width table of a (pruned) model and allocate widths so the file fits ``budget_bytes``."""
-    float_acc, table = codebook_width_table(model, data, candidates, val_images, progress)
     folded = _folded(model)
+    float_acc, table = _width_table(folded, data, candidates, val_images, progress)
     layers = prunable_layers(folded)
     biases = sum(m.bias.numel() for m in layers.values() if getattr(m, "bias", None) is not None)
     fixed = 2 * biases + HEADER_ESTIMATE
