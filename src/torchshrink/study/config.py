@@ -64,7 +64,7 @@ class GradualSection:
 @dataclass(frozen=True)
 class QuantSection:
     bits: tuple[int, ...] = (8, 6, 4, 2)  # W/A widths (weights and activations alike)
-    edge8_bits: tuple[int, ...] = (2,)  # widths also run with the first and last layers at 8 bits
+    edge8_bits: tuple[int, ...] = ()  # widths also run with the first and last layers at 8 bits
     qat_epochs: int = 1  # QAT epochs per width
     lr: float = 0.01  # QAT peak learning rate
     calibration: str = "percentile"  # activation ranges: minmax, percentile or mse
@@ -87,13 +87,12 @@ class CombinedSection:
         CombinedPoint(0.4, 8, 8, False, "40% pruned + 8-bit (the student point)"),
         CombinedPoint(0.9, 4, 8, True, "90% pruned (gradual) + 4-bit codebook", "gradual"),
         CombinedPoint(
-            0.9, 4, 8, True, "90% pruned (gradual) + mixed 2-4-bit codebook, 32 KB budget", "gradual", 32_000
+            0.9, 5, 8, True, "90% pruned (gradual) + mixed 2-5-bit codebook, 50x budget", "gradual", 31_286
         ),
-        CombinedPoint(0.95, 2, 8, True, "95% pruned + 2-bit codebook"),
     )
     qat_epochs: int = 1  # fine-tuning epochs with the masks kept
     lr: float = 0.01  # fine-tuning peak learning rate
-    distill: float = 0.0  # weight of the dense model's soft predictions in the fine-tuning loss
+    distill: float = 0.7  # weight of the dense model's soft predictions in the fine-tuning loss
     codebook_gradient: str = "mean"  # shared-gradient update of codebook centroids: mean over the cluster
 
 
