@@ -94,7 +94,7 @@ def main() -> None:
             label = label.replace("31 KB budget", f"{budget:,} B budget")
         cfg = CompressConfig(**{"qat_epochs": args.epochs, "distill": args.distill, **settings})
         t0 = time.perf_counter()
-        model, record = compress_model(base, data, cfg, log=None, pruned=pruned)
+        model, record = compress_model(base, data, cfg, log=None, pruned=pruned, model_name=name, model_args=margs)
         seconds = time.perf_counter() - t0
         val, _ = evaluate(model, data.val_x, data.val_y)
         for storage, compression, huffman in WRITES:

@@ -45,13 +45,15 @@ def main() -> None:
     parser.add_argument("--gradual-lr", type=float, default=0.05)
     parser.add_argument("--window", default="0.0,0.6", help="gradual pruning from/to these fractions of the run")
     parser.add_argument("--frequency", type=int, default=50, help="gradual: optimizer steps between mask updates")
+    parser.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
+    parser.add_argument("--seed", type=int, default=0, help="shuffling and augmentation of the retraining")
     parser.add_argument("--recipes", default="rounds+final,rounds+final+distill")
+    parser.add_argument("--name", help="results file: benchmarks/results/NAME.json (default: from target and recipes)")
     parser.add_argument("--save", help="save the best recipe's model to this checkpoint folder")
     parser.add_argument("--data-dir")
     args = parser.parse_args()
     data = load_fashion_mnist(args.data_dir)
     teacher = load_checkpoint(args.baseline).model
-    start_ckpt = load_checkpoint(args.start)
     base_val, _ = evaluate(teacher, data.val_x, data.val_y)
     base_test, _ = evaluate(teacher, data.test_x, data.test_y)
     results = []
@@ -62,16 +64,19 @@ def main() -> None:
         if recipe.startswith("gradual"):
             model = copy.deepcopy(teacher)
             start, end = (float(v) for v in args.window.split(","))
-            cfg = TrainConfig(epochs=args.gradual_epochs, lr=args.gradual_lr, distill=kd)
+            cfg = TrainConfig(epochs=args.gradual_epochs, lr=args.gradual_lr, distill=kd,
+                              temperature=args.temperature, seed=args.seed)  # fmt: skip
             history = [gradual_prune(model, data, args.target, cfg, start, end, args.frequency,
                                      teacher=teacher if kd else None)]  # fmt: skip
             initial = 0.0
         else:
-            model = copy.deepcopy(start_ckpt.model)
+            model = load_checkpoint(args.start).model
             prune_from_zeros_(model)
             initial = sparsity_of(model)
-            step_cfg = TrainConfig(epochs=args.epochs_per_step, lr=args.lr, distill=kd)
-            final = TrainConfig(epochs=args.final_epochs, lr=args.final_lr, distill=kd) if "final" in recipe else None
+            step_cfg = TrainConfig(epochs=args.epochs_per_step, lr=args.lr, distill=kd, temperature=args.temperature,
+                                   seed=args.seed)  # fmt: skip
+            final = (TrainConfig(epochs=args.final_epochs, lr=args.final_lr, distill=kd, temperature=args.temperature,
+                                 seed=args.seed) if "final" in recipe else None)  # fmt: skip
             history = iterative_prune(model, data, args.target, args.steps, step_cfg, "agp", "global",
                                       initial=initial, final=final, teacher=teacher if kd else None)  # fmt: skip
         seconds = time.perf_counter() - t0
@@ -91,7 +96,8 @@ def main() -> None:
     if args.save:
         save_checkpoint(args.save, best[2], "cnn", teacher.arguments(),
                         metrics={"test_accuracy": best[3], "val_accuracy": best[0], "recipe": best[1]})  # fmt: skip
-    write_result(f"pruning_recipes_{args.target:g}_{args.recipes.replace(',', '_').replace('+', '-')}", {"baseline_val_accuracy": base_val,
+    name = args.name or f"pruning_recipes_{args.target:g}_{args.recipes.replace(',', '_').replace('+', '-')}"
+    write_result(name, {"baseline_val_accuracy": base_val,
                  "baseline_test_accuracy": base_test, "chosen": best[1], "recipes": results,
                  "settings": vars(args)})  # fmt: skip
 

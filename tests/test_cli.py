@@ -142,6 +142,7 @@ def test_compress_gradual_distilled_mixed_precision_under_a_budget(tmp_path, dat
     summary = json.loads(out.with_name(out.name + ".json").read_text())
     plan = summary["mixed_precision"]
     assert plan["estimated_bytes"] <= 3200 and set(plan["bits"].values()) <= {2, 3, 4}
+    assert summary["file_bytes"] <= 3200  # widths fitted to the real file, which fine-tuning leaves in budget
     assert summary["config"]["prune_method"] == "gradual" and summary["sparsity"] >= 0.6 - 1e-3
     assert summary["bits"] == sorted(set(plan["bits"].values()))  # the file holds the planned widths
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from torchshrink.errors import ConfigError
-from torchshrink.mixed_precision import LayerWidth, allocate_bits, plan_mixed_precision
+from torchshrink.mixed_precision import LayerWidth, MixedPlan, allocate_bits, fit_plan_to_file, plan_mixed_precision
 from torchshrink.models import build_model
-from torchshrink.pack import load_compressed, read_compressed, save_compressed
+from torchshrink.pack import encode_compressed, load_compressed, read_compressed, save_compressed
 from torchshrink.pruning import make_permanent, prune_
 from torchshrink.quant import codebook
 from torchshrink.train import TrainConfig, evaluate, fit
@@ -26,6 +26,22 @@ def test_greedy_narrows_the_cheapest_layer_per_byte_first():
     assert allocate_bits(table, budget=250, fixed=50) == {"robust": 2, "fragile": 2}
     with pytest.raises(ConfigError, match="narrowest"):
         allocate_bits(table, budget=249, fixed=50)
+
+
+def test_fitting_to_the_real_file_spends_an_overestimated_header_and_recovers_from_an_underestimate():
+    table = _rows("robust", {2: (0.90, 100), 4: (0.90, 200)}) + _rows("fragile", {2: (0.50, 100), 4: (0.90, 200)})
+
+    def plan_with(bits, fixed):
+        return MixedPlan(bits, 400, fixed + sum(200 if b == 4 else 100 for b in bits.values()), fixed, 0.9, 0.0, table)
+
+    def real_file(bits):  # the true fixed part is 40 bytes
+        return 40 + sum(200 if b == 4 else 100 for b in bits.values())
+
+    high = fit_plan_to_file(plan_with({"robust": 2, "fragile": 2}, fixed=250), real_file, margin=10, log=None)
+    assert high.bits == {"robust": 2, "fragile": 4}  # the fragile layer is the one worth widening
+    assert high.estimated_bytes == real_file(high.bits) == 340 and high.fixed_bytes == 40
+    low = fit_plan_to_file(plan_with({"robust": 4, "fragile": 4}, fixed=0), real_file, margin=10, log=None)
+    assert low.bits == {"robust": 2, "fragile": 4} and low.estimated_bytes <= 400
 
 
 def test_plan_fits_the_budget_and_the_file_uses_the_chosen_widths(small, tmp_path):
@@ -49,3 +65,9 @@ def test_plan_fits_the_budget_and_the_file_uses_the_chosen_widths(small, tmp_pat
     acc, _ = evaluate(load_compressed(path), small.test_x, small.test_y)
     assert acc > 0.5
     read_compressed(path)
+
+    def file_bytes(bits):
+        return len(encode_compressed(codebook(model, small, bits, act_bits=8, log=None), "cnn_tiny")[0])
+
+    fitted = fit_plan_to_file(plan, file_bytes, log=None)
+    assert fitted.estimated_bytes == file_bytes(fitted.bits) <= budget  # measured, not estimated

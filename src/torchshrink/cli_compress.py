@@ -96,9 +96,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if args.train_subset:
         data = data.subset(train=args.train_subset)
     base_acc, _ = evaluate(ckpt.model, data.test_x, data.test_y)
-    model, record = compress_model(ckpt.model, data, cfg, device)
-    result = write_and_verify(model, ckpt.model, data, out, ckpt.meta["model"], ckpt.meta.get("model_args", {}),
-                              args.compression)  # fmt: skip
+    model_args = ckpt.meta.get("model_args", {})
+    model, record = compress_model(ckpt.model, data, cfg, device, model_name=ckpt.meta["model"], model_args=model_args)
+    result = write_and_verify(model, ckpt.model, data, out, ckpt.meta["model"], model_args, args.compression)
     record |= result | {"baseline_test_accuracy": base_acc, "source": str(ckpt.path)}
     atomic_write_json(out.with_name(out.name + ".json"), record)
     print(

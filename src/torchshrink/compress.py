@@ -17,9 +17,9 @@ from torch import nn
 
 from torchshrink.data import FashionMNIST
 from torchshrink.errors import ConfigError
-from torchshrink.mixed_precision import plan_mixed_precision
+from torchshrink.mixed_precision import fit_plan_to_file, plan_mixed_precision
 from torchshrink.models import fp32_bytes
-from torchshrink.pack import inspect_compressed, load_compressed, save_compressed
+from torchshrink.pack import encode_compressed, inspect_compressed, load_compressed, save_compressed
 from torchshrink.pruning import gradual_prune, iterative_prune, make_permanent
 from torchshrink.pruning.masks import check_amount
 from torchshrink.quant import QuantConfig, codebook, ptq, qat, snap_floats_
@@ -73,8 +73,14 @@ def compress_model(
     device: str | torch.device = "cpu",
     log: Callable[[str], None] | None = print,
     pruned: nn.Module | None = None,
+    model_name: str | None = None,
+    model_args: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Prune (unless ``pruned`` is given: an already-pruned model to reuse) and quantize a copy of ``base``."""
+    """Prune (unless ``pruned`` is given: an already-pruned model to reuse) and quantize a copy of ``base``.
+
+    With a size budget and ``model_name`` (the registered name the file will carry, with ``model_args``), the
+    per-layer widths are fitted to the real file's size rather than to an estimate of its header.
+    """
     record: dict[str, Any] = {"config": cfg.to_dict()}
     teacher = base if cfg.distill else None
     start = time.perf_counter()
@@ -97,6 +103,9 @@ def compress_model(
         bits: int | dict[str, int] = cfg.bits
         if cfg.budget_bytes is not None:
             plan = plan_mixed_precision(pruned, data, cfg.budget_bytes, tuple(range(2, cfg.bits + 1)), log=log)
+            if model_name is not None:
+                plan = fit_plan_to_file(plan, lambda b: _file_bytes(pruned, data, b, act_bits, cfg, model_name,
+                                                                    model_args), log=log)  # fmt: skip
             bits = plan.bits
             record["mixed_precision"] = plan.to_dict()
         model = codebook(pruned, data, bits, act_bits, train, device, log=log, teacher=teacher)
@@ -110,6 +119,22 @@ def compress_model(
         snap_floats_(model)
     record["quant_seconds"] = time.perf_counter() - start
     return model.cpu().eval(), record
+
+
+def _file_bytes(
+    pruned: nn.Module,
+    data: FashionMNIST,
+    bits: dict[str, int],
+    act_bits: int | None,
+    cfg: CompressConfig,
+    model_name: str,
+    model_args: dict[str, Any] | None,
+) -> int:
+    """Size of the file of ``pruned`` clustered at ``bits``, before fine-tuning (which keeps the indices)."""
+    model = codebook(pruned, data, bits, act_bits, None, "cpu", log=None)
+    if cfg.float16:
+        snap_floats_(model)
+    return len(encode_compressed(model, model_name, model_args)[0])
 
 
 def write_and_verify(

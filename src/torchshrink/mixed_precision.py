@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -27,9 +27,17 @@ from torchshrink.quant.primitives import check_bits
 from torchshrink.quant.sharing import codebook_layers, codebook_quantize_
 from torchshrink.train import evaluate
 
-__all__ = ["LayerWidth", "MixedPlan", "codebook_width_table", "allocate_bits", "plan_mixed_precision"]
+__all__ = [
+    "LayerWidth",
+    "MixedPlan",
+    "codebook_width_table",
+    "allocate_bits",
+    "plan_mixed_precision",
+    "fit_plan_to_file",
+]
 
-HEADER_ESTIMATE = 1500  # bytes: the compressed JSON header of a small model, measured 1.0-1.4 KB
+HEADER_ESTIMATE = 1500  # bytes: the compressed JSON header of a small model, measured 0.8-1.4 KB
+FILE_MARGIN = 64  # bytes kept free when the real file is measured: fine-tuning moves floats the header prints
 
 
 @dataclass(frozen=True)
@@ -158,3 +166,39 @@ def plan_mixed_precision(
         log(f"mixed precision under {budget_bytes:,} bytes: " + ", ".join(f"{n} {b}b" for n, b in bits.items())
             + f" (estimated {estimated:,} bytes)")  # fmt: skip
     return MixedPlan(bits, budget_bytes, estimated, fixed, float_acc, drop, table)
+
+
+def fit_plan_to_file(
+    plan: MixedPlan,
+    file_bytes: Callable[[dict[str, int]], int],
+    margin: int = FILE_MARGIN,
+    rounds: int = 3,
+    log: Callable[[str], None] | None = print,
+) -> MixedPlan:
+    """Replace the plan's estimate of what no width changes (header, biases) by the real file's.
+
+    ``file_bytes(bits)`` returns the size of the real file with those widths. Each round measures the file of
+    the current widths, takes ``real - weight bytes`` as the fixed part, and allocates again; it stops when
+    the widths no longer change. The estimate is usually high by a few hundred bytes, so this spends them on
+    wider codes; it also narrows the widths if the estimate was low. The returned plan's ``estimated_bytes``
+    is the measured size of its widths whenever the allocation settled.
+    """
+    rows = {(r.layer, r.bits): r for r in plan.table}
+
+    def weights(bits: dict[str, int]) -> int:
+        return sum(rows[(n, b)].bytes for n, b in bits.items())
+
+    for _ in range(rounds):
+        real = file_bytes(plan.bits)
+        fixed = real - weights(plan.bits)
+        bits = allocate_bits(plan.table, plan.budget_bytes, fixed + margin)
+        if bits == plan.bits:
+            plan = replace(plan, estimated_bytes=real, fixed_bytes=fixed)
+            break
+        plan = replace(plan, bits=bits, estimated_bytes=fixed + weights(bits), fixed_bytes=fixed)
+    drops = [max(plan.float_val_accuracy - rows[(n, b)].val_accuracy, 0.0) for n, b in plan.bits.items()]
+    plan = replace(plan, estimated_val_drop=sum(drops))
+    if log is not None:
+        log("widths fitted to the real file: " + ", ".join(f"{n} {b}b" for n, b in plan.bits.items())
+            + f" ({plan.estimated_bytes:,} of {plan.budget_bytes:,} bytes)")  # fmt: skip
+    return plan

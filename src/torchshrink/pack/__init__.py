@@ -2,6 +2,7 @@
 
 from torchshrink.pack.compressed import (
     TensorSummary,
+    encode_compressed,
     inspect_compressed,
     load_compressed,
     read_compressed,
@@ -12,6 +13,7 @@ from torchshrink.pack.format import FormatError
 __all__ = [
     "FormatError",
     "save_compressed",
+    "encode_compressed",
     "load_compressed",
     "read_compressed",
     "inspect_compressed",

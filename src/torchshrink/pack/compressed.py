@@ -41,6 +41,7 @@ from torchshrink.quant.sharing import codebook_layers
 
 __all__ = [
     "save_compressed",
+    "encode_compressed",
     "load_compressed",
     "read_compressed",
     "TensorSummary",
@@ -97,7 +98,6 @@ def _float_record(name: str, t: torch.Tensor) -> TensorRecord:
                         {"values": float_bytes(values, dtype)})  # fmt: skip
 
 
-@torch.no_grad()
 def save_compressed(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -107,7 +107,21 @@ def save_compressed(
     entropy: bool = True,
 ) -> dict[str, Any]:
     """Write a quantized model (from :func:`torchshrink.quant.ptq`, ``qat`` or the codebook transform) to
-    ``path`` atomically. Returns the header that was written.
+    ``path`` atomically. Returns the header that was written. See :func:`encode_compressed`."""
+    blob, header = encode_compressed(model, model_name, model_args, compression, entropy)
+    atomic_write_bytes(path, blob)
+    return header
+
+
+@torch.no_grad()
+def encode_compressed(
+    model: nn.Module,
+    model_name: str,
+    model_args: dict[str, Any] | None = None,
+    compression: str = "auto",
+    entropy: bool = True,
+) -> tuple[bytes, dict[str, Any]]:
+    """The bytes of the compressed file of a quantized model, and its header.
 
     Storage is lossless: every code stream is bit-packed or (``entropy``) Huffman-coded, whichever is
     smaller; float values (biases, scales, centroids) go to float16 only when that is exact (see
@@ -160,8 +174,7 @@ def save_compressed(
                                 "symmetric": iq.spec.symmetric, "scale": scale, "zero_point": float(iq.zero_point[0])})  # fmt: skip
     blob, header = encode_file({"name": model_name, "args": model_args or {}, "batchnorm_folded": True}, records,
                                compression, {"activations": activations})  # fmt: skip
-    atomic_write_bytes(path, blob)
-    return header
+    return blob, header
 
 
 def read_compressed(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[TensorRecord]]:

@@ -86,9 +86,7 @@ class CombinedSection:
     points: tuple[CombinedPoint, ...] = (
         CombinedPoint(0.4, 8, 8, False, "40% pruned + 8-bit (the student point)"),
         CombinedPoint(0.9, 4, 8, True, "90% pruned (gradual) + 4-bit codebook", "gradual"),
-        CombinedPoint(
-            0.9, 5, 8, True, "90% pruned (gradual) + mixed 2-5-bit codebook, 50x budget", "gradual", 31_286
-        ),
+        CombinedPoint(0.9, 5, 8, True, "90% pruned (gradual) + mixed 2-5-bit codebook, 50x budget", "gradual", 31_286),
     )
     qat_epochs: int = 1  # fine-tuning epochs with the masks kept
     lr: float = 0.01  # fine-tuning peak learning rate

@@ -150,9 +150,10 @@ def combined_point(
     c = ctx.cfg.combined
     cfg = CompressConfig(sparsity=point.sparsity, bits=point.bits, act_bits=point.act_bits, codebook=point.codebook,
                          qat_epochs=c.qat_epochs, lr=c.lr, distill=c.distill, budget_bytes=point.budget_bytes)  # fmt: skip
-    model, record = compress_model(base, ctx.data, cfg, ctx.device, log=ctx.log, pruned=pruned)
-    result = write_and_verify(model, base, ctx.data, folder / point_file(point), ctx.cfg.baseline.model,
-                              _model_args(base))  # fmt: skip
+    name, args = ctx.cfg.baseline.model, _model_args(base)
+    model, record = compress_model(base, ctx.data, cfg, ctx.device, log=ctx.log, pruned=pruned, model_name=name,
+                                   model_args=args)  # fmt: skip
+    result = write_and_verify(model, base, ctx.data, folder / point_file(point), name, args)
     result["file"] = point_file(point)
     extra = {"mixed_precision": record["mixed_precision"]} if "mixed_precision" in record else {}
     return {"label": point.label, "source": point.source, "config": cfg.to_dict(), **result, **extra,
