@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,12 +16,14 @@ from torchshrink.quant import codebook
 from torchshrink.train import TrainConfig, evaluate, fit
 
 
-def _rows(layer, accs_bytes):
-    return [LayerWidth(layer, b, acc, size) for b, (acc, size) in accs_bytes.items()]
+def _rows(layer, widths):
+    """``{bits: (val accuracy, bytes, val loss)}`` -> table rows."""
+    return [LayerWidth(layer, b, acc, size, loss) for b, (acc, size, loss) in widths.items()]
 
 
-def test_greedy_narrows_the_cheapest_layer_per_byte_first():
-    table = _rows("robust", {2: (0.90, 100), 4: (0.90, 200)}) + _rows("fragile", {2: (0.50, 100), 4: (0.90, 200)})
+def test_allocation_narrows_the_layer_that_loses_least():
+    table = _rows("robust", {2: (0.90, 100, 0.3), 4: (0.90, 200, 0.3)})
+    table += _rows("fragile", {2: (0.50, 100, 1.0), 4: (0.90, 200, 0.3)})
     # one narrowing fits 350 bytes: the robust layer loses nothing for the same 100 bytes
     assert allocate_bits(table, budget=350, fixed=50) == {"robust": 2, "fragile": 4}
     assert allocate_bits(table, budget=500, fixed=50) == {"robust": 4, "fragile": 4}  # fits already
@@ -28,8 +32,31 @@ def test_greedy_narrows_the_cheapest_layer_per_byte_first():
         allocate_bits(table, budget=249, fixed=50)
 
 
+def test_allocation_is_the_best_combination_not_a_greedy_path():
+    # a greedy narrowing takes b first (the least loss per byte), then still has to narrow a: b's narrowing
+    # was wasted. Narrowing a alone fits and loses less.
+    table = _rows("a", {2: (0, 100, 0.60), 4: (0, 400, 0.30)}) + _rows("b", {2: (0, 100, 0.31), 4: (0, 150, 0.30)})
+    assert allocate_bits(table, budget=250, fixed=0) == {"a": 2, "b": 4}
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # against brute force on random tables
+        table = [LayerWidth(f"l{i}", w, 0.0, int(rng.integers(50, 500)) * w, float(rng.random()) / w)
+                 for i in range(4) for w in (2, 3, 4)]  # fmt: skip
+        budget = int(rng.integers(1200, 5000))
+        rows = {(r.layer, r.bits): r for r in table}
+        combos = [dict(zip([f"l{i}" for i in range(4)], ws, strict=True))
+                  for ws in itertools.product((2, 3, 4), repeat=4)]  # fmt: skip
+        fits = [c for c in combos if sum(rows[(n, w)].bytes for n, w in c.items()) <= budget]
+        if not fits:
+            continue
+        optimum = min(sum(rows[(n, w)].val_loss for n, w in c.items()) for c in fits)
+        chosen = allocate_bits(table, budget, fixed=0)
+        assert sum(rows[(n, w)].bytes for n, w in chosen.items()) <= budget
+        assert sum(rows[(n, w)].val_loss for n, w in chosen.items()) <= optimum + 1e-9 + 0.01
+
+
 def test_fitting_to_the_real_file_spends_an_overestimated_header_and_recovers_from_an_underestimate():
-    table = _rows("robust", {2: (0.90, 100), 4: (0.90, 200)}) + _rows("fragile", {2: (0.50, 100), 4: (0.90, 200)})
+    table = _rows("robust", {2: (0.90, 100, 0.3), 4: (0.90, 200, 0.3)})
+    table += _rows("fragile", {2: (0.50, 100, 1.0), 4: (0.90, 200, 0.3)})
 
     def plan_with(bits, fixed):
         return MixedPlan(bits, 400, fixed + sum(200 if b == 4 else 100 for b in bits.values()), fixed, 0.9, 0.0, table)

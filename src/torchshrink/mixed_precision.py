@@ -1,9 +1,11 @@
 """Mixed precision for weight sharing: a codebook width per layer, chosen under a file-size budget from
-each layer's measured sensitivity (accuracy on the validation split with only that layer clustered) and its
-real encoded size at each width (the same encoder the file uses, Huffman included).
+each layer's measured sensitivity (validation loss with only that layer clustered) and its real encoded size
+at each width (the same encoder the file uses, Huffman included).
 
-The allocation is greedy: start every layer at its widest candidate and repeatedly narrow the layer that
-loses the least validation accuracy per byte saved, until the estimated file fits the budget.
+The allocation is exact for that additive model: a multiple-choice knapsack (one width per layer, sizes in
+small byte units rounded up, so the choice always fits) that minimises the summed loss increase. Validation
+loss rather than accuracy, because at these sizes a layer's accuracy changes by a handful of images: noise
+that a greedy narrowing follows into bad choices.
 """
 
 from __future__ import annotations
@@ -42,12 +44,13 @@ FILE_MARGIN = 64  # bytes kept free when the real file is measured: fine-tuning 
 
 @dataclass(frozen=True)
 class LayerWidth:
-    """One layer clustered alone at one width: validation accuracy and the bytes its weights take."""
+    """One layer clustered alone at one width: validation accuracy and loss, and the bytes its weights take."""
 
     layer: str
     bits: int
     val_accuracy: float
     bytes: int
+    val_loss: float
 
 
 @dataclass
@@ -59,8 +62,10 @@ class MixedPlan:
     estimated_bytes: int
     fixed_bytes: int  # biases and header: what no width changes
     float_val_accuracy: float
-    estimated_val_drop: float  # sum of the chosen layers' drops, each measured alone
+    estimated_val_drop: float  # sum of the chosen layers' accuracy drops, each measured alone
     table: list[LayerWidth] = field(default_factory=list)
+    float_val_loss: float = 0.0
+    estimated_val_loss_increase: float = 0.0  # what the allocation minimised: the summed loss increases
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,21 +81,21 @@ def codebook_width_table(
     model: nn.Module,
     data: FashionMNIST,
     candidates: tuple[int, ...] = (2, 3, 4, 5, 6),
-    val_images: int = 2000,
+    val_images: int | None = None,
     progress: bool = True,
-) -> tuple[float, list[LayerWidth]]:
-    """For every prunable layer and width: validation accuracy with only that layer clustered, and the
-    layer's encoded bytes (codes, positions, float16 codebook). Returns the float accuracy and the table."""
+) -> tuple[float, float, list[LayerWidth]]:
+    """For every prunable layer and width: validation accuracy and loss with only that layer clustered, and the
+    layer's encoded bytes (codes, positions, float16 codebook). Returns the float accuracy, loss and the table."""
     return _width_table(_folded(model), data, candidates, val_images, progress)
 
 
 def _width_table(
-    folded: nn.Module, data: FashionMNIST, candidates: tuple[int, ...], val_images: int, progress: bool
-) -> tuple[float, list[LayerWidth]]:
+    folded: nn.Module, data: FashionMNIST, candidates: tuple[int, ...], val_images: int | None, progress: bool
+) -> tuple[float, float, list[LayerWidth]]:
     for b in candidates:
         check_bits(b)
     x, y = data.val_x[:val_images], data.val_y[:val_images]
-    float_acc, _ = evaluate(folded, x, y)
+    float_acc, float_loss = evaluate(folded, x, y)
     names = list(prunable_layers(folded))
     rows = []
     bar = tqdm(total=len(names) * len(candidates), desc="layer widths", leave=False, disable=None if progress else True)
@@ -98,49 +103,61 @@ def _width_table(
         for bits in candidates:
             trial = copy.deepcopy(folded)
             codebook_quantize_(trial, bits, filter_fn=lambda _m, n, name=name: n == name)
-            acc, _ = evaluate(trial, x, y)
+            acc, loss = evaluate(trial, x, y)
             cb = codebook_layers(trial)[name]
             values, indices = cb.export()
             size = encoded_weight_bytes(indices.numpy() + 1, bits) + 2 * values.numel()
-            rows.append(LayerWidth(name, bits, acc, size))
+            rows.append(LayerWidth(name, bits, acc, size, loss))
             bar.update()
     bar.close()
-    return float_acc, rows
+    return float_acc, float_loss, rows
 
 
-def allocate_bits(table: list[LayerWidth], budget: int, fixed: int) -> dict[str, int]:
-    """Greedy: every layer at its widest width, then narrow the cheapest-per-byte layer until under budget.
+def allocate_bits(table: list[LayerWidth], budget: int, fixed: int, units: int = 4096) -> dict[str, int]:
+    """One width per layer minimising the summed validation-loss increase with ``fixed`` + weights <= budget.
 
-    Raises ``ConfigError`` when even the narrowest widths do not fit.
+    Multiple-choice knapsack by dynamic programming over the free bytes cut into about ``units`` units; each
+    width's bytes are rounded up to whole units, so the choice fits the budget exactly, and is optimal up to
+    that rounding. Equal losses go to the wider choice. Raises ``ConfigError`` when even the narrowest widths
+    do not fit.
     """
     by_layer: dict[str, list[LayerWidth]] = {}
     for row in table:
         by_layer.setdefault(row.layer, []).append(row)
-    for rows in by_layer.values():
-        rows.sort(key=lambda r: r.bits)
-    chosen = {name: len(rows) - 1 for name, rows in by_layer.items()}  # index into the sorted widths
-
-    def total() -> int:
-        return fixed + sum(by_layer[n][i].bytes for n, i in chosen.items())
-
-    smallest = fixed + sum(rows[0].bytes for rows in by_layer.values())
+    smallest = fixed + sum(min(r.bytes for r in rows) for rows in by_layer.values())
     if smallest > budget:
         raise ConfigError(f"budget {budget:,} bytes: even the narrowest widths need about {smallest:,} bytes; "
                           f"raise the budget to at least that, or prune more")  # fmt: skip
-    while total() > budget:
-        best, best_cost = None, np.inf
-        for name, i in chosen.items():
-            if i == 0:
+    free = budget - fixed
+    unit = max(1, -(-free // units))
+    capacity = free // unit
+    # best[c]: least summed loss of the layers so far within c units; a tiny reward per byte breaks ties wide
+    best = np.zeros(capacity + 1)
+    picks = []
+    for rows in by_layer.values():
+        new = np.full(capacity + 1, np.inf)
+        pick = np.full(capacity + 1, -1)
+        for k, row in enumerate(rows):
+            size = -(-row.bytes // unit)
+            if size > capacity:
                 continue
-            now, narrower = by_layer[name][i], by_layer[name][i - 1]
-            saved = now.bytes - narrower.bytes
-            lost = max(now.val_accuracy - narrower.val_accuracy, 0.0) + 1e-6  # ties: the larger saving wins
-            cost = lost / max(saved, 1)
-            if cost < best_cost:
-                best, best_cost = name, cost
-        assert best is not None  # the check above guarantees a narrower width remains
-        chosen[best] -= 1
-    return {name: by_layer[name][i].bits for name, i in chosen.items()}
+            value = best[: capacity + 1 - size] + row.val_loss - 1e-12 * row.bytes
+            slot = new[size:]
+            better = value < slot
+            slot[better] = value[better]
+            pick[size:][better] = k
+        best = new
+        picks.append(pick)
+    if not np.isfinite(best.min()):  # only the rounding to units can cause this, by a few units at most
+        raise ConfigError(f"budget {budget:,} bytes: the narrowest widths need about {smallest:,} bytes; "
+                          f"raise the budget a little")  # fmt: skip
+    chosen: dict[str, int] = {}
+    c = int(np.argmin(best))
+    for (name, rows), pick in zip(reversed(list(by_layer.items())), reversed(picks), strict=True):
+        row = rows[int(pick[c])]
+        chosen[name] = row.bits
+        c -= -(-row.bytes // unit)
+    return {name: chosen[name] for name in by_layer}
 
 
 def plan_mixed_precision(
@@ -148,13 +165,13 @@ def plan_mixed_precision(
     data: FashionMNIST,
     budget_bytes: int,
     candidates: tuple[int, ...] = (2, 3, 4, 5, 6),
-    val_images: int = 2000,
+    val_images: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> MixedPlan:
     """Measure the width table of a (pruned) model and allocate widths so the file fits ``budget_bytes``."""
     folded = _folded(model)
-    float_acc, table = _width_table(folded, data, candidates, val_images, progress)
+    float_acc, float_loss, table = _width_table(folded, data, candidates, val_images, progress)
     layers = prunable_layers(folded)
     biases = sum(m.bias.numel() for m in layers.values() if getattr(m, "bias", None) is not None)
     fixed = 2 * biases + HEADER_ESTIMATE
@@ -162,10 +179,11 @@ def plan_mixed_precision(
     rows = {(r.layer, r.bits): r for r in table}
     estimated = fixed + sum(rows[(n, b)].bytes for n, b in bits.items())
     drop = sum(max(float_acc - rows[(n, b)].val_accuracy, 0.0) for n, b in bits.items())
+    loss_up = sum(rows[(n, b)].val_loss - float_loss for n, b in bits.items())
     if log is not None:
         log(f"mixed precision under {budget_bytes:,} bytes: " + ", ".join(f"{n} {b}b" for n, b in bits.items())
             + f" (estimated {estimated:,} bytes)")  # fmt: skip
-    return MixedPlan(bits, budget_bytes, estimated, fixed, float_acc, drop, table)
+    return MixedPlan(bits, budget_bytes, estimated, fixed, float_acc, drop, table, float_loss, loss_up)
 
 
 def fit_plan_to_file(
@@ -197,7 +215,8 @@ def fit_plan_to_file(
             break
         plan = replace(plan, bits=bits, estimated_bytes=fixed + weights(bits), fixed_bytes=fixed)
     drops = [max(plan.float_val_accuracy - rows[(n, b)].val_accuracy, 0.0) for n, b in plan.bits.items()]
-    plan = replace(plan, estimated_val_drop=sum(drops))
+    ups = [rows[(n, b)].val_loss - plan.float_val_loss for n, b in plan.bits.items()]
+    plan = replace(plan, estimated_val_drop=sum(drops), estimated_val_loss_increase=sum(ups))
     if log is not None:
         log("widths fitted to the real file: " + ", ".join(f"{n} {b}b" for n, b in plan.bits.items())
             + f" ({plan.estimated_bytes:,} of {plan.budget_bytes:,} bytes)")  # fmt: skip
