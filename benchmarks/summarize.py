@@ -19,6 +19,12 @@ def table(head: list[str], rows: list[list[object]]) -> str:
                      + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])  # fmt: skip
 
 
+def host(result: dict) -> str:
+    """When and on what a result was measured: vector width changes rounding, hence retrained accuracies."""
+    isa = result["machine"].get("cpu_capability")  # recorded since 2026-11-29 13:40
+    return result["date"][5:16].replace("T", " ") + (f", {isa}" if isa else "")
+
+
 def load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -76,14 +82,16 @@ def main() -> None:
             d = json.loads(path.read_text())
             for r in d["recipes"]:
                 s = d["settings"]
-                how = (f"{s['gradual_epochs']} epochs, lr {s['gradual_lr']:g}" if r["recipe"].startswith("gradual")
+                kd = f", distill {s['distill']:g} T {s.get('temperature', 4):g}" if "distill" in r["recipe"] else ""
+                how = (f"{s['gradual_epochs']} epochs, lr {s['gradual_lr']:g}{kd}, window {s['window']}, "
+                       f"seed {s.get('seed', 0)}" if r["recipe"].startswith("gradual")
                        else f"from {100 * r['initial_sparsity']:.0f}%: {s['steps']} steps x {s['epochs_per_step']} "
                             f"epochs" + (f" + {s['final_epochs']} final" if "final" in r["recipe"] else ""))  # fmt: skip
                 rows.append([r["recipe"], how, f"{100 * r['sparsity']:.1f}%", pct(r["val_accuracy"]),
                              f"{r['val_delta_points']:+.2f}", pct(r["test_accuracy"]),
-                             f"{r['test_delta_points']:+.2f}", f"{r['seconds']:.0f}"])  # fmt: skip
+                             f"{r['test_delta_points']:+.2f}", f"{r['seconds']:.0f}", host(d)])  # fmt: skip
         print(table(["recipe", "schedule", "sparsity", "val (%)", "val vs base", "test (%)", "test vs base",
-                     "wall (s)"], rows))  # fmt: skip
+                     "wall (s)", "run"], rows))  # fmt: skip
         print()
     c = load("compression")
     if c:

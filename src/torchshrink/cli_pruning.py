@@ -29,7 +29,7 @@ def _sparsity_list(text: str) -> list[float]:
 
 
 # gradual pruning's defaults, chosen on the validation split (benchmarks/pruning_recipes.py)
-GRADUAL_EPOCHS, GRADUAL_LR = 8, 0.05
+GRADUAL_EPOCHS, GRADUAL_LR, GRADUAL_TEMPERATURE = 8, 0.05, 2.0
 
 
 def _fraction(text: str) -> float:
@@ -88,6 +88,10 @@ def add_pruning_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentPars
         help="weight in [0, 1] of the dense model's soft predictions in the retraining loss (default: 0, off)",
     )  # fmt: skip
     p.add_argument(
+        "--temperature", type=_positive_float, default=GRADUAL_TEMPERATURE,
+        help="softmax temperature of the dense model's predictions with --distill (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
         "--rewind",
         action="store_true",
         help="iterative: reset surviving weights to their values after epoch 1 (lottery ticket)",
@@ -141,14 +145,15 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.distill and (args.method == "structured" or not epochs):
         raise ConfigError("--distill needs retraining: iterative, gradual, or oneshot with --finetune-epochs")
     lr = args.lr if args.lr is not None else (GRADUAL_LR if args.method == "gradual" else 0.02)
-    finetune = TrainConfig(epochs=max(epochs, 1), lr=lr, distill=args.distill) if epochs else None
+    finetune = (TrainConfig(epochs=max(epochs, 1), lr=lr, distill=args.distill, temperature=args.temperature)
+                if epochs else None)  # fmt: skip
     teacher = copy.deepcopy(ckpt.model).eval() if args.distill else None
     data = load_fashion_mnist(args.data_dir)
     model = ckpt.model
     before_acc, _ = evaluate(model, data.test_x, data.test_y, device=device)
     record: dict[str, Any] = {
         "method": args.method, "sparsity": args.sparsity, "scope": args.scope, "finetune_epochs": epochs, "lr": lr,
-        "distill": args.distill,
+        "distill": args.distill, "temperature": args.temperature,
         "source": str(ckpt.path), "test_accuracy_before": before_acc, "params_before": parameter_count(model),
     }  # fmt: skip
     start = time.perf_counter()

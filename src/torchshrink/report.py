@@ -71,7 +71,8 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     fp32 = base["fp32_bytes"]
     parts = [
         "# torchshrink study report",
-        f"{meta['date']} on {meta['machine']['cpu']} ({meta['machine']['cores']} cores, {meta['device']}); "
+        f"{meta['date']} on {meta['machine']['cpu']} ({meta['machine'].get('cpu_capability', '?')}, "
+        f"{meta['machine']['cores']} cores, {meta['device']}); "
         f"torch {meta['versions']['torch']}; {meta['train_images']:,} training images, "
         f"{meta['test_images']:,} test images. Accuracies are test-set accuracies.",
         "## Model Compression Results (the student project's table, with ours beside it)",
@@ -214,7 +215,8 @@ def _gradual_part(results: dict[str, Any]) -> list[str]:
     cfg = g["train_config"]
     return [
         f"Gradual pruning during training (Zhu & Gupta's cubic schedule, mask updated every few steps), "
-        f"{cfg['epochs']} epochs from the dense baseline, distilled from it (weight {cfg['distill']:g}):",
+        f"{cfg['epochs']} epochs from the dense baseline, distilled from it (weight {cfg['distill']:g}, "
+        f"temperature {cfg.get('temperature', 4):g}):",
         _table(
             ["Target", "Sparsity", "Non-zeros", "Validation accuracy (%)", "Test accuracy (%)", "Seconds"],
             [

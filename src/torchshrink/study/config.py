@@ -56,6 +56,7 @@ class GradualSection:
     epochs: int = 8  # epochs of that run
     lr: float = 0.05  # peak learning rate
     distill: float = 0.7  # weight of the dense model's soft predictions in the loss (0: labels only)
+    temperature: float = 2.0  # softmax temperature of those predictions (chosen on validation among 2 and 4)
     start: float = 0.0  # pruning starts at this fraction of the run ...
     end: float = 0.6  # ... and reaches the target here; the rest of the run recovers
     frequency: int = 50  # optimizer steps between mask updates
@@ -142,7 +143,8 @@ def _check(cfg: StudyConfig) -> None:
         need(value >= 0, where, value, "must not be negative")
     for where, value in [("baseline.lr", cfg.baseline.lr), ("iterative.lr", cfg.iterative.lr),
                          ("quantization.lr", cfg.quantization.lr), ("combined.lr", cfg.combined.lr),
-                         ("structured.lr", cfg.structured.lr), ("gradual.lr", cfg.gradual.lr)]:  # fmt: skip
+                         ("structured.lr", cfg.structured.lr), ("gradual.lr", cfg.gradual.lr),
+                         ("gradual.temperature", cfg.gradual.temperature)]:  # fmt: skip
         need(value > 0, where, value, "must be positive")
     g = cfg.gradual
     need(0 < g.sparsity < 1, "gradual.sparsity", g.sparsity, "must be a sparsity in (0, 1)")

@@ -114,7 +114,7 @@ def gradual(ctx: Context, base: nn.Module, folder: Path) -> dict[str, Any]:
     """Prune a copy of the dense baseline during one training run, distilled from the baseline."""
     g = ctx.cfg.gradual
     model = copy.deepcopy(base)
-    train = TrainConfig(epochs=g.epochs, lr=g.lr, distill=g.distill, seed=ctx.cfg.seed)
+    train = TrainConfig(epochs=g.epochs, lr=g.lr, distill=g.distill, temperature=g.temperature, seed=ctx.cfg.seed)
     step = gradual_prune(model, ctx.data, g.sparsity, train, g.start, g.end, g.frequency,
                          teacher=base if g.distill else None, device=ctx.device, log=ctx.log)  # fmt: skip
     plain = permanent_copy(model)
