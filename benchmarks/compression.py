@@ -38,6 +38,8 @@ POINTS = [
     ("90% gradual + 3-bit codebook", "gradual-0.9", dict(sparsity=0.9, bits=3, act_bits=8, codebook=True)),
     ("90% gradual + mixed 2-5-bit codebook, 31 KB budget", "gradual-0.9",
      dict(sparsity=0.9, bits=5, act_bits=8, codebook=True, budget_bytes=31_000)),
+    ("92% gradual + mixed 2-5-bit codebook, 31 KB budget", "gradual-0.92",
+     dict(sparsity=0.92, bits=5, act_bits=8, codebook=True, budget_bytes=31_000)),
     ("93% gradual + 4-bit codebook", "gradual-0.93", dict(sparsity=0.93, bits=4, act_bits=8, codebook=True)),
     ("93% gradual + mixed 2-5-bit codebook, 31 KB budget", "gradual-0.93",
      dict(sparsity=0.93, bits=5, act_bits=8, codebook=True, budget_bytes=31_000)),
@@ -52,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="runs/baseline")
     parser.add_argument("--gradual-0.9", dest="gradual_09", default="runs/pruned-0.9-gradual")
+    parser.add_argument("--gradual-0.92", dest="gradual_092", default="runs/pruned-0.92-gd")
     parser.add_argument("--gradual-0.93", dest="gradual_093", default="runs/pruned-0.93-gd")
     parser.add_argument("--gradual-0.95", dest="gradual_095", default="runs/pruned-0.95-gd")
     parser.add_argument("--epochs", type=int, default=1, help="QAT / codebook fine-tuning epochs (unless a point says)")
@@ -79,8 +82,9 @@ def main() -> None:
                 save_checkpoint(path, make_permanent(model), name, margs)
             return load_checkpoint(path).model, str(path)
         path = Path(
-            {"gradual-0.9": args.gradual_09, "gradual-0.93": args.gradual_093, "gradual-0.95": args.gradual_095}[key]
-        )
+            {"gradual-0.9": args.gradual_09, "gradual-0.92": args.gradual_092, "gradual-0.93": args.gradual_093,
+             "gradual-0.95": args.gradual_095}[key]
+        )  # fmt: skip
         return load_checkpoint(path).model, str(path)
 
     rows = []

@@ -87,11 +87,11 @@ def main() -> None:
                        f"seed {s.get('seed', 0)}" if r["recipe"].startswith("gradual")
                        else f"from {100 * r['initial_sparsity']:.0f}%: {s['steps']} steps x {s['epochs_per_step']} "
                             f"epochs" + (f" + {s['final_epochs']} final" if "final" in r["recipe"] else ""))  # fmt: skip
-                rows.append([r["recipe"], how, f"{100 * r['sparsity']:.1f}%", pct(r["val_accuracy"]),
+                rows.append([(r["sparsity"], d["date"]), r["recipe"], how, f"{100 * r['sparsity']:.1f}%", pct(r["val_accuracy"]),
                              f"{r['val_delta_points']:+.2f}", pct(r["test_accuracy"]),
                              f"{r['test_delta_points']:+.2f}", f"{r['seconds']:.0f}", host(d)])  # fmt: skip
         print(table(["recipe", "schedule", "sparsity", "val (%)", "val vs base", "test (%)", "test vs base",
-                     "wall (s)", "run"], rows))  # fmt: skip
+                     "wall (s)", "run"], [row[1:] for row in sorted(rows, key=lambda row: row[0])]))  # fmt: skip
         print()
     c = load("compression")
     if c:
@@ -100,6 +100,22 @@ def main() -> None:
                     [[r["label"], r["storage"], "/".join(map(str, r["bits"])), f"{r['theoretical_weight_bytes']:,.0f}",
                       f"{r['file_bytes']:,}", f"{r['ratio']:.1f}x", pct(r.get("val_accuracy")),
                       pct(r["test_accuracy"]), f"{r['delta_points']:+.2f}"] for r in c["rows"]]))  # fmt: skip
+    extra = sorted(RESULTS.glob("compression_*.json"), key=lambda path: json.loads(path.read_text())["date"])
+    if extra:
+        print()
+        rows = []
+        for path in extra:
+            d = json.loads(path.read_text())
+            for r in d["rows"]:
+                if r["storage"] != "huffman+auto":
+                    continue
+                mp = r.get("mixed_precision") or {}
+                widths = "/".join(str(b) for b in mp.get("bits", {}).values()) or "/".join(map(str, r["bits"]))
+                rows.append([r["label"], r["pruned_from"], d["settings"]["epochs"], widths, f"{r['file_bytes']:,}",
+                             f"{r['ratio']:.1f}x", pct(r.get("val_accuracy")), pct(r["test_accuracy"]),
+                             f"{r['delta_points']:+.2f}", host(d)])  # fmt: skip
+        print(table(["point", "pruned model", "fine-tune epochs", "widths", "file B", "ratio", "val (%)", "test (%)",
+                     "vs fp32 (points)", "run"], rows))  # fmt: skip
 
 
 if __name__ == "__main__":
