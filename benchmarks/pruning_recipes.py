@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--distill", type=float, default=0.7)
     parser.add_argument("--gradual-epochs", type=int, default=8)
     parser.add_argument("--gradual-lr", type=float, default=0.05)
+    parser.add_argument("--gradual-from", help="gradual: start from this pruned checkpoint instead of the dense baseline")
     parser.add_argument("--window", default="0.0,0.6", help="gradual pruning from/to these fractions of the run")
     parser.add_argument("--frequency", type=int, default=50, help="gradual: optimizer steps between mask updates")
     parser.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
@@ -62,13 +63,13 @@ def main() -> None:
         kd = args.distill if "distill" in recipe else 0.0
         t0 = time.perf_counter()
         if recipe.startswith("gradual"):
-            model = copy.deepcopy(teacher)
+            model = load_checkpoint(args.gradual_from).model if args.gradual_from else copy.deepcopy(teacher)
+            initial = sparsity_of(model)
             start, end = (float(v) for v in args.window.split(","))
             cfg = TrainConfig(epochs=args.gradual_epochs, lr=args.gradual_lr, distill=kd,
                               temperature=args.temperature, seed=args.seed)  # fmt: skip
             history = [gradual_prune(model, data, args.target, cfg, start, end, args.frequency,
                                      teacher=teacher if kd else None)]  # fmt: skip
-            initial = 0.0
         else:
             model = load_checkpoint(args.start).model
             prune_from_zeros_(model)

@@ -83,7 +83,8 @@ def main() -> None:
             for r in d["recipes"]:
                 s = d["settings"]
                 kd = f", distill {s['distill']:g} T {s.get('temperature', 4):g}" if "distill" in r["recipe"] else ""
-                how = (f"{s['gradual_epochs']} epochs, lr {s['gradual_lr']:g}{kd}, window {s['window']}, "
+                warm = f"from {100 * r['initial_sparsity']:.0f}%: " if r["initial_sparsity"] else ""
+                how = (f"{warm}{s['gradual_epochs']} epochs, lr {s['gradual_lr']:g}{kd}, window {s['window']}, "
                        f"seed {s.get('seed', 0)}" if r["recipe"].startswith("gradual")
                        else f"from {100 * r['initial_sparsity']:.0f}%: {s['steps']} steps x {s['epochs_per_step']} "
                             f"epochs" + (f" + {s['final_epochs']} final" if "final" in r["recipe"] else ""))  # fmt: skip
