@@ -17,7 +17,7 @@ TINY = {
     "oneshot": {"sparsities": [0.5, 0.9]},
     "sensitivity": {"sparsities": [0.5]},
     "iterative": {"targets": [0.4, 0.8], "steps_per_target": 1, "epochs_per_step": 1},
-    "gradual": {"sparsity": 0.7, "epochs": 1, "distill": 0.5, "frequency": 2},
+    "gradual": {"sparsity": 0.7, "epochs": 1, "distill": 0.5, "temperature": 3.0, "frequency": 2},
     "quantization": {"bits": [8, 2], "edge8_bits": [2], "qat_epochs": 1},
     "combined": {
         "points": [
@@ -82,6 +82,7 @@ def test_study_produces_every_artifact_and_resumes(tiny_config, tmp_path, data_d
     assert results["iterative"][1]["sparsity"] > results["iterative"][0]["sparsity"]
     assert {(r["bits"], r["first_last_8bit"]) for r in results["quantization"]} == {(8, False), (2, False), (2, True)}
     assert results["gradual"]["sparsity"] > 0.7 - 1e-3 and 0 < results["gradual"]["test_accuracy"] <= 1
+    assert results["gradual"]["train_config"]["temperature"] == 3.0  # the configured distillation is the one used
     assert set(results["combined"][2]["mixed_precision"]["bits"].values()) <= {2, 3}
     for point in results["combined"]:
         assert (out / "compressed" / point["file"]).is_file()
@@ -127,6 +128,7 @@ def test_study_produces_every_artifact_and_resumes(tiny_config, tmp_path, data_d
         ("baseline: {epochs: three}", "baseline.epochs: expected an integer"),
         ("iterative: {targets: [0.5, 1.5]}", "iterative.targets: 1.5 must be a sparsity"),
         ("quantization: {bits: [9]}", "quantization.bits: 9 must be from 2 to 8"),
+        ("gradual: {temperature: 0}", "gradual.temperature: 0.0 must be positive"),
         ("[1, 2", "not valid YAML"),
     ],
 )
