@@ -43,7 +43,9 @@ def main() -> None:
     parser.add_argument("--distill", type=float, default=0.7)
     parser.add_argument("--gradual-epochs", type=int, default=8)
     parser.add_argument("--gradual-lr", type=float, default=0.05)
-    parser.add_argument("--gradual-from", help="gradual: start from this pruned checkpoint instead of the dense baseline")
+    parser.add_argument(
+        "--gradual-from", help="gradual: start from this pruned checkpoint instead of the dense baseline"
+    )
     parser.add_argument("--window", default="0.0,0.6", help="gradual pruning from/to these fractions of the run")
     parser.add_argument("--frequency", type=int, default=50, help="gradual: optimizer steps between mask updates")
     parser.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
@@ -81,9 +83,10 @@ def main() -> None:
             history = iterative_prune(model, data, args.target, args.steps, step_cfg, "agp", "global",
                                       initial=initial, final=final, teacher=teacher if kd else None)  # fmt: skip
         seconds = time.perf_counter() - t0
-        val, _ = evaluate(model, data.val_x, data.val_y)
+        val, val_loss = evaluate(model, data.val_x, data.val_y)  # loss: a steadier ranking than accuracy
         test, _ = evaluate(model, data.test_x, data.test_y)
         row = {"recipe": recipe, "initial_sparsity": initial, "sparsity": sparsity_of(model), "val_accuracy": val,
+               "val_loss": val_loss,
                "test_accuracy": test, "val_delta_points": 100 * (val - base_val),
                "test_delta_points": 100 * (test - base_test), "seconds": seconds,
                "steps": [h.to_dict() for h in history]}  # fmt: skip
