@@ -113,10 +113,11 @@ def main() -> None:
                 mp = r.get("mixed_precision") or {}
                 widths = "/".join(str(b) for b in mp.get("bits", {}).values()) or "/".join(map(str, r["bits"]))
                 rows.append([r["label"], r["pruned_from"], d["settings"]["epochs"], widths, f"{r['file_bytes']:,}",
-                             f"{r['ratio']:.1f}x", pct(r.get("val_accuracy")), pct(r["test_accuracy"]),
+                             f"{r['ratio']:.1f}x", pct(r.get("val_accuracy")),
+                             f"{r['val_loss']:.4f}" if "val_loss" in r else "-", pct(r["test_accuracy"]),
                              f"{r['delta_points']:+.2f}", host(d)])  # fmt: skip
-        print(table(["point", "pruned model", "fine-tune epochs", "widths", "file B", "ratio", "val (%)", "test (%)",
-                     "vs fp32 (points)", "run"], rows))  # fmt: skip
+        print(table(["point", "pruned model", "fine-tune epochs", "widths", "file B", "ratio", "val (%)", "val loss",
+                     "test (%)", "vs fp32 (points)", "run"], rows))  # fmt: skip
 
 
 if __name__ == "__main__":
