@@ -99,6 +99,8 @@ def test_prune_and_quantize_commands(tmp_path, data_dir, tiny_checkpoint):
         ("prune", "X", "--sparsity", "0.5", "--steps", "0"),
         ("quantize", "X", "--bits", "9"),
         ("quantize", "X", "--bits", "4", "--calibration", "magic"),
+        ("prune", "X", "--sparsity", "0.5", "--temperature", "0"),
+        ("compress", "X", "--sparsity", "0.5", "--bits", "4", "--temperature", "-1"),
     ],
 )
 def test_bad_pruning_and_quantization_arguments(args):

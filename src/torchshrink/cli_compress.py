@@ -13,7 +13,7 @@ __all__ = ["add_compress_commands"]
 
 
 def add_compress_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser], None]) -> None:
-    from torchshrink.cli import non_negative_int, positive_int
+    from torchshrink.cli import _positive_float, non_negative_int, positive_int
     from torchshrink.cli_pruning import GRADUAL_EPOCHS, _fraction, _sparsity
     from torchshrink.cli_quant import _bits
 
@@ -36,6 +36,10 @@ def add_compress_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentPar
     p.add_argument(
         "--distill", type=_fraction, default=0.0,
         help="weight in [0, 1] of the dense model's soft predictions in every retraining loss (default: 0, off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--temperature", type=_positive_float, default=4.0,
+        help="softmax temperature of those predictions (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--budget", type=positive_int, metavar="BYTES",
@@ -87,7 +91,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         sparsity=args.sparsity, bits=args.bits, act_bits=args.act_bits, prune_method=args.prune_method,
         steps=args.steps, prune_epochs=prune_epochs, prune_lr=GRADUAL_LR if gradual else 0.02,
         qat_epochs=args.qat_epochs, codebook=args.codebook, keep_first_last_8bit=args.keep_first_last_8bit,
-        distill=args.distill, budget_bytes=args.budget,
+        distill=args.distill, temperature=args.temperature, budget_bytes=args.budget,
     )  # fmt: skip
     out = Path(args.out) if args.out else Path(f"{ckpt.path}-s{args.sparsity:g}-w{args.bits}.tshrink")
     if out.is_dir():

@@ -43,6 +43,7 @@ class CompressConfig:
     qat_epochs: int = 2  # QAT / codebook fine-tuning epochs (0: post-training only)
     lr: float = 0.01  # peak learning rate of the fine-tuning
     distill: float = 0.0  # weight of the dense model's soft predictions in every retraining loss (0: off)
+    temperature: float = 4.0  # softmax temperature of those predictions
     budget_bytes: int | None = None  # codebook only: per-layer widths (2..bits) chosen to fit this file size
     codebook: bool = False  # k-means weight sharing instead of uniform levels
     keep_first_last_8bit: bool = False  # first/last layers at 8 bits
@@ -59,6 +60,8 @@ class CompressConfig:
             raise ConfigError(f"prune_method={self.prune_method!r}: choose 'iterative' or 'gradual'")
         if self.budget_bytes is not None and not self.codebook:
             raise ConfigError("a size budget (mixed precision) needs codebook weight sharing")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature={self.temperature}: must be positive")
         if self.budget_bytes is not None and self.budget_bytes < 1:
             raise ConfigError(f"budget_bytes={self.budget_bytes}: must be positive")
 
@@ -87,7 +90,8 @@ def compress_model(
     if pruned is None:
         pruned = copy.deepcopy(base)
         if cfg.sparsity > 0:
-            prune_cfg = TrainConfig(epochs=cfg.prune_epochs, lr=cfg.prune_lr, distill=cfg.distill)
+            prune_cfg = TrainConfig(epochs=cfg.prune_epochs, lr=cfg.prune_lr, distill=cfg.distill,
+                                    temperature=cfg.temperature)  # fmt: skip
             if cfg.prune_method == "gradual":
                 steps = [gradual_prune(pruned, data, cfg.sparsity, prune_cfg, teacher=teacher, device=device, log=log)]
             else:
@@ -98,7 +102,8 @@ def compress_model(
     record["prune_seconds"] = time.perf_counter() - start
     start = time.perf_counter()
     act_bits = cfg.act_bits if cfg.act_bits is not None else cfg.bits
-    train = TrainConfig(epochs=cfg.qat_epochs, lr=cfg.lr, distill=cfg.distill) if cfg.qat_epochs else None
+    train = (TrainConfig(epochs=cfg.qat_epochs, lr=cfg.lr, distill=cfg.distill, temperature=cfg.temperature)
+             if cfg.qat_epochs else None)  # fmt: skip
     if cfg.codebook:
         bits: int | dict[str, int] = cfg.bits
         if cfg.budget_bytes is not None:

@@ -1,0 +1,42 @@
+import pytest
+
+from torchshrink.compress import CompressConfig
+from torchshrink.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"temperature": 0.0}, "temperature=0.0: must be positive"),
+        ({"budget_bytes": 30_000}, "needs codebook"),
+        ({"codebook": True, "budget_bytes": 0}, "must be positive"),
+        ({"steps": 0}, "steps=0"),
+        ({"prune_method": "random"}, "choose 'iterative' or 'gradual'"),
+        ({"sparsity": 1.0}, "sparsity"),
+        ({"bits": 9}, "9"),
+    ],
+)
+def test_impossible_settings_are_refused_when_the_config_is_made(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        CompressConfig(**settings)
+
+
+def test_the_fine_tuning_distils_at_the_configured_temperature(monkeypatch):
+    import torchshrink.compress as compress
+    from torchshrink.models import build_model
+
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def fake_qat(model, data, qcfg, train, device, log=None, teacher=None):
+        seen.update(temperature=train.temperature, distill=train.distill, teacher=teacher)
+        raise Captured
+
+    monkeypatch.setattr(compress, "qat", fake_qat)
+    base = build_model("cnn_tiny")
+    cfg = CompressConfig(bits=4, qat_epochs=1, distill=0.7, temperature=2.0)
+    with pytest.raises(Captured):
+        compress.compress_model(base, None, cfg, log=None, pruned=build_model("cnn_tiny"))
+    assert seen["temperature"] == 2.0 and seen["distill"] == 0.7 and seen["teacher"] is base
