@@ -18,6 +18,7 @@ TINY = {
     "sensitivity": {"sparsities": [0.5]},
     "iterative": {"targets": [0.4, 0.8], "steps_per_target": 1, "epochs_per_step": 1},
     "gradual": {"sparsity": 0.7, "epochs": 1, "distill": 0.5, "temperature": 3.0, "frequency": 2},
+    "continued": {"sparsity": 0.85, "epochs": 1},
     "quantization": {"bits": [8, 2], "edge8_bits": [2], "qat_epochs": 1},
     "combined": {
         "points": [
@@ -32,6 +33,7 @@ TINY = {
                 "source": "gradual",
                 "budget_bytes": 10000,
             },
+            {"sparsity": 0.85, "bits": 4, "act_bits": 8, "codebook": True, "label": "more", "source": "continued"},
         ],
         "qat_epochs": 1,
     },
@@ -83,6 +85,11 @@ def test_study_produces_every_artifact_and_resumes(tiny_config, tmp_path, data_d
     assert {(r["bits"], r["first_last_8bit"]) for r in results["quantization"]} == {(8, False), (2, False), (2, True)}
     assert results["gradual"]["sparsity"] > 0.7 - 1e-3 and 0 < results["gradual"]["test_accuracy"] <= 1
     assert results["gradual"]["train_config"]["temperature"] == 3.0  # the configured distillation is the one used
+    # the continued stage starts from the gradual model: sparser, and every weight pruned there stays pruned
+    assert results["continued"]["sparsity"] > 0.85 - 1e-3
+    for before, after in zip(results["gradual"]["layers"], results["continued"]["layers"], strict=True):
+        assert after["nonzeros"] <= before["nonzeros"]
+    assert results["combined"][3]["sparsity"] > 0.85 - 1e-3 and results["combined"][3]["source"] == "continued"
     assert set(results["combined"][2]["mixed_precision"]["bits"].values()) <= {2, 3}
     for point in results["combined"]:
         assert (out / "compressed" / point["file"]).is_file()
@@ -129,6 +136,9 @@ def test_study_produces_every_artifact_and_resumes(tiny_config, tmp_path, data_d
         ("iterative: {targets: [0.5, 1.5]}", "iterative.targets: 1.5 must be a sparsity"),
         ("quantization: {bits: [9]}", "quantization.bits: 9 must be from 2 to 8"),
         ("gradual: {temperature: 0}", "gradual.temperature: 0.0 must be positive"),
+        ("continued: {sparsity: 0.8}", "continued.sparsity: 0.8 must be above gradual.sparsity"),
+        ("combined: {points: [{sparsity: 0.9, bits: 4, act_bits: 8, source: continued}]}",
+         "must be continued.sparsity"),
         ("[1, 2", "not valid YAML"),
     ],
 )

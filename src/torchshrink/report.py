@@ -36,6 +36,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str,
     it = [{**r, "how": "step-by-step"} for r in results["iterative"]]
     if "gradual" in results:
         it.append({**results["gradual"], "how": "gradual (distilled)"})
+    if "continued" in results:
+        it.append({**results["continued"], "how": "gradual (distilled, continued)"})
     # our pruned row: the sparsest pruned model within 0.3 points of the baseline, else the first one
     ok = [r for r in it if r["test_accuracy"] >= base["test_accuracy"] - 0.003]
     pruned = max(ok, key=lambda r: r["sparsity"]) if ok else it[0]
@@ -213,21 +215,26 @@ def _gradual_part(results: dict[str, Any]) -> list[str]:
         return []
     g = results["gradual"]
     cfg = g["train_config"]
+    runs = [(f"{cfg['epochs']} epochs from the dense baseline", g)]
+    if "continued" in results:
+        more = results["continued"]
+        runs.append((f"then {more['train_config']['epochs']} more epochs from that model", more))
     return [
-        f"Gradual pruning during training (Zhu & Gupta's cubic schedule, mask updated every few steps), "
-        f"{cfg['epochs']} epochs from the dense baseline, distilled from it (weight {cfg['distill']:g}, "
-        f"temperature {cfg.get('temperature', 4):g}):",
+        f"Gradual pruning during training (Zhu & Gupta's cubic schedule, mask updated every few steps), distilled "
+        f"from the baseline (weight {cfg['distill']:g}, temperature {cfg.get('temperature', 4):g}):",
         _table(
-            ["Target", "Sparsity", "Non-zeros", "Validation accuracy (%)", "Test accuracy (%)", "Seconds"],
+            ["Target", "Run", "Sparsity", "Non-zeros", "Validation accuracy (%)", "Test accuracy (%)", "Seconds"],
             [
                 [
-                    f"{100 * g['target']:.0f}%",
-                    f"{100 * g['sparsity']:.1f}%",
-                    f"{g['nonzeros']:,}",
-                    _pct(g["val_accuracy"]),
-                    _pct(g["test_accuracy"]),
-                    f"{g['stage_seconds']:.0f}",
+                    f"{100 * r['target']:.0f}%",
+                    how,
+                    f"{100 * r['sparsity']:.1f}%",
+                    f"{r['nonzeros']:,}",
+                    _pct(r["val_accuracy"]),
+                    _pct(r["test_accuracy"]),
+                    f"{r['stage_seconds']:.0f}",
                 ]
+                for how, r in runs
             ],
         ),  # fmt: skip
     ]
@@ -238,6 +245,8 @@ def _stage_times(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     rows += [(f"iterative {r['target']:g}", r) for r in results["iterative"]]
     if "gradual" in results:
         rows.append((f"gradual {results['gradual']['target']:g}", results["gradual"]))
+    if "continued" in results:
+        rows.append((f"continued {results['continued']['target']:g}", results["continued"]))
     rows += [(f"quant W{r['bits']}{' edge8' if r['first_last_8bit'] else ''}", r) for r in results["quantization"]]
     rows += [(r["label"], r) for r in results["combined"]]
     rows.append(("structured", results["structured"]))
@@ -267,8 +276,9 @@ def plot_all(results: dict[str, Any], out: Path) -> None:
             label="step-by-step (retrained)")  # fmt: skip
     if "gradual" in results:
         g = results["gradual"]
-        ax.scatter([100 * g["sparsity"]], [100 * g["test_accuracy"]], marker="P", s=110, color="green", zorder=5,
-                   label="gradual during training, distilled")  # fmt: skip
+        runs = [g] + ([results["continued"]] if "continued" in results else [])
+        ax.plot([100 * r["sparsity"] for r in runs], [100 * r["test_accuracy"] for r in runs], "P-", ms=11,
+                color="green", zorder=5, label="gradual during training, distilled")  # fmt: skip
     ax.axhline(base_acc, color="gray", lw=1, ls=":", label=f"baseline {base_acc:.2f}%")
     ax.set(xlabel="sparsity (% of weights removed)", ylabel="test accuracy (%)", title="Pruning: accuracy vs sparsity")
     ax.set_ylim(max(0, min(base_acc - 20, ax.get_ylim()[0])), 100)

@@ -63,6 +63,14 @@ class GradualSection:
 
 
 @dataclass(frozen=True)
+class ContinuedSection:  # the gradual model pruned further in a second, shorter run (same distillation)
+    sparsity: float | None = 0.93  # target of that run (null: skip the stage)
+    epochs: int = 6  # epochs of the run
+    lr: float = 0.03  # peak learning rate
+    end: float = 0.5  # the target is reached at this fraction of the run; the rest recovers
+
+
+@dataclass(frozen=True)
 class QuantSection:
     bits: tuple[int, ...] = (8, 6, 4, 2)  # W/A widths (weights and activations alike)
     edge8_bits: tuple[int, ...] = ()  # widths also run with the first and last layers at 8 bits
@@ -78,7 +86,7 @@ class CombinedPoint:
     act_bits: int  # activation bits
     codebook: bool = False  # k-means weight sharing instead of uniform levels
     label: str = ""  # name in the report
-    source: str = "iterative"  # which pruned model: "iterative" (prune -> retrain rounds) or "gradual"
+    source: str = "iterative"  # which pruned model: "iterative" (prune -> retrain rounds), "gradual", "continued"
     budget_bytes: int | None = None  # codebook only: per-layer widths (2..bits) chosen to fit this file size
 
 
@@ -87,7 +95,15 @@ class CombinedSection:
     points: tuple[CombinedPoint, ...] = (
         CombinedPoint(0.4, 8, 8, False, "40% pruned + 8-bit (the student point)"),
         CombinedPoint(0.9, 4, 8, True, "90% pruned (gradual) + 4-bit codebook", "gradual"),
-        CombinedPoint(0.9, 5, 8, True, "90% pruned (gradual) + mixed 2-5-bit codebook, 50x budget", "gradual", 31_286),
+        CombinedPoint(
+            0.93,
+            5,
+            8,
+            True,
+            "93% pruned (gradual, continued) + mixed 2-5-bit codebook, 50x budget",
+            "continued",
+            31_286,
+        ),
     )
     qat_epochs: int = 1  # fine-tuning epochs with the masks kept
     lr: float = 0.01  # fine-tuning peak learning rate
@@ -111,6 +127,7 @@ class StudyConfig:
     sensitivity: SensitivitySection = field(default_factory=SensitivitySection)
     iterative: IterativeSection = field(default_factory=IterativeSection)
     gradual: GradualSection = field(default_factory=GradualSection)
+    continued: ContinuedSection = field(default_factory=ContinuedSection)
     quantization: QuantSection = field(default_factory=QuantSection)
     combined: CombinedSection = field(default_factory=CombinedSection)
     structured: StructuredSection = field(default_factory=StructuredSection)
@@ -166,12 +183,22 @@ def _check(cfg: StudyConfig) -> None:
         need(b in cfg.quantization.bits and b < 8, "quantization.edge8_bits", b, "must be one of bits, below 8")
     need(cfg.quantization.calibration in ("minmax", "percentile", "mse"), "quantization.calibration",
          cfg.quantization.calibration, "must be minmax, percentile or mse")  # fmt: skip
+    c = cfg.continued
+    if c.sparsity is not None:
+        need(g.sparsity < c.sparsity < 1, "continued.sparsity", c.sparsity,
+             f"must be above gradual.sparsity ({g.sparsity}) and below 1, or empty")  # fmt: skip
+    need(c.epochs >= 1, "continued.epochs", c.epochs, "must be at least 1")
+    need(c.lr > 0, "continued.lr", c.lr, "must be positive")
+    need(0 < c.end <= 1, "continued.end", c.end, "must be in (0, 1]")
     for i, p in enumerate(cfg.combined.points):
-        need(p.source in ("iterative", "gradual"), f"combined.points[{i}].source", p.source,
-             "must be 'iterative' or 'gradual'")  # fmt: skip
+        need(p.source in ("iterative", "gradual", "continued"), f"combined.points[{i}].source", p.source,
+             "must be 'iterative', 'gradual' or 'continued'")  # fmt: skip
         if p.source == "iterative":
             need(p.sparsity in cfg.iterative.targets, f"combined.points[{i}].sparsity", p.sparsity,
                  f"must be one of iterative.targets {list(cfg.iterative.targets)}")  # fmt: skip
+        elif p.source == "continued":
+            need(p.sparsity == c.sparsity, f"combined.points[{i}].sparsity", p.sparsity,
+                 f"must be continued.sparsity ({c.sparsity}) for a continued point")  # fmt: skip
         else:
             need(p.sparsity == g.sparsity, f"combined.points[{i}].sparsity", p.sparsity,
                  f"must be gradual.sparsity ({g.sparsity}) for a gradual point")  # fmt: skip
@@ -223,7 +250,7 @@ def _value(hint: Any, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
-    if hint is float or text == "float":
+    if hint is float or text in ("float", "float | None"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -262,6 +289,7 @@ def quick_config(cfg: StudyConfig) -> StudyConfig:
         sensitivity=r(cfg.sensitivity, sparsities=(0.5, 0.9)),
         iterative=r(cfg.iterative, steps_per_target=1, epochs_per_step=1),
         gradual=r(cfg.gradual, epochs=1),
+        continued=r(cfg.continued, epochs=1),
         quantization=r(cfg.quantization, qat_epochs=1),
         combined=r(cfg.combined, qat_epochs=1),
         structured=r(cfg.structured, finetune_epochs=1),

@@ -49,6 +49,7 @@ def run_study(
     cache = StageCache(out / "cache")
     it, qc = cfg.iterative, cfg.quantization
     total = 6 + len(it.targets) + len(qc.bits) + len(qc.edge8_bits) + len(cfg.combined.points)
+    total += cfg.continued.sparsity is not None
     bar = tqdm(total=total, desc="study", unit="stage", disable=None if progress else True)
     timings: dict[str, float] = {}
     results: dict[str, Any] = {}
@@ -96,6 +97,14 @@ def run_study(
 
     gradual_key, results["gradual"] = stage("gradual", {**asdict(cfg.gradual), "seed": cfg.seed}, [base_key],
                                             lambda folder: stages.gradual(ctx, base, folder))  # fmt: skip
+    sources = {"gradual": gradual_key}
+    if cfg.continued.sparsity is not None:
+
+        def more(folder: Path) -> dict:
+            return stages.continued(ctx, base, stages.load_model(cache.folder(gradual_key), ctx.device), folder)
+
+        sources["continued"], results["continued"] = stage("continued", {**asdict(cfg.continued), "seed": cfg.seed},
+                                                           [gradual_key], more)  # fmt: skip
 
     results["quantization"] = []
     for bits in qc.bits:
@@ -109,7 +118,7 @@ def run_study(
 
     results["combined"] = []
     for point in cfg.combined.points:
-        pkey = gradual_key if point.source == "gradual" else pruned_keys[point.sparsity]
+        pkey = sources[point.source] if point.source in sources else pruned_keys[point.sparsity]
 
         def compress(folder: Path, pkey: str = pkey, point: Any = point) -> dict:
             pruned = stages.load_model(cache.folder(pkey), ctx.device)

@@ -31,7 +31,7 @@ from torchshrink.quant import QuantConfig, ptq, qat, storage_report
 from torchshrink.study.config import CombinedPoint, StudyConfig
 from torchshrink.train import TrainConfig, evaluate, fit
 
-__all__ = ["Context", "baseline", "oneshot", "sensitivity", "iterative_step", "gradual", "quantize_width",
+__all__ = ["Context", "baseline", "oneshot", "sensitivity", "iterative_step", "gradual", "continued", "quantize_width",
            "combined_point", "point_file", "structured"]  # fmt: skip
 
 
@@ -113,16 +113,30 @@ def iterative_step(ctx: Context, model: nn.Module, start: float, target: float, 
 def gradual(ctx: Context, base: nn.Module, folder: Path) -> dict[str, Any]:
     """Prune a copy of the dense baseline during one training run, distilled from the baseline."""
     g = ctx.cfg.gradual
-    model = copy.deepcopy(base)
-    train = TrainConfig(epochs=g.epochs, lr=g.lr, distill=g.distill, temperature=g.temperature, seed=ctx.cfg.seed)
-    step = gradual_prune(model, ctx.data, g.sparsity, train, g.start, g.end, g.frequency,
+    return _gradual_run(ctx, copy.deepcopy(base), base, g.sparsity, g.epochs, g.lr, g.start, g.end, folder)
+
+
+def continued(ctx: Context, base: nn.Module, pruned: nn.Module, folder: Path) -> dict[str, Any]:
+    """Prune the gradual stage's model further in a second, shorter run, still distilled from the baseline."""
+    c = ctx.cfg.continued
+    assert c.sparsity is not None
+    return _gradual_run(ctx, pruned, base, c.sparsity, c.epochs, c.lr, 0.0, c.end, folder)
+
+
+def _gradual_run(
+    ctx: Context, model: nn.Module, base: nn.Module, sparsity: float, epochs: int, lr: float, start: float,
+    end: float, folder: Path,
+) -> dict[str, Any]:  # fmt: skip
+    g = ctx.cfg.gradual
+    train = TrainConfig(epochs=epochs, lr=lr, distill=g.distill, temperature=g.temperature, seed=ctx.cfg.seed)
+    step = gradual_prune(model, ctx.data, sparsity, train, start, end, g.frequency,
                          teacher=base if g.distill else None, device=ctx.device, log=ctx.log)  # fmt: skip
     plain = permanent_copy(model)
     rows = sparsity_report(plain)
     acc = ctx.test(plain)
     save_checkpoint(folder / "model", plain, ctx.cfg.baseline.model, _model_args(plain), metrics={"test_accuracy": acc})
     return {
-        "target": g.sparsity, "sparsity": step.achieved, "test_accuracy": acc, "val_accuracy": step.val_acc_retrained,
+        "target": sparsity, "sparsity": step.achieved, "test_accuracy": acc, "val_accuracy": step.val_acc_retrained,
         "seconds": step.seconds, "nonzeros": sum(r.nonzeros for r in rows), "params": sum(r.params for r in rows),
         "layers": [r.to_dict() for r in rows], "train_config": train.to_dict(),
     }  # fmt: skip
