@@ -29,7 +29,7 @@ run: setup
 	$(BIN)/torchshrink study --out runs/study
 
 test: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/pytest -q
 
 clean:

@@ -23,11 +23,12 @@ from pathlib import Path
 
 from _common import write_result
 from torchshrink.checkpoint import load_checkpoint
-from torchshrink.compress import CompressConfig, compress_model, write_and_verify
 from torchshrink.data import load_fashion_mnist
 from torchshrink.models import fp32_bytes
-from torchshrink.pruning import iterative_prune, make_permanent
-from torchshrink.train import TrainConfig, evaluate
+from torchshrink.pruning import make_permanent
+from torchshrink.recipes import iterative_prune
+from torchshrink.recipes.compress import CompressConfig, compress_model, write_and_verify
+from torchshrink.recipes.train import TrainConfig, evaluate
 
 # (label, start, config): start names a pruned starting point (see `starts` below)
 POINTS = [
@@ -68,7 +69,7 @@ def main() -> None:
     data = load_fashion_mnist(args.data_dir)
     ckpt = load_checkpoint(args.checkpoint)
     base, name, margs = ckpt.model, ckpt.meta["model"], ckpt.meta.get("model_args", {})
-    base_acc, _ = evaluate(base, data.test_x, data.test_y)
+    base_acc, _ = evaluate(base, data.test_batches())
     print(f"baseline test accuracy {100 * base_acc:.2f}%")
 
     def start(key: str):
@@ -100,10 +101,10 @@ def main() -> None:
         t0 = time.perf_counter()
         model, record = compress_model(base, data, cfg, log=None, pruned=pruned, model_name=name, model_args=margs)
         seconds = time.perf_counter() - t0
-        val, val_loss = evaluate(model, data.val_x, data.val_y)  # loss: a steadier ranking than 5,000-image accuracy
+        val, val_loss = evaluate(model, data.val_batches())  # loss: a steadier ranking than 5,000-image accuracy
         for storage, compression, huffman in WRITES:
             path = Path(args.out) / f"{label.split(' (')[0].replace(' ', '_').replace('%', '')}-{storage}.tshrink"
-            result = write_and_verify(model, base, data, path, name, margs, compression, huffman)
+            result = write_and_verify(model, base, data.test_batches(), path, name, margs, compression, huffman)
             row = {"label": label, "storage": storage, "config": cfg.to_dict(), "pruned_from": origin,
                    "val_accuracy": val, "val_loss": val_loss, **result, "delta_points": 100 * (result["test_accuracy"] - base_acc),
                    "seconds": seconds, "mixed_precision": record.get("mixed_precision")}  # fmt: skip

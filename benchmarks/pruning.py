@@ -17,14 +17,9 @@ from torchshrink.checkpoint import load_checkpoint, save_checkpoint
 from torchshrink.data import load_fashion_mnist
 from torchshrink.measure import count_macs, latency
 from torchshrink.models import parameter_count
-from torchshrink.pruning import (
-    iterative_prune,
-    permanent_copy,
-    prune_,
-    sparsity_report,
-    structured_prune_,
-)
-from torchshrink.train import TrainConfig, evaluate, fit
+from torchshrink.pruning import permanent_copy, prune_, sparsity_report, structured_prune_
+from torchshrink.recipes import iterative_prune
+from torchshrink.recipes.train import TrainConfig, evaluate, fit
 
 ONESHOT = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 TARGETS = (0.5, 0.8, 0.9, 0.95)
@@ -47,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     data = load_fashion_mnist(args.data_dir)
     base = load_checkpoint(args.checkpoint).model
-    base_acc, _ = evaluate(base, data.test_x, data.test_y)
+    base_acc, _ = evaluate(base, data.test_batches())
     print(f"baseline test accuracy {100 * base_acc:.2f}%")
 
     oneshot: dict[str, dict[str, float]] = {}
@@ -56,7 +51,7 @@ def main() -> None:
         for s in ONESHOT:
             model = copy.deepcopy(base)
             prune_(model, s, scope)
-            oneshot[scope][str(s)], _ = evaluate(model, data.test_x, data.test_y)
+            oneshot[scope][str(s)], _ = evaluate(model, data.test_batches())
         print(scope, " ".join(f"{k}:{100 * v:.2f}" for k, v in oneshot[scope].items()))
 
     # step-by-step: one continuous AGP run, stopping at each target to measure on the test set
@@ -68,7 +63,7 @@ def main() -> None:
                                   initial=current)  # fmt: skip
         current = sparsity_of(model)
         steps += [h.to_dict() for h in history]
-        acc, _ = evaluate(model, data.test_x, data.test_y)
+        acc, _ = evaluate(model, data.test_batches())
         iterative.append({"target": target, "sparsity": current, "test_accuracy": acc,
                           "delta_points": 100 * (acc - base_acc), "wall_seconds": time.perf_counter() - start})  # fmt: skip
         print(f"step-by-step {100 * current:.1f}%: test {100 * acc:.2f}% ({100 * (acc - base_acc):+.2f} pts), "
@@ -80,11 +75,11 @@ def main() -> None:
     # structured: remove whole channels, then fine-tune
     small = copy.deepcopy(base)
     channels = structured_prune_(small, args.structured_amount)
-    pruned_acc, _ = evaluate(small, data.test_x, data.test_y)
+    pruned_acc, _ = evaluate(small, data.test_batches())
     t0 = time.perf_counter()
     fit(small, data, TrainConfig(epochs=args.structured_epochs, lr=args.lr * 2), "cpu")
     ft_seconds = time.perf_counter() - t0
-    small_acc, _ = evaluate(small, data.test_x, data.test_y)
+    small_acc, _ = evaluate(small, data.test_batches())
     lat = {}
     for batch in (256, 1):
         # interleave dense and pruned timings so both see the same machine load

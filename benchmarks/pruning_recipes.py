@@ -21,8 +21,9 @@ import time
 from _common import write_result
 from torchshrink.checkpoint import load_checkpoint, save_checkpoint
 from torchshrink.data import load_fashion_mnist
-from torchshrink.pruning import gradual_prune, iterative_prune, permanent_copy, prune_from_zeros_, sparsity_report
-from torchshrink.train import TrainConfig, evaluate
+from torchshrink.pruning import permanent_copy, prune_from_zeros_, sparsity_report
+from torchshrink.recipes import gradual_prune, iterative_prune
+from torchshrink.recipes.train import TrainConfig, evaluate
 
 
 def sparsity_of(model) -> float:
@@ -57,8 +58,8 @@ def main() -> None:
     args = parser.parse_args()
     data = load_fashion_mnist(args.data_dir)
     teacher = load_checkpoint(args.baseline).model
-    base_val, _ = evaluate(teacher, data.val_x, data.val_y)
-    base_test, _ = evaluate(teacher, data.test_x, data.test_y)
+    base_val, _ = evaluate(teacher, data.val_batches())
+    base_test, _ = evaluate(teacher, data.test_batches())
     results = []
     best = None
     for recipe in args.recipes.split(","):
@@ -83,8 +84,8 @@ def main() -> None:
             history = iterative_prune(model, data, args.target, args.steps, step_cfg, "agp", "global",
                                       initial=initial, final=final, teacher=teacher if kd else None)  # fmt: skip
         seconds = time.perf_counter() - t0
-        val, val_loss = evaluate(model, data.val_x, data.val_y)  # loss: a steadier ranking than accuracy
-        test, _ = evaluate(model, data.test_x, data.test_y)
+        val, val_loss = evaluate(model, data.val_batches())  # loss: a steadier ranking than accuracy
+        test, _ = evaluate(model, data.test_batches())
         row = {"recipe": recipe, "initial_sparsity": initial, "sparsity": sparsity_of(model), "val_accuracy": val,
                "val_loss": val_loss,
                "test_accuracy": test, "val_delta_points": 100 * (val - base_val),

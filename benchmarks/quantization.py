@@ -13,8 +13,9 @@ from _common import write_result
 from torchshrink.checkpoint import load_checkpoint
 from torchshrink.data import load_fashion_mnist
 from torchshrink.models import fp32_bytes
-from torchshrink.quant import QuantConfig, ptq, qat, storage_report
-from torchshrink.train import TrainConfig, evaluate
+from torchshrink.quant import QuantConfig, storage_report
+from torchshrink.recipes import ptq, qat
+from torchshrink.recipes.train import TrainConfig, evaluate
 
 
 def main() -> None:
@@ -28,8 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     data = load_fashion_mnist(args.data_dir)
     base = load_checkpoint(args.checkpoint).model
-    float_acc, _ = evaluate(base, data.test_x, data.test_y)
-    float_val, _ = evaluate(base, data.val_x, data.val_y)
+    float_acc, _ = evaluate(base, data.test_batches())
+    float_val, _ = evaluate(base, data.val_batches())
     print(f"float test accuracy {100 * float_acc:.2f}%")
     rows = []
     for bits in (int(b) for b in args.bits.split(",")):
@@ -39,12 +40,12 @@ def main() -> None:
             config = QuantConfig(bits=bits, keep_first_last_8bit=edge8, act_calibration=args.calibration)
             q = ptq(base, data, config)
             storage = sum(r.total_bytes for r in storage_report(q))
-            ptq_acc, _ = evaluate(q, data.test_x, data.test_y)
-            ptq_val, _ = evaluate(q, data.val_x, data.val_y)
+            ptq_acc, _ = evaluate(q, data.test_batches())
+            ptq_val, _ = evaluate(q, data.val_batches())
             start = time.perf_counter()
             q, history = qat(base, data, config, TrainConfig(epochs=args.qat_epochs, lr=args.lr), log=None)
             qat_seconds = time.perf_counter() - start
-            qat_acc, _ = evaluate(q, data.test_x, data.test_y)
+            qat_acc, _ = evaluate(q, data.test_batches())
             row = {
                 "bits": bits, "act_bits": config.activation_bits, "first_last_8bit": edge8,
                 "weight_bytes": storage, "ratio_vs_fp32": fp32_bytes(base) / storage,

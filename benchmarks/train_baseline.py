@@ -16,7 +16,9 @@ from _common import write_result
 from torchshrink.checkpoint import save_checkpoint
 from torchshrink.data import load_fashion_mnist
 from torchshrink.models import build_model, fp32_bytes, parameter_count
-from torchshrink.train import TrainConfig, evaluate, fit, make_optimizer
+from torchshrink.recipes.train import TrainConfig, evaluate, fit, make_optimizer
+
+BATCH = 256  # the default recipe's batch size
 
 
 def bare_throughput(cfg: TrainConfig, steps: int = 40) -> float:
@@ -24,8 +26,8 @@ def bare_throughput(cfg: TrainConfig, steps: int = 40) -> float:
     torch.manual_seed(0)
     model = build_model("cnn").to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
-    x = torch.randn(cfg.batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (cfg.batch_size,))
+    x = torch.randn(BATCH, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (BATCH,))
     for i in range(steps + 5):
         if i == 5:
             start = time.perf_counter()
@@ -33,7 +35,7 @@ def bare_throughput(cfg: TrainConfig, steps: int = 40) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return steps * cfg.batch_size / (time.perf_counter() - start)
+    return steps * BATCH / (time.perf_counter() - start)
 
 
 def loop_throughput(data, cfg: TrainConfig, images: int) -> float:
@@ -49,10 +51,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/baseline")
     parser.add_argument("--epochs", type=int, default=TrainConfig().epochs)
-    parser.add_argument("--crop-padding", type=int, default=TrainConfig().crop_padding)
+    parser.add_argument("--crop-padding", type=int, default=0)
     parser.add_argument("--data-dir")
     args = parser.parse_args()
-    cfg = TrainConfig(epochs=args.epochs, crop_padding=args.crop_padding)
+    cfg = TrainConfig(epochs=args.epochs)
     data = load_fashion_mnist(args.data_dir)
 
     # the overhead ratio, measured side by side: bare, loop, bare again (the machine is noisy)
@@ -65,9 +67,9 @@ def main() -> None:
     torch.manual_seed(cfg.seed)
     model = build_model("cnn")
     start = time.perf_counter()
-    history = fit(model, data, cfg, "cpu")
+    history = fit(model, data.task(crop_padding=args.crop_padding), cfg, "cpu")
     wall = time.perf_counter() - start
-    test_acc, test_loss = evaluate(model, data.test_x, data.test_y)
+    test_acc, test_loss = evaluate(model, data.test_batches())
     metrics = {
         "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": history[-1].val_accuracy,
         "train_seconds": wall, "images_per_second": sum(h.images_per_second for h in history) / len(history),

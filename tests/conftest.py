@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from torchshrink.data import FashionMNIST, find_data_dir, load_fashion_mnist
+from torchshrink.data import FashionMNIST, Task, find_data_dir, load_fashion_mnist
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +21,9 @@ def fmnist(data_dir: str) -> FashionMNIST:
 def small(fmnist: FashionMNIST) -> FashionMNIST:
     """2,000 real training images, 1,000 validation, 2,000 test: enough to learn, fast to train."""
     return fmnist.subset(train=2000, val=1000, test=2000)
+
+
+@pytest.fixture(scope="session")
+def small_task(small: FashionMNIST) -> Task:
+    """The small subset as a task: batches of 64, no augmentation (fast, and enough to learn)."""
+    return small.task(batch_size=64, augment=False)

@@ -1,7 +1,7 @@
 import pytest
 
-from torchshrink.compress import CompressConfig
 from torchshrink.errors import ConfigError
+from torchshrink.recipes.compress import CompressConfig
 
 
 @pytest.mark.parametrize(
@@ -22,7 +22,7 @@ def test_impossible_settings_are_refused_when_the_config_is_made(settings, messa
 
 
 def test_the_fine_tuning_distils_at_the_configured_temperature(monkeypatch):
-    import torchshrink.compress as compress
+    import torchshrink.recipes.compress as compress
     from torchshrink.models import build_model
 
     seen = {}

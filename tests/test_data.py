@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchshrink.data import FILES, augment, batches, find_data_dir, load_fashion_mnist, normalize, read_idx
+from torchshrink.data import FILES, TensorBatches, augment, find_data_dir, load_fashion_mnist, normalize, read_idx
 from torchshrink.errors import DataError
 
 
@@ -112,5 +112,5 @@ def test_augment_is_a_shifted_or_flipped_copy():
 def test_batches_cover_every_item_once():
     x = torch.arange(10, dtype=torch.uint8).reshape(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous()
     y = torch.arange(10)
-    seen = torch.cat([yb for _, yb in batches(x, y, 3, shuffle=True)])
+    seen = torch.cat([yb for _, yb in TensorBatches(x, y, 3, shuffle=True)])
     assert sorted(seen.tolist()) == list(range(10))

@@ -9,16 +9,18 @@ import lzma
 import math
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from torchshrink.models import build_model
-from torchshrink.pack import save_compressed
+from torchshrink.pack import load_compressed, save_compressed
 from torchshrink.pruning import make_permanent, prune_
-from torchshrink.quant import QuantConfig, codebook, ptq, snap_floats_
-from torchshrink.train import TrainConfig, fit
+from torchshrink.quant import QuantConfig, quantize_, snap_floats_
+from torchshrink.recipes import TrainConfig, codebook, fit, ptq
 
 FLOAT = {"float32": "<f4", "float16": "<f2"}
 
@@ -64,7 +66,7 @@ def independent_read(data: bytes) -> dict[str, np.ndarray]:
     (h,) = struct.unpack("<Q", data[8:16])
     head = data[16 : 16 + h]
     header = json.loads((head if head[:1] == b"{" else zlib.decompress(head)).decode("utf-8"))
-    assert header["format"] == "torchshrink" and header["version"] == 2
+    assert header["format"] == "torchshrink" and header["version"] in (1, 2, 3)
     payload = data[16 + h :]
     assert len(payload) == header["payload_bytes"]
     assert hashlib.sha256(payload).hexdigest() == header["payload_sha256"]
@@ -107,6 +109,9 @@ def independent_read(data: bytes) -> dict[str, np.ndarray]:
             book = np.concatenate([[0.0], centroids.astype(np.float32)]).astype(np.float32)
             w = book[codes]
         out[t["name"]] = w.reshape(t["shape"])
+    for alias, target in header.get("aliases", {}).items():  # tied tensors: stored once, under the target
+        assert target in out and alias not in out
+        out[alias] = out[target]
     return out
 
 
@@ -116,15 +121,16 @@ def independent_read(data: bytes) -> dict[str, np.ndarray]:
 def test_independent_reader_agrees_with_the_model(small, tmp_path, bits, sparsity, compression, shared):
     torch.manual_seed(0)
     model = build_model("cnn_tiny")
-    fit(model, small.subset(train=500), TrainConfig(epochs=1, lr=0.05, batch_size=64), "cpu", progress=False, log=None)
+    fit(model, small.subset(train=500).task(batch_size=64), TrainConfig(epochs=1, lr=0.05), "cpu", progress=False,
+        log=None)  # fmt: skip
     if sparsity:
         prune_(model, sparsity)
         make_permanent(model)
     if shared:
-        q = codebook(model, small, bits, act_bits=8, log=None)
+        q = codebook(model, small.task(), bits, act_bits=8, log=None)
         snap_floats_(q)  # float16 biases and centroids
     else:
-        q = ptq(model, small, QuantConfig(bits=bits))
+        q = ptq(model, small.task(), QuantConfig(bits=bits))
     path = tmp_path / "m.tshrink"
     header = save_compressed(q, path, "cnn_tiny", compression=compression)
     if shared:
@@ -136,3 +142,38 @@ def test_independent_reader_agrees_with_the_model(small, tmp_path, bits, sparsit
         owner, _, leaf = name.rpartition(".")
         expected = getattr(modules[owner], leaf).detach().numpy()
         assert np.allclose(array, expected, atol=1e-7), name
+
+
+class TinyLM(nn.Module):
+    """Embedding -> Linear -> ReLU -> output layer that shares the embedding's weight (tied)."""
+
+    def __init__(self, vocab: int = 40, dim: int = 12):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.mix = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mix(self.embed(tokens))))  # (B, T) -> (B, T, vocab)
+
+
+@pytest.mark.filterwarnings("ignore:quantize_ left:UserWarning")  # the embedding stays float on purpose
+def test_independent_reader_reads_aliases_of_an_unregistered_model(tmp_path):
+    torch.manual_seed(0)
+    model = quantize_(TinyLM(), QuantConfig(bits=4, quantize_inputs=False), lambda m, name: name == "mix")
+    path = tmp_path / "lm.tshrink"
+    save_compressed(model, path, compression="lzma")
+    tensors = independent_read(path.read_bytes())
+    assert sorted(tensors) == ["embed.weight", "head.weight", "mix.bias", "mix.weight"]
+    assert np.array_equal(tensors["head.weight"], model.embed.weight.detach().numpy())
+    assert np.allclose(tensors["mix.weight"], model.mix.weight.detach().numpy(), atol=1e-7)
+
+
+def test_independent_reader_reads_the_version_2_fixture():
+    path = Path(__file__).parent / "data" / "v2_cnn_tiny_4bit.tshrink"
+    tensors = independent_read(path.read_bytes())
+    state = load_compressed(path).state_dict()
+    assert sorted(tensors) == sorted(state)
+    for name, array in tensors.items():
+        assert np.array_equal(array, state[name].numpy()), name

@@ -8,26 +8,32 @@ import torch
 from torchshrink.data import normalize
 from torchshrink.errors import ConfigError
 from torchshrink.models import build_model
-from torchshrink.pruning import (
+from torchshrink.pruning import get_mask, prune_from_zeros_
+from torchshrink.recipes import (
     GradualPruner,
-    get_mask,
+    TrainConfig,
+    distillation_loss,
+    evaluate,
+    fit,
     gradual_prune,
     iterative_prune,
     layer_sensitivity,
     oneshot_prune,
-    prune_from_zeros_,
     sensitivity_table,
     sparsities_for_tolerance,
 )
-from torchshrink.train import TrainConfig, distillation_loss, evaluate, fit
 
-FT = TrainConfig(epochs=1, lr=0.02, batch_size=64, augment=False)
+FT = TrainConfig(epochs=1, lr=0.02)
+
+
+def _task(data):
+    return data.task(batch_size=64, augment=False)
 
 
 def _trained(small, name="cnn_tiny"):
     torch.manual_seed(0)
     model = build_model(name)
-    fit(model, small, TrainConfig(epochs=2, lr=0.05, batch_size=64, augment=False), "cpu", progress=False, log=None)
+    fit(model, _task(small), TrainConfig(epochs=2, lr=0.05), "cpu", progress=False, log=None)
     return model
 
 
@@ -38,19 +44,19 @@ def test_iterative_pruning_reaches_target_and_never_unprunes(small):
     def remember(_):
         seen.append({n: get_mask(m).clone() for n, m in model.named_modules() if get_mask(m) is not None})
 
-    history = iterative_prune(model, small, 0.7, steps=3, finetune=FT, schedule="agp", log=remember)
+    history = iterative_prune(model, _task(small), 0.7, steps=3, finetune=FT, schedule="agp", log=remember)
     assert [round(h.target, 3) for h in history] == [0.493, 0.674, 0.7]
     assert abs(history[-1].achieved - 0.7) < 1e-3
     for earlier, later in zip(seen, seen[1:], strict=False):
         for name in earlier:
             assert not bool(((earlier[name] == 0) & (later[name] == 1)).any())
-    accuracy, _ = evaluate(model, small.test_x, small.test_y)
+    accuracy, _ = evaluate(model, small.test_batches())
     assert accuracy > 0.5  # still a classifier at 70% sparsity after retraining
 
 
 def test_oneshot_with_finetune_recovers_and_second_architecture_prunes(small):
     mlp = _trained(small, "mlp")
-    step = oneshot_prune(mlp, small, 0.9, scope="layer", finetune=FT, log=None)
+    step = oneshot_prune(mlp, _task(small), 0.9, scope="layer", finetune=FT, log=None)
     assert abs(step.achieved - 0.9) < 1e-3
     assert step.val_acc_retrained >= step.val_acc_pruned - 0.02
     assert len(step.layers) == 3
@@ -59,7 +65,7 @@ def test_oneshot_with_finetune_recovers_and_second_architecture_prunes(small):
 def test_sensitivity_curves_and_plan(small):
     model = _trained(small)
     before = copy.deepcopy(model.state_dict())
-    curves = layer_sensitivity(model, small.subset(val=500), sparsities=(0.5, 0.95), progress=False)
+    curves = layer_sensitivity(model, _task(small.subset(val=500)), sparsities=(0.5, 0.95), progress=False)
     assert set(curves) == {"features.conv1", "features.conv2", "features.conv3", "classifier.fc1", "classifier.fc2"}
     assert all(set(c) == {0.0, 0.5, 0.95} for c in curves.values())
     # pruning 95% of the first layer alone must hurt more than pruning 50% of it
@@ -71,12 +77,13 @@ def test_sensitivity_curves_and_plan(small):
 
 
 def test_rewind_resets_survivors_and_keeps_the_mask(small):
-    from torchshrink.pruning import prune_, rewind_
+    from torchshrink.pruning import prune_
+    from torchshrink.recipes import rewind_
 
     torch.manual_seed(0)
     model = build_model("cnn_tiny")
     early = {k: v.clone() for k, v in model.state_dict().items()}
-    fit(model, small.subset(train=256), TrainConfig(epochs=1, lr=0.05, batch_size=64), "cpu", progress=False, log=None)
+    fit(model, _task(small.subset(train=256)), TrainConfig(epochs=1, lr=0.05), "cpu", progress=False, log=None)
     prune_(model, 0.6)
     rewind_(model, early)
     conv = model.features.conv2
@@ -87,9 +94,9 @@ def test_rewind_resets_survivors_and_keeps_the_mask(small):
 
 def test_gradual_pruning_follows_the_cubic_schedule_during_training(small):
     model = _trained(small)
-    cfg = TrainConfig(epochs=2, lr=0.02, batch_size=64, augment=False)
+    cfg = TrainConfig(epochs=2, lr=0.02)
     masks_seen = []
-    step = gradual_prune(model, small, 0.8, cfg, start=0.1, end=0.6, frequency=5, log=lambda _: None)
+    step = gradual_prune(model, _task(small), 0.8, cfg, start=0.1, end=0.6, frequency=5, log=lambda _: None)
     assert abs(step.achieved - 0.8) < 1e-3
     assert step.val_acc_retrained > 0.5
     # the pruner's own schedule: monotone, cubic (fast first), ending at the target
@@ -107,7 +114,7 @@ def test_gradual_pruning_follows_the_cubic_schedule_during_training(small):
         pruner(m)
         masks_seen.append({n: get_mask(x).clone() for n, x in m.named_modules() if get_mask(x) is not None})
 
-    fit(model2, small.subset(train=640), TrainConfig(epochs=2, lr=0.02, batch_size=64), "cpu", after_step=hook,
+    fit(model2, _task(small.subset(train=640)), TrainConfig(epochs=2, lr=0.02), "cpu", after_step=hook,
         progress=False, log=None)  # fmt: skip
     for earlier, later in zip(masks_seen, masks_seen[1:], strict=False):
         for name in earlier:
@@ -120,11 +127,11 @@ def test_distillation_pulls_the_student_towards_the_teacher(small):
     teacher = _trained(small)
     torch.manual_seed(1)
     student = build_model("cnn_tiny")
-    cfg = TrainConfig(epochs=1, lr=0.05, batch_size=64, augment=False, distill=1.0, label_smoothing=0.0)
+    cfg = TrainConfig(epochs=1, lr=0.05, distill=1.0, label_smoothing=0.0)
     with pytest.raises(ConfigError, match="teacher"):
-        fit(copy.deepcopy(student), small, cfg, "cpu", progress=False, log=None)
+        fit(copy.deepcopy(student), _task(small), cfg, "cpu", progress=False, log=None)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    fit(student, small, cfg, "cpu", teacher=teacher, progress=False, log=None)
+    fit(student, _task(small), cfg, "cpu", teacher=teacher, progress=False, log=None)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # the teacher never trains
     x = normalize(small.val_x[:500])
     with torch.no_grad():

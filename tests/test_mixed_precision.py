@@ -8,12 +8,20 @@ import pytest
 import torch
 
 from torchshrink.errors import ConfigError
-from torchshrink.mixed_precision import LayerWidth, MixedPlan, allocate_bits, fit_plan_to_file, plan_mixed_precision
 from torchshrink.models import build_model
 from torchshrink.pack import encode_compressed, load_compressed, read_compressed, save_compressed
 from torchshrink.pruning import make_permanent, prune_
-from torchshrink.quant import codebook
-from torchshrink.train import TrainConfig, evaluate, fit
+from torchshrink.recipes import (
+    LayerWidth,
+    MixedPlan,
+    TrainConfig,
+    allocate_bits,
+    codebook,
+    evaluate,
+    fit,
+    fit_plan_to_file,
+    plan_mixed_precision,
+)
 
 
 def _rows(layer, widths):
@@ -71,30 +79,30 @@ def test_fitting_to_the_real_file_spends_an_overestimated_header_and_recovers_fr
     assert low.bits == {"robust": 2, "fragile": 4} and low.estimated_bytes <= 400
 
 
-def test_plan_fits_the_budget_and_the_file_uses_the_chosen_widths(small, tmp_path):
+def test_plan_fits_the_budget_and_the_file_uses_the_chosen_widths(small, small_task, tmp_path):
     torch.manual_seed(0)
     model = build_model("cnn_tiny")
-    fit(model, small, TrainConfig(epochs=2, lr=0.05, batch_size=64, augment=False), "cpu", progress=False, log=None)
+    fit(model, small_task, TrainConfig(epochs=2, lr=0.05), "cpu", progress=False, log=None)
     prune_(model, 0.5)
     make_permanent(model)
-    wide = plan_mixed_precision(copy.deepcopy(model), small, budget_bytes=10**6, candidates=(2, 4), progress=False,
+    wide = plan_mixed_precision(copy.deepcopy(model), small_task, budget_bytes=10**6, candidates=(2, 4), progress=False,
                                 log=None)  # fmt: skip
     assert set(wide.bits.values()) == {4}  # a generous budget keeps every layer at its widest width
     budget = (wide.estimated_bytes + wide.fixed_bytes) // 2 + 300
-    plan = plan_mixed_precision(model, small, budget_bytes=budget, candidates=(2, 4), progress=False, log=None)
+    plan = plan_mixed_precision(model, small_task, budget_bytes=budget, candidates=(2, 4), progress=False, log=None)
     assert plan.estimated_bytes <= budget and 2 in plan.bits.values()
-    q = codebook(model, small, plan.bits, act_bits=8, log=None)
+    q = codebook(model, small_task, plan.bits, act_bits=8, log=None)
     path = tmp_path / "mixed.tshrink"
     header = save_compressed(q, path, "cnn_tiny")
     stored = {t["name"].rsplit(".", 1)[0]: t["bits"] for t in header["tensors"] if t["encoding"] == "codebook"}
     assert stored == plan.bits
     assert abs(path.stat().st_size - plan.estimated_bytes) < 0.25 * plan.estimated_bytes  # the estimate is close
-    acc, _ = evaluate(load_compressed(path), small.test_x, small.test_y)
+    acc, _ = evaluate(load_compressed(path), small.test_batches())
     assert acc > 0.5
     read_compressed(path)
 
     def file_bytes(bits):
-        return len(encode_compressed(codebook(model, small, bits, act_bits=8, log=None), "cnn_tiny")[0])
+        return len(encode_compressed(codebook(model, small_task, bits, act_bits=8, log=None), "cnn_tiny")[0])
 
     fitted = fit_plan_to_file(plan, file_bytes, log=None)
     assert fitted.estimated_bytes == file_bytes(fitted.bits) <= budget  # measured, not estimated

@@ -5,6 +5,7 @@ import copy
 import json
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +20,8 @@ from torchshrink.pack.huffman import canonical_codes, code_lengths, encoded_bits
 from torchshrink.pack.sparse import decode_positions, encode_positions, gap_codes
 from torchshrink.pack.streams import decode_stream, encode_stream
 from torchshrink.pruning import make_permanent, prune_
-from torchshrink.quant import QuantConfig, codebook, ptq, qat, snap_floats_
-from torchshrink.train import TrainConfig, evaluate, fit
+from torchshrink.quant import QuantConfig, snap_floats_
+from torchshrink.recipes import TrainConfig, codebook, evaluate, fit, ptq, qat
 
 
 @settings(max_examples=200, deadline=None)
@@ -119,10 +120,10 @@ def test_streams_keep_the_smaller_coding():
 
 
 @pytest.fixture(scope="module")
-def trained(small):
+def trained(small_task):
     torch.manual_seed(0)
     model = build_model("cnn_tiny")
-    fit(model, small, TrainConfig(epochs=2, lr=0.05, batch_size=64, augment=False), "cpu", progress=False, log=None)
+    fit(model, small_task, TrainConfig(epochs=2, lr=0.05), "cpu", progress=False, log=None)
     return model.eval()
 
 
@@ -135,12 +136,12 @@ def _predictions_equal(a, b, small):
 
 
 @pytest.mark.parametrize("bits, sparsity", [(8, 0.0), (4, 0.5), (2, 0.9), (6, 0.7)])
-def test_save_load_gives_identical_predictions(trained, small, tmp_path, bits, sparsity):
+def test_save_load_gives_identical_predictions(trained, small, small_task, tmp_path, bits, sparsity):
     model = copy.deepcopy(trained)
     if sparsity:
         prune_(model, sparsity)
         make_permanent(model)
-    q = ptq(model, small, QuantConfig(bits=bits))
+    q = ptq(model, small_task, QuantConfig(bits=bits))
     path = tmp_path / "m.tshrink"
     save_compressed(q, path, "cnn_tiny")
     loaded = load_compressed(path)
@@ -155,15 +156,15 @@ def test_save_load_gives_identical_predictions(trained, small, tmp_path, bits, s
     assert not list(tmp_path.glob(".*tmp"))
 
 
-def test_sparsity_survives_qat_and_the_file_is_small(trained, small, tmp_path):
+def test_sparsity_survives_qat_and_the_file_is_small(trained, small, small_task, tmp_path):
     model = copy.deepcopy(trained)
     prune_(model, 0.8)
     make_permanent(model)
     q, _ = qat(
         model,
-        small,
+        small_task,
         QuantConfig(bits=4),
-        TrainConfig(epochs=1, lr=0.01, batch_size=64, augment=False),
+        TrainConfig(epochs=1, lr=0.01),
         log=None,
         progress=False,
     )
@@ -180,11 +181,11 @@ def test_sparsity_survives_qat_and_the_file_is_small(trained, small, tmp_path):
     assert header["compression"] in ("none", "zlib", "lzma")
 
 
-def test_codebook_round_trip_and_shared_gradient(trained, small, tmp_path):
+def test_codebook_round_trip_and_shared_gradient(trained, small, small_task, tmp_path):
     model = copy.deepcopy(trained)
     prune_(model, 0.5)
     make_permanent(model)
-    q = codebook(model, small, bits=3, act_bits=8, train=TrainConfig(epochs=1, lr=0.005, batch_size=64), log=None)
+    q = codebook(model, small_task, bits=3, act_bits=8, train=TrainConfig(epochs=1, lr=0.005), log=None)
     layer = q.features.conv2
     values = torch.unique(layer.weight)
     assert values.numel() <= 2**3  # 7 shared values and the pruned zero
@@ -194,7 +195,7 @@ def test_codebook_round_trip_and_shared_gradient(trained, small, tmp_path):
     _predictions_equal(q, load_compressed(path), small)
     dtypes = {t.get("dtype") or t.get("codebook_dtype") for t in header["tensors"]}
     assert dtypes == {"float16"}  # every float survived the rounding exactly, so the file keeps half the bytes
-    acc, _ = evaluate(q, small.test_x, small.test_y)
+    acc, _ = evaluate(q, small.test_batches())
     assert acc > 0.5
 
 
@@ -207,8 +208,8 @@ def _with_plain_header(blob: bytes, change) -> bytes:
     return blob[:8] + struct.pack("<Q", len(new)) + new + blob[16 + n :]
 
 
-def test_strict_reader_rejects_bad_files(trained, small, tmp_path):
-    q = ptq(trained, small, QuantConfig(bits=4))
+def test_strict_reader_rejects_bad_files(trained, small_task, tmp_path):
+    q = ptq(trained, small_task, QuantConfig(bits=4))
     path = tmp_path / "m.tshrink"
     save_compressed(q, path, "cnn_tiny", compression="none")
     good = path.read_bytes()
@@ -234,8 +235,8 @@ def test_strict_reader_rejects_bad_files(trained, small, tmp_path):
         read_compressed(tmp_path / "missing.tshrink")
 
 
-def test_plain_and_compressed_headers_read_alike(trained, small, tmp_path):
-    q = ptq(trained, small, QuantConfig(bits=4))
+def test_plain_and_compressed_headers_read_alike(trained, small_task, tmp_path):
+    q = ptq(trained, small_task, QuantConfig(bits=4))
     path = tmp_path / "m.tshrink"
     save_compressed(q, path, "cnn_tiny")
     blob = path.read_bytes()
@@ -247,9 +248,9 @@ def test_plain_and_compressed_headers_read_alike(trained, small, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def good_file(trained, small, tmp_path_factory):
+def good_file(trained, small_task, tmp_path_factory):
     path = tmp_path_factory.mktemp("fuzz") / "m.tshrink"
-    save_compressed(ptq(trained, small, QuantConfig(bits=4)), path, "cnn_tiny", compression="zlib")
+    save_compressed(ptq(trained, small_task, QuantConfig(bits=4)), path, "cnn_tiny", compression="zlib")
     return path.read_bytes()
 
 
@@ -295,3 +296,20 @@ def test_centroid_gradient_is_the_mean_of_its_weights_gradients():
     members = {int(k): grads[cb.indices == k].mean() for k in cb.indices.unique() if k > 0}
     for k, mean in members.items():
         assert torch.isclose(cb.centroids.grad[k - 1], mean)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_version_2_file_still_loads_with_the_same_predictions():
+    """tests/data/v2_cnn_tiny_4bit.tshrink was written by the version-2 writer (cnn_tiny, random weights and
+    BatchNorm statistics, weight-only 4-bit PTQ); the .json beside it holds the logits that writer's loader gave."""
+    header, _ = read_compressed(DATA / "v2_cnn_tiny_4bit.tshrink")
+    assert header["version"] == 2 and "aliases" not in header
+    expected = json.loads((DATA / "v2_cnn_tiny_4bit.json").read_text())
+    steps = torch.arange(8 * 784, dtype=torch.float32).reshape(8, 1, 28, 28)
+    x = torch.sin(steps * torch.linspace(0.1, 1.5, 8).reshape(8, 1, 1, 1)) * 2  # the .json's "input"
+    with torch.no_grad():
+        logits = load_compressed(DATA / "v2_cnn_tiny_4bit.tshrink")(x)
+    assert logits.argmax(1).tolist() == expected["argmax"] and len(set(expected["argmax"])) > 1
+    assert torch.allclose(logits, torch.tensor(expected["logits"]), rtol=0, atol=1e-5)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import warnings
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from torch import nn
 from torchshrink.errors import ConfigError
 from torchshrink.models import MLP, build_model
 from torchshrink.pruning import (
+    MASKS,
     agp_schedule,
     get_mask,
     global_magnitude_masks,
@@ -23,6 +26,7 @@ from torchshrink.pruning import (
     prune_from_zeros_,
     sparsity_report,
 )
+from torchshrink.pruning.masks import min_density_masks
 
 
 def _total_sparsity(model: nn.Module) -> float:
@@ -79,6 +83,116 @@ def test_a_pruned_weight_is_never_revived(first, second):
     w2 = w * m1 + 10 * (1 - m1)  # pruned entries now have the largest magnitudes
     m2 = layer_magnitude_mask(w2, max(first, second), m1)
     assert not bool(((m1 == 0) & (m2 == 1)).any())
+
+
+@pytest.mark.parametrize("amount", [0.0, 0.3, 0.5, 0.9])
+@pytest.mark.parametrize("shape", [(37,), (6, 5), (4, 3, 2, 2)])
+def test_mask_table_matches_torch_on_random_tensors(shape, amount):
+    """MASKS['layer'] keeps what l1_unstructured keeps and MASKS['global'] what global_unstructured keeps."""
+    torch.manual_seed(len(shape))
+    holders = [nn.Module() for _ in range(3)]
+    for i, h in enumerate(holders):
+        h.w = nn.Parameter(torch.randn(shape) * (i + 1))  # different scales: global differs from per-layer
+    tensors = [h.w.detach().clone() for h in holders]
+    per_layer = MASKS["layer"](tensors, amount, [None] * 3)
+    together = MASKS["global"](tensors, amount, [None] * 3)
+    reference = copy.deepcopy(holders)
+    for h in reference:
+        tprune.l1_unstructured(h, "w", amount=amount)
+    tprune.global_unstructured([(h, "w") for h in holders], tprune.L1Unstructured, amount=amount)
+    for ours, ref in zip(per_layer, reference, strict=True):
+        assert torch.equal(ours, ref.w_mask)
+    for ours, ref in zip(together, holders, strict=True):
+        assert torch.equal(ours, ref.w_mask)
+
+
+@pytest.mark.parametrize("first, second", [(0.3, 0.6), (0.5, 0.8), (0.2, 0.9)])
+def test_iterative_layer_mask_matches_torch_pruning_the_remaining_weights(first, second):
+    """With a previous mask, pruning to ``second`` in total is torch pruning the extra count among survivors."""
+    torch.manual_seed(3)
+    holder = nn.Module()
+    holder.w = nn.Parameter(torch.randn(10, 12))
+    n = holder.w.numel()
+    m1 = layer_magnitude_mask(holder.w, first)
+    ours = layer_magnitude_mask(holder.w, second, m1)
+    tprune.custom_from_mask(holder, "w", m1)
+    tprune.l1_unstructured(holder, "w", amount=round(second * n) - round(first * n))  # a count: of what is left
+    assert torch.equal(ours, holder.w_mask)
+
+
+def test_mask_table_functions_share_one_signature_and_unknown_scopes_list_them():
+    torch.manual_seed(0)
+    scores = [torch.randn(4, 5), torch.randn(7)]
+    previous = [None, (torch.rand(7) > 0.5).float()]
+    for name, fn in MASKS.items():
+        masks = fn(scores, 0.5, previous)
+        assert [m.shape for m in masks] == [s.shape for s in scores], name
+        assert not bool(((previous[1] == 0) & (masks[1] == 1)).any()), name
+    with pytest.raises(ConfigError, match="'layer', 'global', 'lamp'"):
+        prune_(build_model("cnn_tiny"), 0.5, scope="magnitude")
+
+
+@pytest.mark.parametrize("scope", ["layer", "global", "lamp"])
+def test_asking_for_less_than_the_previous_sparsity_revives_nothing(scope):
+    """A layer already 50% sparse, pruned 'to 30%', keeps its 50% zeros (above the request, by design)."""
+    torch.manual_seed(0)
+    model = MLP(hidden=(64, 32))
+    prune_(model, 0.5, scope="layer")
+    before = {n: get_mask(m).clone() for n, m in model.named_modules() if get_mask(m) is not None}
+    masks = prune_(model, 0.3, scope=scope)
+    for name, mask in masks.items():
+        assert torch.equal(mask, before[name])  # every old zero stays, and 30% < 50% adds none
+    assert abs(_total_sparsity(model) - 0.5) < 1e-3
+    w = torch.randn(100)
+    old = layer_magnitude_mask(w, 0.5)
+    assert torch.equal(layer_magnitude_mask(w, 0.3, old), old)  # the pure function alike
+
+
+@settings(max_examples=40, deadline=None)
+@given(first=st.floats(0, 0.9), second=st.floats(0, 0.9), density=st.floats(0, 1))
+def test_no_mask_function_ever_revives_a_pruned_weight(first, second, density):
+    """Whatever the amounts, every table function and the density floor only ever add zeros."""
+    ws = [torch.randn(30), torch.randn(5, 4) * 0.01]
+    previous = [layer_magnitude_mask(w, first) for w in ws]
+    grown = [w * m + 10 * (1 - m) for w, m in zip(ws, previous, strict=True)]  # pruned entries now largest
+    for fn in MASKS.values():
+        masks = min_density_masks(grown, fn(grown, second, previous), previous, density)
+        for old, new in zip(previous, masks, strict=True):
+            assert not bool(((old == 0) & (new == 1)).any())
+
+
+def _small_middle_layer() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    with torch.no_grad():
+        model[2].weight.mul_(1e-3)  # 1000x smaller than the others: first in line for a global threshold
+    return model
+
+
+def test_global_pruning_that_empties_a_layer_warns_and_min_density_keeps_a_floor():
+    model = _small_middle_layer()
+    with pytest.warns(UserWarning, match=r"2 \(0 of 4096 weights non-zero\).*scope='lamp'.*min_density") as record:
+        prune_(copy.deepcopy(model), 0.8)
+    assert len([w for w in record if "almost no weight" in str(w.message)]) == 1
+
+    floored = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 5% kept: nothing to warn about
+        masks = prune_(floored, 0.8, min_density=0.05)
+    n = model[2].weight.numel()
+    assert int(masks["2"].sum()) == math.ceil(0.05 * n)
+    assert torch.equal(masks["2"], layer_magnitude_mask(model[2].weight, 1 - math.ceil(0.05 * n) / n))  # its top 5%
+    rows = {r.name: r for r in sparsity_report(floored)}
+    total = 1 - sum(r.nonzeros for r in rows.values()) / sum(r.params for r in rows.values())
+    assert 0.75 < total < 0.8  # a little under the request, by the floor's extra weights
+
+
+def test_lamp_does_not_empty_the_small_layer():
+    model = _small_middle_layer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        masks = prune_(model, 0.8, scope="lamp")
+    assert masks["2"].mean() > 0.05
 
 
 def test_invalid_amounts_are_rejected():
@@ -152,7 +266,8 @@ def test_global_prunes_small_layers_harder_and_layer_scope_is_uniform():
     with torch.no_grad():
         model.net[3].weight.mul_(0.01)  # a layer of small weights
     g = copy.deepcopy(model)
-    prune_(g, 0.5, scope="global")
+    with pytest.warns(UserWarning, match="net.3"):  # emptied: the warning says so
+        prune_(g, 0.5, scope="global")
     rows = {r.name: r for r in sparsity_report(g)}
     assert rows["net.3"].sparsity > 0.9 and rows["net.1"].sparsity < 0.5
     prune_(model, 0.5, scope="layer")

@@ -5,24 +5,27 @@ import copy
 import pytest
 import torch
 
+from torchshrink.errors import ConfigError
 from torchshrink.models import build_model
 from torchshrink.pruning import make_permanent, prune_, sparsity_report
 from torchshrink.quant import (
+    FakeQuant,
     QuantConfig,
+    calibrate_,
     fold_batchnorm,
-    ptq,
-    qat,
+    quantize_,
     storage_report,
     weight_quantizer,
 )
-from torchshrink.train import TrainConfig, evaluate, fit
+from torchshrink.quant.apply import attach_input_quant_
+from torchshrink.recipes import TrainConfig, evaluate, fit, ptq, qat
 
 
 @pytest.fixture(scope="module")
-def trained(small):
+def trained(small_task):
     torch.manual_seed(0)
     model = build_model("cnn_tiny")
-    fit(model, small, TrainConfig(epochs=3, lr=0.05, batch_size=64, augment=False), "cpu", progress=False, log=None)
+    fit(model, small_task, TrainConfig(epochs=3, lr=0.05), "cpu", progress=False, log=None)
     return model.eval()
 
 
@@ -33,31 +36,31 @@ def test_fold_batchnorm_preserves_outputs(trained):
     assert torch.allclose(trained(x), folded(x), atol=1e-4)
 
 
-def test_ptq_8bit_stays_close_to_float(trained, small):
-    float_acc, _ = evaluate(trained, small.test_x, small.test_y)
-    q = ptq(trained, small, QuantConfig(bits=8))
-    q_acc, _ = evaluate(q, small.test_x, small.test_y)
+def test_ptq_8bit_stays_close_to_float(trained, small, small_task):
+    float_acc, _ = evaluate(trained, small.test_batches())
+    q = ptq(trained, small_task, QuantConfig(bits=8))
+    q_acc, _ = evaluate(q, small.test_batches())
     assert abs(q_acc - float_acc) < 0.01
-    low = ptq(trained, small, QuantConfig(bits=2))
+    low = ptq(trained, small_task, QuantConfig(bits=2))
     # a 2-bit model really is coarser: its weights take at most 3 values per channel
     layer = dict(low.named_modules())["features.conv2"]
     assert len(torch.unique(layer.weight[0])) <= 3
 
 
-def test_qat_trains_lsq_step_sizes_and_keeps_sparsity(trained, small):
+def test_qat_trains_lsq_step_sizes_and_keeps_sparsity(trained, small_task):
     pruned = copy.deepcopy(trained)
     prune_(pruned, 0.5)
     make_permanent(pruned)
     zeros_before = {r.name: r.params - r.nonzeros for r in sparsity_report(pruned)}
-    q = ptq(pruned, small, QuantConfig(bits=4))
+    q = ptq(pruned, small_task, QuantConfig(bits=4))
     scales_before = {
         n: weight_quantizer(m).scale.detach().clone() for n, m in q.named_modules() if weight_quantizer(m) is not None
     }
     q2, _ = qat(
         pruned,
-        small,
+        small_task,
         QuantConfig(bits=4),
-        TrainConfig(epochs=1, lr=0.01, batch_size=64, augment=False),
+        TrainConfig(epochs=1, lr=0.01),
         log=None,
         progress=False,
     )
@@ -83,12 +86,12 @@ def test_storage_report_counts_bits(trained):
     assert bits[0] == 8 and bits[-1] == 8 and set(bits[1:-1]) == {4}
 
 
-def test_exported_codes_reproduce_the_fake_quantized_weights(trained, small):
+def test_exported_codes_reproduce_the_fake_quantized_weights(trained, small_task):
     from torchshrink.quant.export import export_layers
 
     pruned = copy.deepcopy(trained)
     prune_(pruned, 0.6)
-    q = ptq(pruned, small, QuantConfig(bits=3))
+    q = ptq(pruned, small_task, QuantConfig(bits=3))
     layers = export_layers(q)
     modules = dict(q.named_modules())
     for layer in layers:
@@ -97,3 +100,46 @@ def test_exported_codes_reproduce_the_fake_quantized_weights(trained, small):
         assert torch.allclose(weight, modules[layer.name].weight, atol=1e-6)
     zeros = sum(int((x.codes == 0).sum()) for x in layers)
     assert zeros >= 0.6 * sum(x.codes.numel() for x in layers) - 1  # pruned weights are zero codes
+
+
+def _encoder() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), torch.nn.Linear(16, 4)
+    )
+
+
+@pytest.mark.parametrize("fast_path", [False, True])
+def test_attention_reads_the_quantized_out_proj_weight(fast_path):
+    """nn.MultiheadAttention passes out_proj.weight to its functional call: the parametrized (quantized) one."""
+    model = _encoder()
+    with pytest.warns(UserWarning, match="in_proj_weight"):  # the rest of attention stays in float
+        q = quantize_(copy.deepcopy(model), QuantConfig(bits=3, quantize_inputs=False))
+    attention = q[0].self_attn
+    quantized = attention.out_proj.weight.detach().clone()
+    assert not torch.equal(quantized, model[0].self_attn.out_proj.weight)
+    assert len(torch.unique(quantized[0])) <= 7  # 3-bit codes of one output channel
+    reference = copy.deepcopy(model[0].self_attn)
+    with torch.no_grad():
+        reference.out_proj.weight.copy_(quantized)
+    x = torch.randn(2, 5, 16)
+    for m in (attention, reference, model[0].self_attn):
+        m.train(not fast_path)  # eval + no_grad takes torch's fused fast path, training mode the Python one
+    with torch.set_grad_enabled(not fast_path):
+        got, _ = attention(x, x, x)
+        expected, _ = reference(x, x, x)
+        plain, _ = model[0].self_attn(x, x, x)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, plain, atol=1e-4)
+
+
+def test_calibration_names_a_layer_whose_input_saw_nothing():
+    model = _encoder()
+    with pytest.warns(UserWarning):
+        q = quantize_(model, QuantConfig(bits=4))
+    attach_input_quant_(q[0].self_attn.out_proj, 8)  # what quantize_ avoids: attention never calls it
+    with pytest.raises(ConfigError, match=r"'0.self_attn.out_proj' saw no data: its forward was never called"):
+        calibrate_(q, [torch.randn(2, 5, 16)])
+    assert not any(fq.observing for fq in q.modules() if isinstance(fq, FakeQuant))  # left as it was
+    with pytest.raises(ConfigError, match="batches are empty"):
+        calibrate_(q, [])

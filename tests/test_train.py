@@ -5,15 +5,15 @@ import torch
 
 from torchshrink.errors import ConfigError
 from torchshrink.models import build_model, fp32_bytes, layer_table, parameter_count
-from torchshrink.train import TrainConfig, evaluate, fit
+from torchshrink.recipes.train import TrainConfig, evaluate, fit
 
-QUICK = TrainConfig(epochs=1, lr=0.05, batch_size=64, seed=3)
+QUICK = TrainConfig(epochs=1, lr=0.05, seed=3)
 
 
 def _trained(small, cfg: TrainConfig, name: str = "cnn_tiny") -> torch.nn.Module:
     torch.manual_seed(cfg.seed)
     model = build_model(name)
-    fit(model, small.subset(train=512), cfg, "cpu", progress=False, log=None)
+    fit(model, small.subset(train=512).task(batch_size=64), cfg, "cpu", progress=False, log=None)
     return model
 
 
@@ -30,19 +30,17 @@ def test_different_seed_gives_different_weights(small):
 
 
 @pytest.mark.parametrize("name, optimizer, schedule", [("cnn_tiny", "sgd", "onecycle"), ("mlp", "adamw", "cosine")])
-def test_short_training_learns_far_above_chance(small, name, optimizer, schedule):
+def test_short_training_learns_far_above_chance(small, small_task, name, optimizer, schedule):
     torch.manual_seed(0)
     model = build_model(name)
     cfg = TrainConfig(
         epochs=3,
         lr=0.05 if optimizer == "sgd" else 2e-3,
-        batch_size=64,
         optimizer=optimizer,
         schedule=schedule,
-        augment=False,
     )
-    history = fit(model, small, cfg, "cpu", progress=False, log=None)
-    accuracy, loss = evaluate(model, small.test_x, small.test_y)
+    history = fit(model, small_task, cfg, "cpu", progress=False, log=None)
+    accuracy, loss = evaluate(model, small.test_batches())
     assert accuracy > 0.6, accuracy  # chance is 0.1
     assert history[-1].train_loss < history[0].train_loss
     assert len(history) == 3 and all(h.images_per_second > 0 for h in history)

@@ -5,30 +5,38 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from torchshrink.checkpoint import load_checkpoint, save_checkpoint
-from torchshrink.compress import CompressConfig, compress_model
-from torchshrink.data import FashionMNIST, load_fashion_mnist
+from torchshrink.data import FashionMNIST, Task, TensorBatches, load_fashion_mnist
 from torchshrink.errors import CheckpointError, ConfigError, DataError, TorchshrinkError
-from torchshrink.mixed_precision import plan_mixed_precision
-from torchshrink.models import MODELS, build_model, fp32_bytes, layer_table, parameter_count
+from torchshrink.layers import prunable_layers, skipped_layers
+from torchshrink.models import MODELS, build_model, fp32_bytes, layer_table, parameter_count, register_model
 from torchshrink.pack import FormatError, inspect_compressed, load_compressed, save_compressed
-from torchshrink.pruning import (
+from torchshrink.pruning import make_permanent, prune_, structured_prune_, structured_report
+from torchshrink.quant import QuantConfig, fold_batchnorm, quantize_, snap_floats_
+from torchshrink.recipes import (
+    CompressConfig,
+    TrainConfig,
+    codebook,
+    compress_model,
+    evaluate,
+    fit,
     gradual_prune,
     iterative_prune,
-    make_permanent,
     oneshot_prune,
-    prune_,
-    structured_prune_,
+    plan_mixed_precision,
+    ptq,
+    qat,
 )
-from torchshrink.quant import QuantConfig, codebook, fold_batchnorm, ptq, qat, quantize_, snap_floats_
-from torchshrink.train import TrainConfig, evaluate, fit
 
 __all__ = [
     "__version__",
     # data
+    "Task",
+    "TensorBatches",
     "FashionMNIST",
     "load_fashion_mnist",
     # models and training
     "MODELS",
+    "register_model",
     "build_model",
     "fp32_bytes",
     "layer_table",
@@ -39,6 +47,9 @@ __all__ = [
     # checkpoints
     "load_checkpoint",
     "save_checkpoint",
+    # layer selection
+    "prunable_layers",
+    "skipped_layers",
     # pruning
     "prune_",
     "make_permanent",
@@ -46,6 +57,7 @@ __all__ = [
     "iterative_prune",
     "gradual_prune",
     "structured_prune_",
+    "structured_report",
     # quantization
     "QuantConfig",
     "fold_batchnorm",

@@ -1,4 +1,4 @@
-"""The models torchshrink trains and compresses, and a name -> constructor table.
+"""The models torchshrink trains and compresses, and a name -> constructor registry (``@register_model``).
 
 The default ``cnn`` is a small VGG-style network chosen for accuracy per second of CPU training: five
 3x3 conv layers (conv + BatchNorm + ReLU), two max-pools, global average pooling and one linear layer.
@@ -11,12 +11,60 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "build_model", "ShrinkCNN", "MLP", "LayerInfo", "layer_table", "parameter_count", "fp32_bytes"]
+from torchshrink.errors import ConfigError
+
+__all__ = [
+    # the registry
+    "MODELS",
+    "register_model",
+    "build_model",
+    # the architectures
+    "ShrinkCNN",
+    "cnn_tiny",
+    "MLP",
+    # sizes
+    "LayerInfo",
+    "layer_table",
+    "parameter_count",
+    "fp32_bytes",
+]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}  # name -> class or factory; fill it with @register_model
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+
+def register_model(name: str) -> Callable[[F], F]:
+    """Decorator that registers a model class or factory function under ``name`` in :data:`MODELS`.
+
+    A registered model can be built by name (:func:`build_model`) and a compressed file saved with that
+    name rebuilds it without being given the model. Returns the decorated object unchanged.
+
+    Example:
+        >>> @register_model("doc_tiny_mlp")
+        ... def doc_tiny_mlp(**kwargs):
+        ...     return MLP(hidden=(8,), **kwargs)
+        >>> build_model("doc_tiny_mlp").net[1].out_features
+        8
+        >>> del MODELS["doc_tiny_mlp"]
+
+    Raises:
+        ConfigError: ``name`` is not a non-empty string or is already registered.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"model name {name!r}: give a non-empty string")
+
+    def add(constructor: F) -> F:
+        if name in MODELS:
+            raise ConfigError(f"model name {name!r} is already registered (to {MODELS[name]!r}); choose another name")
+        MODELS[name] = constructor
+        return constructor
+
+    return add
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[tuple[str, nn.Module]]:
@@ -27,6 +75,7 @@ def _conv_bn_relu(cin: int, cout: int) -> list[tuple[str, nn.Module]]:
     ]
 
 
+@register_model("cnn")
 class ShrinkCNN(nn.Module):
     """VGG-style CNN for 28x28 grayscale images: stages of 3x3 conv + BatchNorm + ReLU, each ending in a
     2x2 max-pool, then a small classifier on the flattened map.
@@ -82,6 +131,14 @@ class ShrinkCNN(nn.Module):
         return self.classifier(x)  # (N, C*3*3) -> (N, hidden) -> (N, classes)
 
 
+@register_model("cnn_tiny")
+def cnn_tiny(**kwargs: Any) -> ShrinkCNN:
+    """A :class:`ShrinkCNN` with channels ``(4, 8, 16)`` and 32 hidden units: seconds to train (tests).
+    Any argument of :class:`ShrinkCNN` overrides those."""
+    return ShrinkCNN(**{"channels": (4, 8, 16), "hidden": 32, **kwargs})
+
+
+@register_model("mlp")
 class MLP(nn.Module):
     """A plain multi-layer perceptron on flattened images (a second architecture for tests)."""
 
@@ -98,17 +155,15 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "cnn": ShrinkCNN,
-    "cnn_tiny": lambda **kw: ShrinkCNN(**{"channels": (4, 8, 16), "hidden": 32, **kw}),  # seconds to train (tests)
-    "mlp": MLP,
-}
-
-
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Construct a registered model by name, e.g. ``build_model("cnn")``."""
+    """Construct a registered model by name, e.g. ``build_model("cnn")``.
+
+    Raises:
+        ConfigError: no model is registered under ``name``; the message lists the registered names.
+    """
     if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(MODELS)} "
+                          "(add one with @torchshrink.models.register_model)")  # fmt: skip
     return MODELS[name](**kwargs)
 
 

@@ -3,7 +3,8 @@
 Layout: 8-byte magic ``TSHRINK\\x00``, an unsigned 64-bit little-endian header length ``H``, ``H`` bytes of
 header (UTF-8 JSON, or a zlib stream of it when that is smaller), then the payload. The payload is the
 concatenation of every tensor's byte sections, optionally compressed as a whole (``lzma`` or ``zlib``); the header's offsets point into the *decompressed*
-payload, and ``payload_sha256`` checks the payload bytes as stored.
+payload, and ``payload_sha256`` checks the payload bytes as stored. Version 3 adds ``aliases`` (tied tensors
+stored once) and models saved without a registered name (``model.name`` null, ``model.class`` informational).
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ __all__ = [
 
 MAGIC = b"TSHRINK\x00"
 FORMAT_NAME = "torchshrink"
-VERSION = 2  # 2 added Huffman-coded streams, float16 scales / centroids and the zlib-compressed header
-READABLE_VERSIONS = (1, 2)
+# 2 added Huffman-coded streams, float16 scales / centroids and the zlib-compressed header;
+# 3 added "aliases" (tied tensors stored once) and unregistered models (model.name null, model.class)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MAX_HEADER = 16 << 20  # a header larger than 16 MiB is refused before it is read
 MAX_ELEMENTS = 1 << 28  # per tensor, and in total: bounds every allocation driven by the header
 MAX_PAYLOAD = 1 << 31
@@ -164,9 +167,11 @@ def _decode(data: bytes) -> tuple[dict[str, Any], list[TensorRecord]]:
     _need(len(raw) == raw_len, f"decompressed payload is {len(raw)} bytes, header says {raw_len}")
     entries = header.get("tensors")
     _need(isinstance(entries, list), "header field 'tensors' is not a list")
-    records, total = [], 0
+    records, total, names = [], 0, set()
     for entry in entries:
         _need(isinstance(entry, dict) and isinstance(entry.get("name"), str), "a tensor entry has no name")
+        _need(entry["name"] not in names, f"tensor {entry['name']!r} appears twice")
+        names.add(entry["name"])
         shape = entry.get("shape")
         _need(isinstance(shape, list) and len(shape) <= 8 and all(isinstance(s, int) and not isinstance(s, bool)
               and 0 <= s <= MAX_ELEMENTS for s in shape), f"tensor {entry['name']!r}: invalid shape {shape!r}")  # fmt: skip
@@ -183,6 +188,12 @@ def _decode(data: bytes) -> tuple[dict[str, Any], list[TensorRecord]]:
             blobs[key] = raw[offset : offset + length]
         meta = {k: v for k, v in entry.items() if k not in ("name", "sections")}
         records.append(TensorRecord(entry["name"], meta, blobs))
+    aliases = header.get("aliases", {})
+    _need(isinstance(aliases, dict), "header field 'aliases' is not an object")
+    for alias, target in aliases.items():
+        _need(isinstance(target, str) and target in names,
+              f"alias {alias!r} points to {target!r}, which is no tensor of the file")  # fmt: skip
+        _need(alias not in names, f"alias {alias!r} is also the name of a tensor")
     return header, records
 
 

@@ -1,4 +1,6 @@
-"""Magnitude pruning: pure mask functions, schedules, masks that stick, structured channel removal."""
+"""Magnitude pruning: pure mask functions, schedules, masks that stick, structured channel removal.
+
+Procedures that retrain while pruning live in :mod:`torchshrink.recipes`."""
 
 from torchshrink.pruning.apply import (
     FilterFn,
@@ -12,17 +14,30 @@ from torchshrink.pruning.apply import (
     prune_from_zeros_,
     sparsity_report,
 )
-from torchshrink.pruning.gradual import GradualPruner, gradual_prune
-from torchshrink.pruning.iterative import PruneStep, achieved_sparsity, iterative_prune, oneshot_prune, rewind_
-from torchshrink.pruning.masks import MASKS, global_magnitude_masks, lamp_masks, lamp_scores, layer_magnitude_mask
+from torchshrink.pruning.masks import (
+    MASKS,
+    global_magnitude_masks,
+    lamp_masks,
+    lamp_scores,
+    layer_magnitude_mask,
+    layer_magnitude_masks,
+    min_density_masks,
+)
 from torchshrink.pruning.schedules import SCHEDULES, agp_schedule, linear_schedule, make_schedule
-from torchshrink.pruning.sensitivity import layer_sensitivity, sensitivity_table, sparsities_for_tolerance
-from torchshrink.pruning.structured import conv_chain, filter_scores, structured_prune_
+from torchshrink.pruning.structured import (
+    ChannelGroup,
+    filter_scores,
+    group_scores,
+    structured_prune_,
+    structured_report,
+)
 
 __all__ = [
     # pure mask functions and schedules
     "MASKS",
     "layer_magnitude_mask",
+    "layer_magnitude_masks",
+    "min_density_masks",
     "global_magnitude_masks",
     "lamp_scores",
     "lamp_masks",
@@ -41,19 +56,11 @@ __all__ = [
     "permanent_copy",
     "LayerSparsity",
     "sparsity_report",
-    # procedures
-    "PruneStep",
-    "oneshot_prune",
-    "iterative_prune",
-    "rewind_",
-    "achieved_sparsity",
-    "GradualPruner",
-    "gradual_prune",
-    "layer_sensitivity",
-    "sensitivity_table",
-    "sparsities_for_tolerance",
     # structured
-    "conv_chain",
+    "ChannelGroup",
+    "structured_report",
+    "group_scores",
     "filter_scores",
     "structured_prune_",
 ]
+

@@ -9,7 +9,7 @@ reaching a pruned entry is zero. :func:`make_permanent` bakes the zeros in and r
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -17,8 +17,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from torchshrink.errors import ConfigError
-from torchshrink.parametrizations import find_parametrization
-from torchshrink.pruning.masks import check_amount, global_magnitude_masks, lamp_masks, layer_magnitude_mask
+from torchshrink.layers import FilterFn, default_filter, find_parametrization, prunable_layers, warn_skipped
+from torchshrink.pruning.masks import MASKS, check_amount, check_density, min_density_masks
 
 __all__ = [
     "FilterFn",
@@ -34,24 +34,7 @@ __all__ = [
     "sparsity_report",
 ]
 
-FilterFn = Callable[[nn.Module, str], bool]
-
-
-def default_filter(module: nn.Module, name: str) -> bool:
-    """Conv2d and Linear weights are prunable; biases, BatchNorm and everything else are left alone."""
-    return isinstance(module, (nn.Conv2d, nn.Linear))
-
-
-def prunable_layers(model: nn.Module, filter_fn: FilterFn = default_filter) -> dict[str, nn.Module]:
-    """Qualified name -> module for every layer ``filter_fn`` accepts that has a ``weight``."""
-    layers = {
-        name: module
-        for name, module in model.named_modules()
-        if name and hasattr(module, "weight") and isinstance(_weight(module), torch.Tensor) and filter_fn(module, name)
-    }
-    if not layers:
-        raise ConfigError("no prunable layer: the model has no Conv2d/Linear layer accepted by the filter")
-    return layers
+SPARSE_LAYER_DENSITY = 0.01  # a layer keeping less than this fraction of its weights is reported after pruning
 
 
 class Mask(nn.Module):
@@ -86,46 +69,79 @@ def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
         parametrize.register_parametrization(module, "weight", Mask(mask))
 
 
-@torch.no_grad()
+def _warn_nearly_empty(layers: dict[str, nn.Module]) -> None:
+    """One warning naming every masked layer left with no non-zero weight or under 1% of them."""
+    sparse = []
+    for name, layer in layers.items():
+        mask = get_mask(layer)
+        if mask is None:
+            continue
+        kept, n = int(((_weight(layer) != 0) & (mask != 0)).sum()), mask.numel()
+        if kept == 0 or kept < SPARSE_LAYER_DENSITY * n:
+            sparse.append(f"{name} ({kept} of {n} weights non-zero)")
+    if sparse:
+        warnings.warn(
+            f"prune_ left {len(sparse)} layer(s) with no or almost no weight, so their output is (nearly) "
+            f"constant: {', '.join(sparse)}. Global magnitude ranking empties layers whose weights are small; "
+            "use scope='lamp' (scale-free scores never empty a layer) or min_density=0.05 (a floor per layer)",
+            stacklevel=3,
+        )
+
+
 def prune_(
     model: nn.Module,
     sparsity: float | dict[str, float],
     scope: str = "global",
     filter_fn: FilterFn = default_filter,
+    min_density: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Prune ``model`` in place by weight magnitude and return the masks by layer name.
+
+    Masks already attached are respected: a weight once pruned is never revived. So a layer whose previous
+    mask pruned more than ``sparsity`` asks for keeps its previous zeros and ends above the request.
+
+    Warns (one warning each) about weight-like parameters no accepted layer covers (they stay dense; see
+    :func:`torchshrink.layers.skipped_layers`) and about layers left with no or under 1% non-zero weights.
 
     Args:
         sparsity: the fraction of zeros to reach; with ``scope="layer"`` it may be a dict of per-layer
             sparsities (layers not named keep their current mask).
-        scope: ``"global"`` ranks all prunable weights together by magnitude, ``"lamp"`` together by
-            layer-adaptive (scale-free) magnitude, ``"layer"`` ranks each layer alone.
+        scope: a key of :data:`torchshrink.pruning.masks.MASKS`: ``"global"`` ranks all prunable weights
+            together by magnitude, ``"lamp"`` together by layer-adaptive (scale-free) magnitude, ``"layer"``
+            ranks each layer alone.
         filter_fn: ``(module, qualified_name) -> bool`` choosing the prunable layers.
+        min_density: fraction of each layer's weights always kept: a layer the ranking leaves under it keeps
+            its top ``ceil(min_density * n)`` weights by magnitude (among those not pruned before), so the
+            total sparsity may end a little under ``sparsity``.
 
-    Masks already attached are respected: a weight once pruned is never revived.
+    Raises:
+        ConfigError: an unknown scope, a sparsity outside [0, 1), per-layer sparsities outside
+            ``scope="layer"``, an unknown layer name, or no prunable layer.
     """
+    if scope not in MASKS:
+        raise ConfigError(f"scope {scope!r}: choose one of {', '.join(repr(k) for k in MASKS)}")
+    check_density(min_density)
     layers = prunable_layers(model, filter_fn)
-    if scope in ("global", "lamp"):
-        if isinstance(sparsity, dict):
+    if isinstance(sparsity, dict):
+        if scope != "layer":
             raise ConfigError("per-layer sparsities need scope='layer'")
-        names = list(layers)
-        scores = [_weight(layers[n]) for n in names]
-        rank = global_magnitude_masks if scope == "global" else lamp_masks
-        masks = rank(scores, check_amount(sparsity), [get_mask(layers[n]) for n in names])
-        plan = dict(zip(names, masks, strict=True))
-    elif scope == "layer":
-        amounts = sparsity if isinstance(sparsity, dict) else dict.fromkeys(layers, sparsity)
-        unknown = sorted(set(amounts) - set(layers))
+        unknown = sorted(set(sparsity) - set(layers))
         if unknown:
             raise ConfigError(f"no prunable layer named {unknown[0]!r}; prunable: {', '.join(layers)}")
-        plan = {
-            n: layer_magnitude_mask(_weight(layers[n]), check_amount(a), get_mask(layers[n]))
-            for n, a in amounts.items()
-        }
+        groups = [([name], check_amount(amount)) for name, amount in sparsity.items()]
     else:
-        raise ConfigError(f"scope {scope!r}: choose 'global', 'lamp' or 'layer'")
-    for name, mask in plan.items():
-        _set_mask(layers[name], mask)
+        groups = [(list(layers), check_amount(sparsity))]
+    warn_skipped(model, filter_fn, "prune_")
+    with torch.no_grad():
+        for names, amount in groups:
+            weights = [_weight(layers[n]) for n in names]
+            previous = [get_mask(layers[n]) for n in names]
+            masks = MASKS[scope](weights, amount, previous)
+            if min_density > 0:
+                masks = min_density_masks(weights, masks, previous, min_density)
+            for name, mask in zip(names, masks, strict=True):
+                _set_mask(layers[name], mask)
+        _warn_nearly_empty(layers)
     return {name: get_mask(module) for name, module in layers.items() if get_mask(module) is not None}
 
 

@@ -1,132 +1,123 @@
-"""Structured pruning: remove whole conv filters and rebuild the layers, so the model really shrinks.
+"""Structured pruning: remove whole conv channels and rebuild the layers, so the model really shrinks.
 
-Works on models whose Conv2d layers form a chain (each conv's output feeds, through an optional
-BatchNorm2d, ReLU and pooling, into the next conv, and the last one into a Linear layer, directly after
-global pooling or flattened). Filters are ranked by the L1 norm of the *effective* filter: with a
-BatchNorm after the conv, each filter is scaled by ``|gamma| / sqrt(running_var + eps)``, which is the
-filter the layer computes once BatchNorm is folded in. The conv, its BatchNorm and the consumer's input
-channels are rebuilt smaller; the kept channels compute exactly what they computed before.
+The model is traced with torch.fx and its channels are split into groups that must be removed together
+(:mod:`torchshrink.pruning.dependency`): a conv's filters with its BatchNorm, depthwise convs and the input
+channels of the layers reading them; both sides of a residual addition; the slices of a concatenation.
+Each group is ranked by the L1 norm of the *effective* filters of its producer convs: with a BatchNorm
+right after a conv, each filter is scaled by ``|gamma| / sqrt(running_var + eps)``, which is the filter the
+layer computes once BatchNorm is folded in. Groups are pruned one after another in forward order (a
+conv's score sees the input channels already removed upstream), lowest scores first; the kept channels
+compute exactly what they computed before.
+
+Groups whose channels reach something not understood (LayerNorm, a reshape, the model output...) are left
+alone; :func:`structured_report` says which and why, and :func:`structured_prune_` warns about them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
 
 import torch
 from torch import nn
 
 from torchshrink.errors import ConfigError
+from torchshrink.pruning.dependency import channel_graph
+from torchshrink.pruning.groups import ChannelGraph, ChannelGroup
+from torchshrink.pruning.rebuild import kept_positions, replace_layer, shrink_layer
 
-__all__ = ["ChainLink", "conv_chain", "filter_scores", "prune_channels_", "structured_prune_"]
-
-
-@dataclass
-class ChainLink:
-    """A conv, the BatchNorm right after it (if any), and the layer consuming its channels."""
-
-    conv_name: str
-    conv: nn.Conv2d
-    bn_name: str | None
-    bn: nn.BatchNorm2d | None
-    consumer_name: str
-    consumer: nn.Conv2d | nn.Linear
-
-
-def conv_chain(model: nn.Module) -> list[ChainLink]:
-    """Find the conv chain in module registration order (which is forward order for sequential models)."""
-    modules = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
-    links: list[ChainLink] = []
-    for i, (name, module) in enumerate(modules):
-        if not isinstance(module, nn.Conv2d):
-            continue
-        if module.groups != 1:
-            raise ConfigError(f"{name}: grouped convolutions are not supported by structured pruning")
-        bn_name, bn, rest = None, None, modules[i + 1 :]
-        if rest and isinstance(rest[0][1], nn.BatchNorm2d):
-            (bn_name, bn), rest = rest[0], rest[1:]
-        if not rest or isinstance(rest[0][1], nn.BatchNorm2d):
-            raise ConfigError(f"{name}: no Conv2d or Linear consumes its output; structured pruning needs a chain")
-        consumer_name, consumer = rest[0]
-        width = consumer.in_channels if isinstance(consumer, nn.Conv2d) else consumer.in_features
-        if width % module.out_channels:
-            raise ConfigError(f"{name}: {module.out_channels} channels do not divide {consumer_name}'s {width} inputs")
-        links.append(ChainLink(name, module, bn_name, bn, consumer_name, consumer))
-    if not links:
-        raise ConfigError("structured pruning found no Conv2d layer in the model")
-    return links
+__all__ = ["ChannelGroup", "filter_scores", "group_scores", "structured_report", "structured_prune_"]
 
 
 @torch.no_grad()
-def filter_scores(link: ChainLink) -> torch.Tensor:
-    """L1 norm of each output filter after BatchNorm folding: shape ``(out_channels,)``."""
-    norms = link.conv.weight.abs().sum(dim=(1, 2, 3))
-    if link.bn is not None:
-        norms = norms * link.bn.weight.abs() / torch.sqrt(link.bn.running_var + link.bn.eps)
+def filter_scores(conv: nn.Module, bn: nn.Module | None = None) -> torch.Tensor:
+    """L1 norm of each output filter after folding ``bn`` (the BatchNorm right after ``conv``, if any).
+
+    Returns:
+        shape ``(out_channels,)``.
+
+    Example:
+        >>> conv = nn.Conv2d(1, 2, 1, bias=False); conv.weight.data[:] = 1.0
+        >>> filter_scores(conv).tolist()
+        [1.0, 1.0]
+    """
+    norms = conv.weight.abs().sum(dim=tuple(range(1, conv.weight.dim())))  # (out, in, *k) -> (out,)
+    if bn is not None:
+        gamma = bn.weight.abs() if bn.weight is not None else 1.0
+        norms = norms * gamma / torch.sqrt(bn.running_var + bn.eps) if bn.running_var is not None else norms * gamma
     return norms
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    module.train(model.get_submodule(name).training)  # a rebuilt BatchNorm must keep eval mode
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+def group_scores(model: nn.Module, graph: ChannelGraph, group: ChannelGroup) -> torch.Tensor:
+    """Sum over the group's producer convs of :func:`filter_scores`: shape ``(channels,)``."""
+    scores = None
+    for name in group.producers:
+        bn_name = graph.bn_after.get(name)
+        s = filter_scores(model.get_submodule(name), model.get_submodule(bn_name) if bn_name else None)
+        scores = s if scores is None else scores + s.to(scores.device)
+    assert scores is not None  # every group has a producer
+    return scores
 
 
-@torch.no_grad()
-def prune_channels_(model: nn.Module, link: ChainLink, keep: torch.Tensor) -> None:
-    """Keep only output channels ``keep`` (sorted indices) of ``link.conv``; rebuild its BatchNorm and consumer."""
-    keep = keep.sort().values
-    conv = link.conv
-    new_conv = nn.Conv2d(
-        conv.in_channels, len(keep), conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        bias=conv.bias is not None, padding_mode=conv.padding_mode,
-    ).to(conv.weight.device, conv.weight.dtype)  # fmt: skip
-    new_conv.weight.copy_(conv.weight[keep])
-    if conv.bias is not None:
-        new_conv.bias.copy_(conv.bias[keep])
-    _set(model, link.conv_name, new_conv)
-    if link.bn is not None:
-        bn = link.bn
-        new_bn = nn.BatchNorm2d(len(keep), bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
-        new_bn.to(bn.running_mean.device)
-        if bn.affine:
-            new_bn.weight.copy_(bn.weight[keep])
-            new_bn.bias.copy_(bn.bias[keep])
-        new_bn.running_mean.copy_(bn.running_mean[keep])
-        new_bn.running_var.copy_(bn.running_var[keep])
-        new_bn.num_batches_tracked.copy_(bn.num_batches_tracked)
-        _set(model, link.bn_name, new_bn)
-    consumer = link.consumer
-    if isinstance(consumer, nn.Conv2d):
-        new = nn.Conv2d(
-            len(keep), consumer.out_channels, consumer.kernel_size, consumer.stride, consumer.padding,
-            consumer.dilation, bias=consumer.bias is not None, padding_mode=consumer.padding_mode,
-        )  # fmt: skip
-        new.weight.copy_(consumer.weight[:, keep])
-    else:
-        # a flattened (C, H, W) input: each channel owns a contiguous block of H*W features
-        block = consumer.in_features // conv.out_channels
-        cols = (keep[:, None] * block + torch.arange(block, device=keep.device)).flatten()
-        new = nn.Linear(len(cols), consumer.out_features, bias=consumer.bias is not None)
-        new.weight.copy_(consumer.weight[:, cols])
-    new.to(consumer.weight.device, consumer.weight.dtype)
-    if consumer.bias is not None:
-        new.bias.copy_(consumer.bias)
-    _set(model, link.consumer_name, new)
+def structured_report(model: nn.Module) -> list[ChannelGroup]:
+    """Every channel group of ``model`` in forward order, prunable or not (read only).
+
+    A group's ``label`` is its first producer conv, ``layers`` the layers it would shrink, and ``reasons``
+    why it cannot be pruned (empty when it can), e.g. ``["reaches the model output (its channels must all
+    stay)"]``.
+
+    Raises:
+        ConfigError: the model cannot be traced with torch.fx, or a grouped conv reads prunable channels.
+    """
+    return channel_graph(model).groups
 
 
 def structured_prune_(model: nn.Module, amount: float, min_channels: int = 1) -> dict[str, tuple[int, int]]:
-    """Remove the fraction ``amount`` of output channels of every conv in the chain, lowest norms first.
+    """Remove ``round(amount * C)`` of the C channels of every prunable group, lowest scores first.
 
-    Returns ``{conv_name: (channels_before, channels_after)}``. The model is modified in place.
+    Args:
+        model: changed in place: the affected layers are replaced by smaller ones of the same type.
+        amount: fraction of channels to remove, in ``[0, 1)``.
+        min_channels: no group is pruned below this many channels.
+
+    Returns:
+        ``{label: (channels_before, channels_after)}`` for each pruned group, labelled by its first
+        producer conv (``"features.conv1"``). Skipped groups are left out and named in a warning.
+
+    Raises:
+        ConfigError: ``amount`` out of range, the model cannot be traced, a grouped conv reads prunable
+            channels, or no group can be pruned (the message lists each group and why).
     """
     if not 0.0 <= amount < 1.0:
         raise ConfigError(f"sparsity {amount}: the fraction of channels to remove must be in [0, 1)")
+    graph = channel_graph(model)
+    if not graph.groups:
+        raise ConfigError("structured pruning found no Conv1d/Conv2d/Conv3d layer (groups=1) in the model")
+    skipped = [g for g in graph.groups if not g.prunable]
+    if len(skipped) == len(graph.groups):
+        raise ConfigError(f"structured pruning found no prunable channels: {_describe(skipped)}")
+    if skipped:
+        warnings.warn(
+            f"structured pruning left {len(skipped)} channel group(s) whole: {_describe(skipped)}", stacklevel=2
+        )
+    sizes = [g.channels for g in graph.groups]
     changes = {}
-    for name in [link.conv_name for link in conv_chain(model)]:
-        link = next(ln for ln in conv_chain(model) if ln.conv_name == name)  # re-read: consumers were rebuilt
-        before = link.conv.out_channels
-        n_keep = max(min_channels, before - round(amount * before))
-        keep = torch.topk(filter_scores(link), n_keep, sorted=False).indices
-        prune_channels_(model, link, keep)
-        changes[name] = (before, n_keep)
+    for group in graph.groups:
+        if not group.prunable:
+            continue
+        before = sizes[group.index]
+        n_keep = min(before, max(min_channels, before - round(amount * before)))
+        changes[group.label] = (before, n_keep)
+        if n_keep == before:
+            continue
+        keep = torch.topk(group_scores(model, graph, group), n_keep, sorted=False).indices.sort().values.cpu()
+        for slot in graph.slots_of(group.index):
+            layer = shrink_layer(
+                model.get_submodule(slot.layer), slot.axis, kept_positions(slot, group.index, keep, sizes)
+            )
+            replace_layer(model, slot.layer, layer)
+        sizes[group.index] = n_keep
     return changes
+
+
+def _describe(groups: list[ChannelGroup]) -> str:
+    return "; ".join(f"{g.label} ({g.channels} channels): {', '.join(g.reasons)}" for g in groups)

@@ -1,4 +1,6 @@
-"""Quantization of weights and activations at 2..8 bits: primitives, fake-quant modules, PTQ and QAT."""
+"""Quantization of weights and activations at 2..8 bits: primitives, fake-quant modules, model transforms.
+
+PTQ, QAT and codebook fine-tuning (procedures that calibrate or train) live in :mod:`torchshrink.recipes`."""
 
 from torchshrink.quant.apply import (
     LayerStorage,
@@ -23,7 +25,6 @@ from torchshrink.quant.primitives import (
     quantize,
     round_ste,
 )
-from torchshrink.quant.procedures import calibration_batches, codebook, prepare_quantized, ptq, qat
 from torchshrink.quant.sharing import Codebook, codebook_layers, codebook_quantize_, kmeans_1d
 from torchshrink.quant.snap import snap_floats_
 
@@ -52,12 +53,6 @@ __all__ = [
     "set_scales_trainable",
     "LayerStorage",
     "storage_report",
-    # procedures
-    "calibration_batches",
-    "prepare_quantized",
-    "ptq",
-    "qat",
-    "codebook",
     # weight sharing
     "Codebook",
     "kmeans_1d",
@@ -65,3 +60,4 @@ __all__ = [
     "codebook_layers",
     "snap_floats_",
 ]
+

@@ -13,6 +13,11 @@ Inputs of quantized layers (activations): calibrated on training images. An inpu
 * the logits (the last layer's output) stay in float: only their argmax is used.
 
 With ``keep_first_last_8bit`` the first and last layers' weights and the last layer's input are 8-bit too.
+
+Layers are chosen by :mod:`torchshrink.layers` (any convolution or linear layer by default). The ``out_proj``
+of an ``nn.MultiheadAttention`` gets a weight quantizer but no input quantizer: attention calls it through
+``F.multi_head_attention_forward``, which reads ``out_proj.weight`` (so the quantized weight is used) but never
+calls the module, so no input hook would run.
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from torchshrink.data.task import inputs_of
 from torchshrink.errors import ConfigError
-from torchshrink.parametrizations import find_parametrization
-from torchshrink.pruning.apply import FilterFn, default_filter, prunable_layers
+from torchshrink.layers import FilterFn, default_filter, find_parametrization, prunable_layers, warn_skipped
 from torchshrink.quant.fake_quant import CALIBRATIONS, FakeQuant, QuantSpec
 from torchshrink.quant.primitives import check_bits
 
@@ -35,6 +40,7 @@ __all__ = [
     "QuantConfig",
     "quantize_",
     "attach_input_quant_",
+    "input_skip_reason",
     "quantized_layers",
     "weight_quantizer",
     "input_quantizer",
@@ -97,9 +103,23 @@ def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def attach_input_quant_(layer: nn.Module, bits: int) -> FakeQuant:
     """Fake-quantize ``layer``'s input (calibrate before use: it starts disabled)."""
-    layer.input_quant = FakeQuant(QuantSpec(bits=bits, signed=True, symmetric=False))
+    layer.input_quant = FakeQuant(QuantSpec(bits=bits, signed=True, symmetric=False), is_activation=True)
     layer.register_forward_pre_hook(_quantize_input_hook)
     return layer.input_quant
+
+
+_MHA_INPUT_REASON = (
+    "input not quantized: the out_proj of nn.MultiheadAttention is applied inside F.multi_head_attention_forward, "
+    "which never calls the module (no input hook runs); its weight is quantized"
+)
+
+
+def input_skip_reason(model: nn.Module, name: str) -> str | None:
+    """Why layer ``name``'s input cannot be fake-quantized by a forward hook, or ``None`` when it can."""
+    parent = name.rpartition(".")[0]
+    if isinstance(model.get_submodule(parent), nn.MultiheadAttention):
+        return _MHA_INPUT_REASON
+    return None
 
 
 def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = default_filter) -> nn.Module:
@@ -107,10 +127,12 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = defau
     enable weight quantization. Inputs still need :func:`calibrate_` before they are quantized.
 
     Fold BatchNorm first (:func:`torchshrink.quant.fold_batchnorm`) so the quantized weights are the ones
-    that run. Works in place; returns ``model``.
+    that run. Warns once, listing the weight-like parameters left in float and the layers whose input is not
+    quantized (the ``out_proj`` of ``nn.MultiheadAttention``). Works in place; returns ``model``.
     """
     layers = prunable_layers(model, filter_fn)
     names = list(layers)
+    unquantized_inputs = {}
     for i, (name, layer) in enumerate(layers.items()):
         if weight_quantizer(layer) is not None:
             raise ConfigError(f"{name}: already quantized")
@@ -121,10 +143,15 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = defau
         fq.calibrate_from(layer.weight, config.weight_calibration)  # the weight as masked, if pruned
         fq.enabled = True
         parametrize.register_parametrization(layer, "weight", fq)
-        if config.quantize_inputs:
-            first, last = i == 0, i == len(names) - 1
-            act = 8 if first or (config.keep_first_last_8bit and last) else config.activation_bits
-            attach_input_quant_(layer, act)
+        if not config.quantize_inputs:
+            continue
+        if (reason := input_skip_reason(model, name)) is not None:
+            unquantized_inputs[name] = reason
+            continue
+        first, last = i == 0, i == len(names) - 1
+        act = 8 if first or (config.keep_first_last_8bit and last) else config.activation_bits
+        attach_input_quant_(layer, act)
+    warn_skipped(model, filter_fn, "quantize_", extra=unquantized_inputs)
     return model
 
 
@@ -136,25 +163,52 @@ def set_quant_enabled(model: nn.Module, enabled: bool = True) -> None:
 
 
 @torch.no_grad()
-def calibrate_(model: nn.Module, batches: Iterable[torch.Tensor], method: str | None = None) -> nn.Module:
-    """Run ``batches`` (normalised images) through the model to set every input quantizer's range.
+def calibrate_(model: nn.Module, batches: Iterable[Any], method: str | None = None) -> nn.Module:
+    """Run ``batches`` through the model to set every input quantizer's range.
 
     Weight quantization stays on while observing, so each range reflects the quantized weights upstream;
     all inputs are observed in one pass (upstream activations not yet quantized).
+
+    Args:
+        batches: input tensors or ``(inputs, targets)`` tuples/lists (a ``DataLoader`` works); each is moved
+            to the model's device.
+        method: ``"minmax"``, ``"percentile"`` (the default) or ``"mse"``.
+
+    Raises:
+        ConfigError: no batch, or a quantized layer whose input saw no data (its forward never ran).
     """
-    quantizers = [q for m in model.modules() if (q := input_quantizer(m)) is not None]
+    quantizers = {name: q for name, m in model.named_modules() if (q := input_quantizer(m)) is not None}
     if not quantizers:
         return model
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
-    for fq in quantizers:
+    for fq in quantizers.values():
         fq.observing = True
-    for x in batches:
-        model(x)
-    for fq in quantizers:
+    seen = 0
+    try:
+        for batch in batches:
+            model(inputs_of(batch).to(device))
+            seen += 1
+        if not seen:
+            raise ConfigError("calibration batches are empty: pass at least one batch of inputs")
+        unseen = [name for name, fq in quantizers.items() if not fq.has_observed]
+        if unseen:
+            raise ConfigError(
+                f"calibration: the input quantizer of {', '.join(repr(n) for n in unseen)} saw no data: its "
+                "forward was never called (e.g. the out_proj of nn.MultiheadAttention is applied inside "
+                "F.multi_head_attention_forward); exclude it with filter_fn or quantize its weight only "
+                "(QuantConfig(quantize_inputs=False))"
+            )
+    except BaseException:
+        for fq in quantizers.values():
+            fq.cancel_observing()  # leave the model as it was, not half-observing
+        raise
+    finally:
+        model.train(was_training)
+    for fq in quantizers.values():
         fq.finish_observing(method or "percentile")
         fq.enabled = True
-    model.train(was_training)
     return model
 
 

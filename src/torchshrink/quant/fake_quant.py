@@ -18,6 +18,9 @@ __all__ = ["QuantSpec", "FakeQuant", "CALIBRATIONS"]
 
 CALIBRATIONS = ("minmax", "percentile", "mse")
 MIN_SCALE = 1e-8
+# seeds the calibration sample's keys; not 0, whose random stream test and toy data often come from
+# (keys equal to the data they select would bias the sample)
+SAMPLE_SEED = 0x5EED_CA1B
 
 
 @dataclass(frozen=True)
@@ -56,24 +59,35 @@ class FakeQuant(nn.Module):
 
     Modes: ``observing`` (records statistics, returns the input unchanged), ``enabled`` (quantizes), or
     neither (identity). ``scale`` is a parameter: frozen for post-training quantization, trained in QAT.
+
+    Args:
+        spec: the number format.
+        channels: output channels of a per-channel weight (one scale each).
+        max_samples: how many observed values calibration keeps (a uniform sample over all batches).
+        is_activation: the input is a batch of activations (dim 0 = samples), not a weight: the LSQ gradient
+            scale then counts the values of one sample, so it does not depend on the batch size.
     """
 
-    def __init__(self, spec: QuantSpec, channels: int = 1, max_samples: int = 200_000):
+    def __init__(self, spec: QuantSpec, channels: int = 1, max_samples: int = 200_000, is_activation: bool = False):
         super().__init__()
         self.spec = spec
         self.enabled = False
         self.observing = False
         self.max_samples = max_samples
+        self.is_activation = is_activation
         n = channels if spec.per_channel else 1
         self.scale = nn.Parameter(torch.ones(n), requires_grad=False)
         self.register_buffer("zero_point", torch.zeros(n))
         self.register_buffer("observed_min", torch.tensor(float("inf")))
         self.register_buffer("observed_max", torch.tensor(float("-inf")))
-        self._samples: list[torch.Tensor] = []
+        self._reset_samples()
 
     def extra_repr(self) -> str:
         s = self.spec
-        return f"bits={s.bits}, signed={s.signed}, symmetric={s.symmetric}, per_channel={s.per_channel}, enabled={self.enabled}"
+        return (
+            f"bits={s.bits}, signed={s.signed}, symmetric={s.symmetric}, per_channel={s.per_channel}, "
+            f"is_activation={self.is_activation}, enabled={self.enabled}"
+        )
 
     @property
     def effective_scale(self) -> torch.Tensor:
@@ -94,24 +108,56 @@ class FakeQuant(nn.Module):
             return x
         scale, zp = self._scale_zp()
         if scale.requires_grad:
-            # LSQ gradient scaling (Esser et al. 2020): keeps the step size's updates in proportion
-            per_scale = x.numel() / scale.numel()
+            # LSQ gradient scaling (Esser et al. 2020): g = 1 / sqrt(N * Qp) keeps the step size's updates in
+            # proportion to the weights'. N counts the values one scale quantizes: the weights per scale, or
+            # for activations the features of ONE sample (the batch dimension would make g depend on it)
+            per_scale = (x[0].numel() if self.is_activation and x.ndim > 0 else x.numel()) / scale.numel()
             g = 1.0 / math.sqrt(per_scale * max(self.spec.qmax, 1))
             scale = scale * g + (scale - scale * g).detach()
         return fake_quantize(x, scale, zp, self.spec.qmin, self.spec.qmax, self.spec.axis)
 
     # --- calibration -----------------------------------------------------------------------------------
 
+    def _reset_samples(self) -> None:
+        self._samples: list[torch.Tensor] = []  # kept observed values (CPU, float32)
+        self._sample_keys = torch.empty(0)  # their random keys: the sample is the max_samples smallest keys
+        self._generator: torch.Generator | None = None
+
+    @property
+    def has_observed(self) -> bool:
+        """Whether any value was observed since observing started."""
+        return bool(self._samples)
+
+    def cancel_observing(self) -> None:
+        """Stop observing and drop what was observed, leaving the scale as it was."""
+        self._reset_samples()
+        self.observing = False
+
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
         self.observed_min.copy_(torch.minimum(self.observed_min, x.min()))
         self.observed_max.copy_(torch.maximum(self.observed_max, x.max()))
+        # A uniform sample without replacement of every value observed in all batches (bottom-k of random
+        # keys), so each batch counts in proportion to its size while memory stays bounded; the seeded
+        # generator makes calibration deterministic. (A strided subsample would alias with the feature
+        # map's layout, e.g. always hit the same pixel of every channel.)
+        if self._generator is None or self._generator.device != x.device:
+            self._generator = torch.Generator(device=x.device).manual_seed(SAMPLE_SEED)
         flat = x.detach().flatten()
-        held = sum(t.numel() for t in self._samples)
-        if held < self.max_samples:
-            # a strided subsample keeps memory bounded while following the distribution
-            step = max(1, flat.numel() // max(1, (self.max_samples - held)))
-            self._samples.append(flat[::step].float().cpu())
+        keys = torch.rand(flat.numel(), generator=self._generator, device=x.device)
+        if self._sample_keys.numel() >= self.max_samples:
+            # only keys below the largest one held can enter the sample
+            candidates = keys < self._sample_keys.max().to(x.device)
+            flat, keys = flat[candidates], keys[candidates]
+        if keys.numel() > self.max_samples:
+            keys, index = torch.topk(keys, self.max_samples, largest=False)
+            flat = flat[index]
+        values = torch.cat([*self._samples, flat.float().cpu()])
+        keys = torch.cat([self._sample_keys, keys.cpu()])
+        if keys.numel() > self.max_samples:
+            keys, index = torch.topk(keys, self.max_samples, largest=False)
+            values = values[index]
+        self._samples, self._sample_keys = [values], keys
 
     @torch.no_grad()
     def calibrate_from(self, x: torch.Tensor, method: str = "minmax") -> None:
@@ -159,5 +205,5 @@ class FakeQuant(nn.Module):
                 self.calibrate_from(samples, "mse")
             else:
                 self.calibrate_from(samples, "minmax")
-        self._samples = []
+        self._reset_samples()
         self.observing = False

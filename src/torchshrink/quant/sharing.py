@@ -15,8 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from torchshrink.errors import ConfigError
-from torchshrink.parametrizations import find_parametrization
-from torchshrink.pruning.apply import FilterFn, default_filter, prunable_layers
+from torchshrink.layers import FilterFn, default_filter, find_parametrization, prunable_layers
 from torchshrink.quant.primitives import check_bits
 
 __all__ = ["kmeans_1d", "Codebook", "codebook_quantizer", "codebook_layers", "codebook_quantize_"]

@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 from torchshrink._io import atomic_write_bytes, atomic_write_json
 from torchshrink.data import load_fashion_mnist
 from torchshrink.provenance import machine, versions
+from torchshrink.recipes.train import pick_device
 from torchshrink.study import stages
 from torchshrink.study.cache import StageCache
 from torchshrink.study.config import StudyConfig
-from torchshrink.train import pick_device
 
 __all__ = ["run_study", "StudyInterrupted"]
 
@@ -40,7 +40,7 @@ def run_study(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the whole study into ``out``; return what ``results.json`` holds."""
-    from torchshrink.report import write_report
+    from torchshrink.study.report import write_report
 
     out = Path(out)
     started = time.perf_counter()

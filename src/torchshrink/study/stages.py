@@ -14,22 +14,25 @@ import torch
 from torch import nn
 
 from torchshrink.checkpoint import load_checkpoint, save_checkpoint
-from torchshrink.compress import CompressConfig, compress_model, write_and_verify
-from torchshrink.data import FashionMNIST
+from torchshrink.data import FashionMNIST, Task
 from torchshrink.measure import count_macs, latency
 from torchshrink.models import build_model, fp32_bytes, layer_table, parameter_count
-from torchshrink.pruning import (
+from torchshrink.pruning import permanent_copy, prune_, sparsity_report, structured_prune_
+from torchshrink.quant import QuantConfig, storage_report
+from torchshrink.recipes import (
+    CompressConfig,
+    TrainConfig,
+    compress_model,
+    evaluate,
+    fit,
     gradual_prune,
     iterative_prune,
     layer_sensitivity,
-    permanent_copy,
-    prune_,
-    sparsity_report,
-    structured_prune_,
+    ptq,
+    qat,
+    write_and_verify,
 )
-from torchshrink.quant import QuantConfig, ptq, qat, storage_report
 from torchshrink.study.config import CombinedPoint, StudyConfig
-from torchshrink.train import TrainConfig, evaluate, fit
 
 __all__ = ["Context", "baseline", "oneshot", "sensitivity", "iterative_step", "gradual", "continued", "quantize_width",
            "combined_point", "point_file", "structured"]  # fmt: skip
@@ -44,8 +47,13 @@ class Context:
     device: torch.device
     log: Callable[[str], None]
 
+    @property
+    def task(self) -> Task:
+        """The training, validation and calibration batches every procedure takes (default batch size)."""
+        return self.data.task(calibration_images=self.cfg.data.calibration_images)
+
     def test(self, model: nn.Module) -> float:
-        return evaluate(model, self.data.test_x, self.data.test_y, device=self.device)[0]
+        return evaluate(model, self.data.test_batches(), device=self.device)[0]
 
 
 def _model_args(model: nn.Module) -> dict[str, Any]:
@@ -56,17 +64,18 @@ def baseline(ctx: Context, folder: Path) -> dict[str, Any]:
     b = ctx.cfg.baseline
     torch.manual_seed(ctx.cfg.seed)
     model = build_model(b.model)
-    train = TrainConfig(epochs=b.epochs, lr=b.lr, batch_size=b.batch_size, crop_padding=b.crop_padding,
-                        seed=ctx.cfg.seed)  # fmt: skip
+    train = TrainConfig(epochs=b.epochs, lr=b.lr, seed=ctx.cfg.seed)
+    task = ctx.data.task(batch_size=b.batch_size, crop_padding=b.crop_padding)
     start = time.perf_counter()
-    history = fit(model, ctx.data, train, ctx.device, log=ctx.log)
+    history = fit(model, task, train, ctx.device, log=ctx.log)
     seconds = time.perf_counter() - start
     acc = ctx.test(model)
     save_checkpoint(folder / "model", model, b.model, _model_args(model), metrics={"test_accuracy": acc})
     return {
         "test_accuracy": acc, "train_seconds": seconds, "parameters": parameter_count(model),
         "fp32_bytes": fp32_bytes(model), "layers": [r.__dict__ for r in layer_table(model)],
-        "history": [h.__dict__ for h in history], "train_config": train.to_dict(),
+        "history": [h.__dict__ for h in history],
+        "train_config": {**train.to_dict(), "batch_size": b.batch_size, "crop_padding": b.crop_padding},
     }  # fmt: skip
 
 
@@ -86,7 +95,7 @@ def oneshot(ctx: Context, base: nn.Module) -> dict[str, Any]:
 
 
 def sensitivity(ctx: Context, base: nn.Module) -> dict[str, Any]:
-    curves = layer_sensitivity(base, ctx.data, ctx.cfg.sensitivity.sparsities, ctx.device, progress=False)
+    curves = layer_sensitivity(base, ctx.task, ctx.cfg.sensitivity.sparsities, ctx.device, progress=False)
     return {"val_accuracy": {n: {str(s): a for s, a in c.items()} for n, c in curves.items()}}
 
 
@@ -94,7 +103,7 @@ def iterative_step(ctx: Context, model: nn.Module, start: float, target: float, 
     """Continue step-by-step pruning of ``model`` (in place) from sparsity ``start`` to ``target``."""
     it = ctx.cfg.iterative
     t0 = time.perf_counter()
-    steps = iterative_prune(model, ctx.data, target, it.steps_per_target,
+    steps = iterative_prune(model, ctx.task, target, it.steps_per_target,
                             TrainConfig(epochs=it.epochs_per_step, lr=it.lr, seed=ctx.cfg.seed), "agp", "global",
                             device=ctx.device, log=ctx.log, initial=start)  # fmt: skip
     seconds = time.perf_counter() - t0
@@ -129,7 +138,7 @@ def _gradual_run(
 ) -> dict[str, Any]:  # fmt: skip
     g = ctx.cfg.gradual
     train = TrainConfig(epochs=epochs, lr=lr, distill=g.distill, temperature=g.temperature, seed=ctx.cfg.seed)
-    step = gradual_prune(model, ctx.data, sparsity, train, start, end, g.frequency,
+    step = gradual_prune(model, ctx.task, sparsity, train, start, end, g.frequency,
                          teacher=base if g.distill else None, device=ctx.device, log=ctx.log)  # fmt: skip
     plain = permanent_copy(model)
     rows = sparsity_report(plain)
@@ -145,14 +154,14 @@ def _gradual_run(
 def quantize_width(ctx: Context, base: nn.Module, bits: int, first_last_8bit: bool) -> dict[str, Any]:
     q = ctx.cfg.quantization
     config = QuantConfig(bits=bits, act_calibration=q.calibration, keep_first_last_8bit=first_last_8bit)
-    model = ptq(base, ctx.data, config, ctx.cfg.data.calibration_images)
+    model = ptq(base, ctx.task, config)
     ptq_acc = ctx.test(model)
     storage = sum(r.total_bytes for r in storage_report(model))
     t0 = time.perf_counter()
     qat_acc, seconds = None, 0.0
     if q.qat_epochs:
-        model, _ = qat(base, ctx.data, config, TrainConfig(epochs=q.qat_epochs, lr=q.lr, seed=ctx.cfg.seed), ctx.device,
-                       ctx.cfg.data.calibration_images, log=ctx.log)  # fmt: skip
+        model, _ = qat(base, ctx.task, config, TrainConfig(epochs=q.qat_epochs, lr=q.lr, seed=ctx.cfg.seed), ctx.device,
+                       log=ctx.log)  # fmt: skip
         qat_acc, seconds = ctx.test(model), time.perf_counter() - t0
     return {"bits": bits, "act_bits": bits, "first_last_8bit": first_last_8bit, "ptq_test_accuracy": ptq_acc,
             "qat_test_accuracy": qat_acc, "qat_seconds": seconds, "weight_bytes": storage}  # fmt: skip
@@ -165,9 +174,9 @@ def combined_point(
     cfg = CompressConfig(sparsity=point.sparsity, bits=point.bits, act_bits=point.act_bits, codebook=point.codebook,
                          qat_epochs=c.qat_epochs, lr=c.lr, distill=c.distill, budget_bytes=point.budget_bytes)  # fmt: skip
     name, args = ctx.cfg.baseline.model, _model_args(base)
-    model, record = compress_model(base, ctx.data, cfg, ctx.device, log=ctx.log, pruned=pruned, model_name=name,
+    model, record = compress_model(base, ctx.task, cfg, ctx.device, log=ctx.log, pruned=pruned, model_name=name,
                                    model_args=args)  # fmt: skip
-    result = write_and_verify(model, base, ctx.data, folder / point_file(point), name, args)
+    result = write_and_verify(model, base, ctx.data.test_batches(), folder / point_file(point), name, args)
     result["file"] = point_file(point)
     extra = {"mixed_precision": record["mixed_precision"]} if "mixed_precision" in record else {}
     return {"label": point.label, "source": point.source, "config": cfg.to_dict(), **result, **extra,
@@ -187,7 +196,7 @@ def structured(ctx: Context, base: nn.Module) -> dict[str, Any]:
     channels = structured_prune_(small, s.amount)
     pruned_acc = ctx.test(small)
     if s.finetune_epochs:
-        fit(small, ctx.data, TrainConfig(epochs=s.finetune_epochs, lr=s.lr, seed=ctx.cfg.seed), ctx.device, log=ctx.log)
+        fit(small, ctx.task, TrainConfig(epochs=s.finetune_epochs, lr=s.lr, seed=ctx.cfg.seed), ctx.device, log=ctx.log)
     acc = ctx.test(small)
     base_cpu, small_cpu = copy.deepcopy(base).cpu(), copy.deepcopy(small).cpu()
     lat = {}

@@ -20,14 +20,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from torchshrink.data import FashionMNIST
+from torchshrink.data.task import Task, as_task, take_samples
 from torchshrink.errors import ConfigError
 from torchshrink.pack.compressed import encoded_weight_bytes
 from torchshrink.pruning.apply import permanent_copy, prunable_layers
 from torchshrink.quant.fold import fold_batchnorm
 from torchshrink.quant.primitives import check_bits
 from torchshrink.quant.sharing import codebook_layers, codebook_quantize_
-from torchshrink.train import evaluate
+from torchshrink.recipes.train import evaluate
 
 __all__ = [
     "LayerWidth",
@@ -79,23 +79,28 @@ def _folded(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def codebook_width_table(
     model: nn.Module,
-    data: FashionMNIST,
+    task: Task,
     candidates: tuple[int, ...] = (2, 3, 4, 5, 6),
     val_images: int | None = None,
     progress: bool = True,
 ) -> tuple[float, float, list[LayerWidth]]:
     """For every prunable layer and width: validation accuracy and loss with only that layer clustered, and the
     layer's encoded bytes (codes, positions, float16 codebook). Returns the float accuracy, loss and the table."""
-    return _width_table(_folded(model), data, candidates, val_images, progress)
+    task = as_task(task)
+    return _width_table(_folded(model), task, candidates, val_images, progress)
 
 
 def _width_table(
-    folded: nn.Module, data: FashionMNIST, candidates: tuple[int, ...], val_images: int | None, progress: bool
+    folded: nn.Module, task: Task, candidates: tuple[int, ...], val_images: int | None, progress: bool
 ) -> tuple[float, float, list[LayerWidth]]:
     for b in candidates:
         check_bits(b)
-    x, y = data.val_x[:val_images], data.val_y[:val_images]
-    float_acc, float_loss = evaluate(folded, x, y)
+    val = list(take_samples(task.need("val", "mixed precision"), val_images))  # evaluated once per layer and width
+
+    def measure(m: nn.Module) -> tuple[float, float]:
+        return evaluate(m, val, loss=task.loss, metric=task.metric)
+
+    float_acc, float_loss = measure(folded)
     names = list(prunable_layers(folded))
     rows = []
     bar = tqdm(total=len(names) * len(candidates), desc="layer widths", leave=False, disable=None if progress else True)
@@ -103,7 +108,7 @@ def _width_table(
         for bits in candidates:
             trial = copy.deepcopy(folded)
             codebook_quantize_(trial, bits, filter_fn=lambda _m, n, name=name: n == name)
-            acc, loss = evaluate(trial, x, y)
+            acc, loss = measure(trial)
             cb = codebook_layers(trial)[name]
             values, indices = cb.export()
             size = encoded_weight_bytes(indices.numpy() + 1, bits) + 2 * values.numel()
@@ -162,7 +167,7 @@ def allocate_bits(table: list[LayerWidth], budget: int, fixed: int, units: int =
 
 def plan_mixed_precision(
     model: nn.Module,
-    data: FashionMNIST,
+    task: Task,
     budget_bytes: int,
     candidates: tuple[int, ...] = (2, 3, 4, 5, 6),
     val_images: int | None = None,
@@ -170,8 +175,9 @@ def plan_mixed_precision(
     log: Callable[[str], None] | None = print,
 ) -> MixedPlan:
     """Measure the width table of a (pruned) model and allocate widths so the file fits ``budget_bytes``."""
+    task = as_task(task)
     folded = _folded(model)
-    float_acc, float_loss, table = _width_table(folded, data, candidates, val_images, progress)
+    float_acc, float_loss, table = _width_table(folded, task, candidates, val_images, progress)
     layers = prunable_layers(folded)
     biases = sum(m.bias.numel() for m in layers.values() if getattr(m, "bias", None) is not None)
     fixed = 2 * biases + HEADER_ESTIMATE

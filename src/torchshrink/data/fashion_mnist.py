@@ -1,5 +1,8 @@
 """Fashion-MNIST: locate the four official IDX files, verify them, parse them, batch them in memory.
 
+It is the embedded default dataset, and one adapter to the data interface: :meth:`FashionMNIST.task` gives
+the batches every procedure takes (:class:`torchshrink.data.Task`), with normalisation and augmentation inside.
+
 Every file is checked against the SHA-256 of its *decompressed* content before it is parsed (Debian's
 ``dataset-fashion-mnist`` recompressed the ``.gz`` files, so the compressed bytes differ from the official
 release while the contents are identical). Everything is held as ``uint8`` tensors and normalised per batch.
@@ -13,7 +16,7 @@ import os
 import struct
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from torchshrink._io import atomic_write_bytes
+from torchshrink.data.task import Task
+from torchshrink.data.tensors import TensorBatches
 from torchshrink.errors import DataError
 
 __all__ = [
@@ -28,13 +33,13 @@ __all__ = [
     "CLASSES",
     "MEAN",
     "STD",
+    "EVAL_BATCH",
     "FashionMNIST",
     "find_data_dir",
     "read_idx",
     "load_fashion_mnist",
     "normalize",
     "augment",
-    "batches",
 ]
 
 # name -> (SHA-256 of the decompressed IDX content, magic number, item count)
@@ -46,6 +51,7 @@ FILES: dict[str, tuple[str, int, int]] = {
 }
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 MEAN, STD = 0.2860, 0.3530  # of the training pixels scaled to [0, 1]
+EVAL_BATCH = 128  # measured fastest on 2 CPU cores: 10k images in 3.1 s vs 5.6 s at 1000
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -185,6 +191,40 @@ class FashionMNIST:
             self.test_x[:test], self.test_y[:test], self.source,
         )  # fmt: skip
 
+    # --- the adapter to torchshrink's data interface (``Task``) ------------------------------------------
+
+    def train_batches(
+        self, batch_size: int = 256, augment: bool = True, crop_padding: int = 0, seed: int = 0
+    ) -> TensorBatches:
+        """Shuffled, normalised (and augmented: random crop after ``crop_padding`` and horizontal flip)
+        training batches; ``fit`` re-seeds them with its own seed."""
+        transform = _train_transform(crop_padding) if augment else _eval_transform
+        return TensorBatches(self.train_x, self.train_y, batch_size, shuffle=True, transform=transform, seed=seed)
+
+    def val_batches(self, batch_size: int = EVAL_BATCH) -> TensorBatches:
+        """Normalised validation batches, in order."""
+        return TensorBatches(self.val_x, self.val_y, batch_size, transform=_eval_transform)
+
+    def test_batches(self, batch_size: int = EVAL_BATCH) -> TensorBatches:
+        """Normalised test batches, in order: only for reported figures, never for choosing settings."""
+        return TensorBatches(self.test_x, self.test_y, batch_size, transform=_eval_transform)
+
+    def calibration_batches(self, images: int = 512, batch_size: int = 256) -> list[torch.Tensor]:
+        """The first ``images`` training images (the split is already shuffled), normalised, in batches."""
+        x = self.train_x[:images]
+        return [normalize(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+
+    def task(
+        self, batch_size: int = 256, augment: bool = True, crop_padding: int = 0, calibration_images: int = 512
+    ) -> Task:
+        """Training, validation and calibration batches of this dataset as a :class:`Task` (top-1 accuracy,
+        cross-entropy). The test split is not part of it: evaluate on :meth:`test_batches` to report."""
+        return Task(
+            train=self.train_batches(batch_size, augment, crop_padding),
+            val=self.val_batches(),
+            calibration=self.calibration_batches(calibration_images),
+        )
+
 
 def load_fashion_mnist(
     data_dir: str | os.PathLike[str] | None = None, val_size: int = 5000, split_seed: int = 0
@@ -231,35 +271,9 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.
     return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def batches(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    augment_images: bool = False,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    channels_last: bool = False,
-    pad: int = 2,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield normalised ``(images, labels)`` batches on ``device`` straight from in-memory tensors.
+def _eval_transform(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return normalize(x)
 
-    ``x`` should already live on ``device`` (move it once, not per batch). The last batch may be smaller.
-    """
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
-    n = len(y)
-    order = torch.randperm(n, generator=generator).to(x.device) if shuffle else None
-    for start in range(0, n, batch_size):
-        if order is None:
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        else:
-            idx = order[start : start + batch_size]
-            xb, yb = x[idx], y[idx]
-        xb = normalize(xb.to(device, non_blocking=True))
-        if augment_images:
-            xb = augment(xb, generator, pad)
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        yield xb, yb.to(device, non_blocking=True)
+
+def _train_transform(pad: int) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    return lambda x, generator: augment(normalize(x), generator, pad)

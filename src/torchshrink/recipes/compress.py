@@ -15,16 +15,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchshrink.data import FashionMNIST
+from torchshrink.data.task import Batches, Task, as_task
 from torchshrink.errors import ConfigError
-from torchshrink.mixed_precision import fit_plan_to_file, plan_mixed_precision
 from torchshrink.models import fp32_bytes
 from torchshrink.pack import encode_compressed, inspect_compressed, load_compressed, save_compressed
-from torchshrink.pruning import gradual_prune, iterative_prune, make_permanent
+from torchshrink.pruning import make_permanent
 from torchshrink.pruning.masks import check_amount
-from torchshrink.quant import QuantConfig, codebook, ptq, qat, snap_floats_
+from torchshrink.quant import QuantConfig, snap_floats_
 from torchshrink.quant.primitives import check_bits
-from torchshrink.train import TrainConfig, evaluate
+from torchshrink.recipes.gradual import gradual_prune
+from torchshrink.recipes.mixed_precision import fit_plan_to_file, plan_mixed_precision
+from torchshrink.recipes.prune import iterative_prune
+from torchshrink.recipes.quantize import codebook, ptq, qat
+from torchshrink.recipes.train import TrainConfig, evaluate
 
 __all__ = ["CompressConfig", "compress_model", "write_and_verify"]
 
@@ -71,9 +74,9 @@ class CompressConfig:
 
 def compress_model(
     base: nn.Module,
-    data: FashionMNIST,
+    task: Task,
     cfg: CompressConfig,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     log: Callable[[str], None] | None = print,
     pruned: nn.Module | None = None,
     model_name: str | None = None,
@@ -81,9 +84,11 @@ def compress_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Prune (unless ``pruned`` is given: an already-pruned model to reuse) and quantize a copy of ``base``.
 
-    With a size budget and ``model_name`` (the registered name the file will carry, with ``model_args``), the
-    per-layer widths are fitted to the real file's size rather than to an estimate of its header.
+    With a size budget the per-layer widths are fitted to the real file's size rather than to an estimate of
+    its header; ``model_name`` and ``model_args`` are what the file will carry (a registered architecture), or
+    ``None`` for a model of your own.
     """
+    task = as_task(task) if task is not None else None
     record: dict[str, Any] = {"config": cfg.to_dict()}
     teacher = base if cfg.distill else None
     start = time.perf_counter()
@@ -93,9 +98,9 @@ def compress_model(
             prune_cfg = TrainConfig(epochs=cfg.prune_epochs, lr=cfg.prune_lr, distill=cfg.distill,
                                     temperature=cfg.temperature)  # fmt: skip
             if cfg.prune_method == "gradual":
-                steps = [gradual_prune(pruned, data, cfg.sparsity, prune_cfg, teacher=teacher, device=device, log=log)]
+                steps = [gradual_prune(pruned, task, cfg.sparsity, prune_cfg, teacher=teacher, device=device, log=log)]
             else:
-                steps = iterative_prune(pruned, data, cfg.sparsity, cfg.steps, prune_cfg, device=device, log=log,
+                steps = iterative_prune(pruned, task, cfg.sparsity, cfg.steps, prune_cfg, device=device, log=log,
                                         teacher=teacher)  # fmt: skip
             record["prune_steps"] = [s.to_dict() for s in steps]
         make_permanent(pruned)
@@ -107,19 +112,18 @@ def compress_model(
     if cfg.codebook:
         bits: int | dict[str, int] = cfg.bits
         if cfg.budget_bytes is not None:
-            plan = plan_mixed_precision(pruned, data, cfg.budget_bytes, tuple(range(2, cfg.bits + 1)), log=log)
-            if model_name is not None:
-                plan = fit_plan_to_file(plan, lambda b: _file_bytes(pruned, data, b, act_bits, cfg, model_name,
-                                                                    model_args), log=log)  # fmt: skip
+            plan = plan_mixed_precision(pruned, task, cfg.budget_bytes, tuple(range(2, cfg.bits + 1)), log=log)
+            plan = fit_plan_to_file(plan, lambda b: _file_bytes(pruned, task, b, act_bits, cfg, model_name,
+                                                                model_args), log=log)  # fmt: skip
             bits = plan.bits
             record["mixed_precision"] = plan.to_dict()
-        model = codebook(pruned, data, bits, act_bits, train, device, log=log, teacher=teacher)
+        model = codebook(pruned, task, bits, act_bits, train, device, log=log, teacher=teacher)
     else:
         qcfg = QuantConfig(bits=cfg.bits, act_bits=act_bits, keep_first_last_8bit=cfg.keep_first_last_8bit)
         if train:
-            model = qat(pruned, data, qcfg, train, device, log=log, teacher=teacher)[0]
+            model = qat(pruned, task, qcfg, train, device, log=log, teacher=teacher)[0]
         else:
-            model = ptq(pruned, data, qcfg)
+            model = ptq(pruned, task, qcfg)
     if cfg.float16:
         snap_floats_(model)
     record["quant_seconds"] = time.perf_counter() - start
@@ -128,15 +132,15 @@ def compress_model(
 
 def _file_bytes(
     pruned: nn.Module,
-    data: FashionMNIST,
+    task: Task,
     bits: dict[str, int],
     act_bits: int | None,
     cfg: CompressConfig,
-    model_name: str,
+    model_name: str | None,
     model_args: dict[str, Any] | None,
 ) -> int:
     """Size of the file of ``pruned`` clustered at ``bits``, before fine-tuning (which keeps the indices)."""
-    model = codebook(pruned, data, bits, act_bits, None, "cpu", log=None)
+    model = codebook(pruned, task, bits, act_bits, None, "cpu", log=None)
     if cfg.float16:
         snap_floats_(model)
     return len(encode_compressed(model, model_name, model_args)[0])
@@ -145,19 +149,21 @@ def _file_bytes(
 def write_and_verify(
     model: nn.Module,
     base: nn.Module,
-    data: FashionMNIST,
+    batches: Batches,
     path: str | os.PathLike[str],
-    model_name: str,
-    model_args: dict[str, Any],
+    model_name: str | None = None,
+    model_args: dict[str, Any] | None = None,
     compression: str = "auto",
     entropy: bool = True,
 ) -> dict[str, Any]:
-    """Write the file, load it back, and measure what matters from the file itself."""
+    """Write the file, load it back, and measure what matters from the file itself on ``batches`` (the test
+    set, for reported figures): the metric (``test_accuracy``) and loss of the loaded model and of ``model``."""
     path = Path(path)
     header = save_compressed(model, path, model_name, model_args, compression, entropy)
-    loaded = load_compressed(path)
-    acc, loss = evaluate(loaded, data.test_x, data.test_y)
-    fq_acc, _ = evaluate(model, data.test_x, data.test_y)
+    # a registered architecture is rebuilt from the file; a model of your own is filled into a copy of ``base``
+    loaded = load_compressed(path) if model_name is not None else load_compressed(path, model=copy.deepcopy(base))
+    acc, loss = evaluate(loaded, batches)
+    fq_acc, _ = evaluate(model, batches)
     _, rows = inspect_compressed(path)
     weights = [r for r in rows if r.encoding in ("uniform", "codebook")]
     params = sum(math.prod(r.shape) for r in weights)

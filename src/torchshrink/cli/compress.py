@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torchshrink.cli.args import (
+    GRADUAL_EPOCHS,
+    GRADUAL_LR,
+    add_data_dir,
+    bits,
+    fraction,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    sparsity,
+)
 from torchshrink.errors import TorchshrinkError
 
 __all__ = ["add_compress_commands"]
 
 
-def add_compress_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser], None]) -> None:
-    from torchshrink.cli import _positive_float, non_negative_int, positive_int
-    from torchshrink.cli_pruning import GRADUAL_EPOCHS, _fraction, _sparsity
-    from torchshrink.cli_quant import _bits
+def add_compress_commands(sub: Any) -> None:
 
     p = sub.add_parser("compress", help="prune + quantize a checkpoint into a small .tshrink file",
                        description="Step-by-step pruning, then QAT (or codebook weight sharing) with the masks "
                                    "kept; writes the file, loads it back and evaluates it.")  # fmt: skip
     p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("--sparsity", type=_sparsity, required=True, help="fraction of weights to prune, in [0, 1)")
-    p.add_argument("--bits", type=_bits, required=True, help="weight bits, 2..8")
-    p.add_argument("--act-bits", type=_bits, help="activation bits, 2..8 (default: --bits)")
+    p.add_argument("--sparsity", type=sparsity, required=True, help="fraction of weights to prune, in [0, 1)")
+    p.add_argument("--bits", type=bits, required=True, help="weight bits, 2..8")
+    p.add_argument("--act-bits", type=bits, help="activation bits, 2..8 (default: --bits)")
     p.add_argument(
         "--prune-method", choices=("iterative", "gradual"), default="iterative",
         help="prune -> retrain rounds, or pruning during one training run (default: %(default)s)",
@@ -34,11 +41,11 @@ def add_compress_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentPar
         help=f"iterative: retraining epochs per step (default: 1); gradual: epochs of the run (default: {GRADUAL_EPOCHS})",
     )  # fmt: skip
     p.add_argument(
-        "--distill", type=_fraction, default=0.0,
+        "--distill", type=fraction, default=0.0,
         help="weight in [0, 1] of the dense model's soft predictions in every retraining loss (default: 0, off)",
     )  # fmt: skip
     p.add_argument(
-        "--temperature", type=_positive_float, default=4.0,
+        "--temperature", type=positive_float, default=4.0,
         help="softmax temperature of those predictions (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
@@ -76,10 +83,9 @@ def add_compress_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentPar
 def _cmd_compress(args: argparse.Namespace) -> int:
     from torchshrink._io import atomic_write_json
     from torchshrink.checkpoint import load_checkpoint
-    from torchshrink.cli_pruning import GRADUAL_EPOCHS, GRADUAL_LR
-    from torchshrink.compress import CompressConfig, compress_model, write_and_verify
     from torchshrink.data import load_fashion_mnist
-    from torchshrink.train import evaluate, pick_device
+    from torchshrink.recipes.compress import CompressConfig, compress_model, write_and_verify
+    from torchshrink.recipes.train import evaluate, pick_device
 
     device = pick_device(args.device)
     if args.budget is not None and not args.codebook:
@@ -99,10 +105,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     data = load_fashion_mnist(args.data_dir)
     if args.train_subset:
         data = data.subset(train=args.train_subset)
-    base_acc, _ = evaluate(ckpt.model, data.test_x, data.test_y)
+    base_acc, _ = evaluate(ckpt.model, data.test_batches())
     model_args = ckpt.meta.get("model_args", {})
     model, record = compress_model(ckpt.model, data, cfg, device, model_name=ckpt.meta["model"], model_args=model_args)
-    result = write_and_verify(model, ckpt.model, data, out, ckpt.meta["model"], model_args, args.compression)
+    result = write_and_verify(model, ckpt.model, data.test_batches(), out, ckpt.meta["model"], model_args, args.compression)
     record |= result | {"baseline_test_accuracy": base_acc, "source": str(ckpt.path)}
     atomic_write_json(out.with_name(out.name + ".json"), record)
     print(

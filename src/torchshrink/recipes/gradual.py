@@ -1,7 +1,7 @@
 """Gradual pruning during training (Zhu & Gupta 2017): the mask tightens every few optimizer steps along
 the cubic schedule while the network keeps training, instead of prune -> retrain rounds.
 
-The pruner is an ``after_step`` hook for :func:`torchshrink.train.fit`, so one training run (one learning
+The pruner is an ``after_step`` hook for :func:`torchshrink.recipes.train.fit`, so one training run (one learning
 rate schedule, optionally distilled from the dense model) both prunes and recovers.
 """
 
@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from torchshrink.data import FashionMNIST
+from torchshrink.data.task import Task, as_task
 from torchshrink.errors import ConfigError
 from torchshrink.pruning.apply import FilterFn, default_filter, prunable_layers, prune_, prune_from_zeros_
-from torchshrink.pruning.iterative import PruneStep, achieved_sparsity
 from torchshrink.pruning.masks import check_amount
 from torchshrink.pruning.schedules import agp_schedule
-from torchshrink.train import TrainConfig, evaluate, fit
+from torchshrink.recipes.prune import PruneStep, achieved_sparsity
+from torchshrink.recipes.train import TrainConfig, fit, val_metric
 
 __all__ = ["GradualPruner", "gradual_prune"]
 
@@ -67,9 +67,17 @@ class GradualPruner:
         self.updates.append((self.step, target))
 
 
+def _batches_per_epoch(task: Task) -> int:
+    train = task.need("train", "gradual pruning")
+    try:
+        return len(train)
+    except TypeError:
+        raise ConfigError("gradual pruning needs training batches with a len(): pass a DataLoader or a list") from None
+
+
 def gradual_prune(
     model: nn.Module,
-    data: FashionMNIST,
+    task: Task,
     sparsity: float,
     train: TrainConfig,
     start: float = 0.0,
@@ -77,7 +85,7 @@ def gradual_prune(
     frequency: int = 50,
     scope: str = "global",
     teacher: nn.Module | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     filter_fn: FilterFn = default_filter,
     log: Callable[[str], None] | None = print,
 ) -> PruneStep:
@@ -86,18 +94,19 @@ def gradual_prune(
 
     Returns one :class:`PruneStep` (validation accuracy before and after, per-layer sparsity).
     """
+    task = as_task(task)
     if not 0 <= start < end <= 1:
         raise ConfigError(f"pruning window {start}..{end}: need 0 <= start < end <= 1 (fractions of the run)")
     if not prunable_layers(model, filter_fn):
         raise ConfigError("the model has no prunable layer")
     t0 = time.perf_counter()
-    before, _ = evaluate(model, data.val_x, data.val_y, device=device)
+    before = val_metric(model, task, device)
     prune_from_zeros_(model, filter_fn)  # masks exist before the optimizer sees the parameters
     initial, _ = achieved_sparsity(model, filter_fn)
-    total = train.epochs * math.ceil(len(data.train_y) / train.batch_size)
+    total = train.epochs * _batches_per_epoch(task)
     pruner = GradualPruner(sparsity, int(start * total), max(int(end * total), int(start * total) + 1),
                            frequency, initial, scope, filter_fn)  # fmt: skip
-    fit(model, data, train, device, after_step=pruner, teacher=teacher, log=log)
-    after, _ = evaluate(model, data.val_x, data.val_y, device=device)
+    fit(model, task, train, device, after_step=pruner, teacher=teacher, log=log)
+    after = val_metric(model, task, device)
     achieved, layers = achieved_sparsity(model, filter_fn)
     return PruneStep(1, sparsity, achieved, before, after, time.perf_counter() - t0, layers)

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from torchshrink.data import FashionMNIST
+from torchshrink.data.task import Task, as_task
 from torchshrink.pruning.apply import FilterFn, default_filter, prunable_layers, prune_
+from torchshrink.recipes.train import evaluate
 
 __all__ = ["DEFAULT_SPARSITIES", "layer_sensitivity", "sensitivity_table", "sparsities_for_tolerance"]
 
@@ -19,19 +20,24 @@ DEFAULT_SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 def layer_sensitivity(
     model: nn.Module,
-    data: FashionMNIST,
+    task: Task,
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     filter_fn: FilterFn = default_filter,
     progress: bool = True,
 ) -> dict[str, dict[float, float]]:
-    """Validation accuracy after pruning one layer at a time to each sparsity (others untouched).
+    """The validation metric (top-1 accuracy by default) after pruning one layer at a time to each sparsity,
+    the others untouched.
 
-    Returns ``{layer: {sparsity: accuracy}}``; sparsity 0.0 is the unpruned accuracy.
+    Returns ``{layer: {sparsity: metric}}``; sparsity 0.0 is the unpruned model's.
     """
-    from torchshrink.train import evaluate
+    task = as_task(task)
+    val = task.need("val", "layer sensitivity")
 
-    base, _ = evaluate(model, data.val_x, data.val_y, device=device)
+    def measure(m: nn.Module) -> float:
+        return evaluate(m, val, loss=task.loss, metric=task.metric, device=device)[0]
+
+    base = measure(model)
     names = list(prunable_layers(model, filter_fn))
     result: dict[str, dict[float, float]] = {}
     bar = tqdm(total=len(names) * len(sparsities), desc="sensitivity", leave=False, disable=None if progress else True)
@@ -40,7 +46,7 @@ def layer_sensitivity(
         for s in sparsities:
             trial = copy.deepcopy(model)
             prune_(trial, {name: s}, scope="layer", filter_fn=filter_fn)
-            curve[float(s)], _ = evaluate(trial, data.val_x, data.val_y, device=device)
+            curve[float(s)] = measure(trial)
             bar.update()
         result[name] = curve
     bar.close()

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torchshrink.cli.args import add_data_dir, bits, positive_int
 from torchshrink.errors import TorchshrinkError
 
 __all__ = ["add_quant_commands"]
 
 
-def _bits(text: str) -> int:
-    from torchshrink.cli import _bounded
-
-    return int(_bounded(int, 2, "an integer from 2 to 8", high=8)(text))
-
-
-def add_quant_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser], None]) -> None:
-    from torchshrink.cli import positive_int
+def add_quant_commands(sub: Any) -> None:
 
     p = sub.add_parser(
         "quantize",
@@ -28,8 +21,8 @@ def add_quant_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser
         description="Quantize a checkpoint (PTQ or QAT) and write integer codes plus a JSON report.",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("--bits", type=_bits, required=True, help="weight code width, 2..8")
-    p.add_argument("--act-bits", type=_bits, help="activation code width, 2..8 (default: --bits)")
+    p.add_argument("--bits", type=bits, required=True, help="weight code width, 2..8")
+    p.add_argument("--act-bits", type=bits, help="activation code width, 2..8 (default: --bits)")
     p.add_argument(
         "--mode",
         choices=("ptq", "qat"),
@@ -59,9 +52,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from torchshrink.checkpoint import load_checkpoint
     from torchshrink.data import load_fashion_mnist
     from torchshrink.models import fp32_bytes
-    from torchshrink.quant import QuantConfig, ptq, qat, storage_report
+    from torchshrink.quant import QuantConfig, storage_report
     from torchshrink.quant.export import codes_state_dict, export_layers
-    from torchshrink.train import TrainConfig, evaluate, pick_device
+    from torchshrink.recipes.quantize import ptq, qat
+    from torchshrink.recipes.train import TrainConfig, evaluate, pick_device
 
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device="cpu")
@@ -74,14 +68,14 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise TorchshrinkError(f"--out {out}: exists and is not a folder; choose another path")
     data = load_fashion_mnist(args.data_dir)
-    float_acc, _ = evaluate(ckpt.model, data.test_x, data.test_y)
+    float_acc, _ = evaluate(ckpt.model, data.test_batches())
     start = time.perf_counter()
     if args.mode == "qat":
         model, _ = qat(ckpt.model, data, config, TrainConfig(epochs=args.qat_epochs, lr=args.lr), device)
     else:
         model = ptq(ckpt.model, data, config)
     seconds = time.perf_counter() - start
-    acc, loss = evaluate(model.to(device), data.test_x, data.test_y, device=device)
+    acc, loss = evaluate(model.to(device), data.test_batches(), device=device)
     rows = storage_report(model)
     weight_bytes = sum(r.total_bytes for r in rows)
     record = {

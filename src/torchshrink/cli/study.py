@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from torchshrink.cli.args import add_data_dir
 
 __all__ = ["add_study_command"]
 
 
-def add_study_command(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_study_command(sub: Any) -> None:
     p = sub.add_parser("study", help="train, prune, quantize, combine and report, in one resumable run",
                        description="Run the whole study. Finished stages are cached under OUT/cache and reused "
                                    "when the command is run again (after an interruption or a settings change).")  # fmt: skip
@@ -23,8 +24,8 @@ def add_study_command(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser]
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from torchshrink.report import summary_rows
     from torchshrink.study import load_config, quick_config, run_study
+    from torchshrink.study.report import summary_rows
 
     cfg = load_config(args.config)  # validated before any work starts
     if args.quick:

@@ -5,41 +5,27 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torchshrink.cli.args import (
+    GRADUAL_EPOCHS,
+    GRADUAL_LR,
+    GRADUAL_TEMPERATURE,
+    add_data_dir,
+    fraction,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    sparsity,
+    sparsity_list,
+)
 from torchshrink.errors import ConfigError, TorchshrinkError
 
 __all__ = ["add_pruning_commands"]
 
 
-def _sparsity(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1), e.g. 0.9 for 90% zeros")
-    return value
-
-
-def _sparsity_list(text: str) -> list[float]:
-    return [_sparsity(part) for part in text.split(",") if part.strip()]
-
-
-# gradual pruning's defaults, chosen on the validation split (benchmarks/pruning_recipes.py)
-GRADUAL_EPOCHS, GRADUAL_LR, GRADUAL_TEMPERATURE = 8, 0.05, 2.0
-
-
-def _fraction(text: str) -> float:
-    from torchshrink.cli import _bounded
-
-    return float(_bounded(float, 0, "a number in [0, 1]", high=1)(text))
-
-
-def add_pruning_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentParser], None]) -> None:
-    from torchshrink.cli import _positive_float, non_negative_int, positive_int
+def add_pruning_commands(sub: Any) -> None:
 
     p = sub.add_parser("prune", help="prune a checkpoint", description="Prune a checkpoint and save the result.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder written by `torchshrink train`")
@@ -52,7 +38,7 @@ def add_pruning_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentPars
     )
     p.add_argument(
         "--sparsity",
-        type=_sparsity,
+        type=sparsity,
         required=True,
         help="fraction of weights (structured: of conv channels) to remove, in [0, 1)",
     )
@@ -80,15 +66,15 @@ def add_pruning_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentPars
         f"gradual: epochs of the whole run (default: {GRADUAL_EPOCHS})",
     )
     p.add_argument(
-        "--lr", type=_positive_float, default=None,
+        "--lr", type=positive_float, default=None,
         help=f"peak learning rate of the retraining (default: 0.02; gradual: {GRADUAL_LR})",
     )  # fmt: skip
     p.add_argument(
-        "--distill", type=_fraction, default=0.0,
+        "--distill", type=fraction, default=0.0,
         help="weight in [0, 1] of the dense model's soft predictions in the retraining loss (default: 0, off)",
     )  # fmt: skip
     p.add_argument(
-        "--temperature", type=_positive_float, default=GRADUAL_TEMPERATURE,
+        "--temperature", type=positive_float, default=GRADUAL_TEMPERATURE,
         help="softmax temperature of the dense model's predictions with --distill (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
@@ -107,7 +93,7 @@ def add_pruning_commands(sub: Any, add_data_dir: Callable[[argparse.ArgumentPars
         description="Prune each layer alone (no retraining) and report validation accuracy.",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("--sparsities", type=_sparsity_list, default=None, help="comma-separated, e.g. 0.1,0.5,0.9")
+    p.add_argument("--sparsities", type=sparsity_list, default=None, help="comma-separated, e.g. 0.1,0.5,0.9")
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--out", metavar="DIR", help="folder for sensitivity.json (default: the checkpoint folder)")
     add_data_dir(p)
@@ -119,15 +105,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from torchshrink.data import load_fashion_mnist
     from torchshrink.measure import count_macs
     from torchshrink.models import parameter_count
-    from torchshrink.pruning import (
-        gradual_prune,
-        iterative_prune,
-        make_permanent,
-        oneshot_prune,
-        sparsity_report,
-        structured_prune_,
-    )
-    from torchshrink.train import TrainConfig, evaluate, fit, pick_device
+    from torchshrink.pruning import make_permanent, sparsity_report, structured_prune_
+    from torchshrink.recipes import gradual_prune, iterative_prune, oneshot_prune
+    from torchshrink.recipes.train import TrainConfig, evaluate, fit, pick_device
 
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device)
@@ -150,7 +130,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     teacher = copy.deepcopy(ckpt.model).eval() if args.distill else None
     data = load_fashion_mnist(args.data_dir)
     model = ckpt.model
-    before_acc, _ = evaluate(model, data.test_x, data.test_y, device=device)
+    before_acc, _ = evaluate(model, data.test_batches(), device=device)
     record: dict[str, Any] = {
         "method": args.method, "sparsity": args.sparsity, "scope": args.scope, "finetune_epochs": epochs, "lr": lr,
         "distill": args.distill, "temperature": args.temperature,
@@ -164,7 +144,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             )
         dense = copy.deepcopy(model)
         record["channels"] = {k: list(v) for k, v in structured_prune_(model, args.sparsity).items()}
-        record["val_accuracy_pruned"], _ = evaluate(model, data.val_x, data.val_y, device=device)
+        record["val_accuracy_pruned"], _ = evaluate(model, data.val_batches(), device=device)
         if finetune is not None:
             fit(model, data, finetune, device)
         record.update(macs_before=count_macs(dense), macs_after=count_macs(model), params_after=parameter_count(model))
@@ -183,7 +163,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         record.update(steps=[h.to_dict() for h in history], schedule=args.schedule, rewind=args.rewind)
     make_permanent(model)
     record["seconds"] = time.perf_counter() - start
-    record["test_accuracy"], _ = evaluate(model, data.test_x, data.test_y, device=device)
+    record["test_accuracy"], _ = evaluate(model, data.test_batches(), device=device)
     record["layers"] = [r.to_dict() for r in sparsity_report(model)]
     params = sum(r["params"] for r in record["layers"])
     record["sparsity_achieved"] = 1 - sum(r["nonzeros"] for r in record["layers"]) / params
@@ -205,9 +185,8 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from torchshrink._io import atomic_write_json
     from torchshrink.checkpoint import load_checkpoint
     from torchshrink.data import load_fashion_mnist
-    from torchshrink.pruning import layer_sensitivity, sensitivity_table
-    from torchshrink.pruning.sensitivity import DEFAULT_SPARSITIES
-    from torchshrink.train import pick_device
+    from torchshrink.recipes.sensitivity import DEFAULT_SPARSITIES, layer_sensitivity, sensitivity_table
+    from torchshrink.recipes.train import pick_device
 
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device)

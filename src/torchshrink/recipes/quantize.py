@@ -2,30 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
-from torchshrink.data import FashionMNIST, normalize
+from torchshrink.data.task import Task, as_task, calibration_inputs
+from torchshrink.errors import ConfigError
 from torchshrink.pruning.apply import permanent_copy, prune_from_zeros_
-from torchshrink.quant.apply import QuantConfig, attach_input_quant_, calibrate_, quantize_, set_scales_trainable
+from torchshrink.quant.apply import (
+    QuantConfig,
+    attach_input_quant_,
+    calibrate_,
+    input_skip_reason,
+    quantize_,
+    set_scales_trainable,
+)
 from torchshrink.quant.fold import fold_batchnorm
 from torchshrink.quant.sharing import codebook_layers, codebook_quantize_
-from torchshrink.train import EpochStats, TrainConfig, fit
+from torchshrink.recipes.train import EpochStats, TrainConfig, fit, model_device
 
-__all__ = ["calibration_batches", "prepare_quantized", "ptq", "qat", "codebook"]
+__all__ = ["Calibration", "prepare_quantized", "ptq", "qat", "codebook"]
+
+# where activation ranges come from: a Task (its calibration batches, else its first training batches), or
+# any iterable of input tensors or (inputs, targets) batches, e.g. a DataLoader
+Calibration = Task | Iterable[Any] | None
 
 
 def _plain_copy(model: nn.Module) -> nn.Module:
     # contiguous (not channels_last) weights: a model loaded from a file then computes bit-identical outputs
     return permanent_copy(model).cpu().eval().to(memory_format=torch.contiguous_format)
-
-
-def calibration_batches(data: FashionMNIST, images: int = 512, batch_size: int = 256) -> list[torch.Tensor]:
-    """The first ``images`` training images (the split is already shuffled), normalised, in batches."""
-    x = data.train_x[:images]
-    return [normalize(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
 
 def prepare_quantized(model: nn.Module, config: QuantConfig, keep_sparsity: bool = True) -> nn.Module:
@@ -41,45 +48,48 @@ def prepare_quantized(model: nn.Module, config: QuantConfig, keep_sparsity: bool
 
 def ptq(
     model: nn.Module,
-    data: FashionMNIST | None,
+    calibration: Calibration,
     config: QuantConfig,
-    calibration_images: int = 512,
+    calibration_samples: int | None = None,
 ) -> nn.Module:
-    """Post-training quantization: a quantized copy whose activation ranges are calibrated on training images."""
+    """Post-training quantization: a quantized copy whose activation ranges are calibrated on ``calibration``
+    (at most ``calibration_samples`` samples of it; ``None`` may be given for weight-only quantization)."""
     q = prepare_quantized(model, config)
     if config.quantize_inputs:
-        calibrate_(q, calibration_batches(data, calibration_images), config.act_calibration)
+        calibrate_(q, calibration_inputs(calibration, calibration_samples), config.act_calibration)
     return q
 
 
 def qat(
     model: nn.Module,
-    data: FashionMNIST,
+    task: Task,
     config: QuantConfig,
     train: TrainConfig,
-    device: str | torch.device = "cpu",
-    calibration_images: int = 512,
+    device: str | torch.device | None = None,
+    calibration_samples: int | None = None,
     log: Callable[[str], None] | None = print,
     progress: bool = True,
     teacher: nn.Module | None = None,
 ) -> tuple[nn.Module, list[EpochStats]]:
     """Quantization-aware training: start from PTQ, then fine-tune weights and LSQ step sizes together
     with fake quant in the loop (straight-through rounding), distilled from ``teacher`` if ``train.distill``."""
-    q = ptq(model, data, config, calibration_images)
+    task = as_task(task)
+    device = device if device is not None else model_device(model)
+    q = ptq(model, task, config, calibration_samples)
     set_scales_trainable(q, True)
-    history = fit(q, data, train, device, log=log, progress=progress, teacher=teacher)
+    history = fit(q, task, train, device, log=log, progress=progress, teacher=teacher)
     set_scales_trainable(q, False)
     return q.eval().to(memory_format=torch.contiguous_format), history
 
 
 def codebook(
     model: nn.Module,
-    data: FashionMNIST,
+    task: Task | None,
     bits: int | dict[str, int],
     act_bits: int | None = None,
     train: TrainConfig | None = None,
-    device: str | torch.device = "cpu",
-    calibration_images: int = 512,
+    device: str | torch.device | None = None,
+    calibration_samples: int | None = None,
     log: Callable[[str], None] | None = print,
     teacher: nn.Module | None = None,
 ) -> nn.Module:
@@ -88,6 +98,8 @@ def codebook(
     first layer's input at 8 bits, as in :func:`quantize_`), then the centroids fine-tuned if ``train``
     (distilled from ``teacher`` if ``train.distill``).
     """
+    task = as_task(task) if task is not None else None
+    device = device if device is not None else model_device(model)
     q = _plain_copy(model)
     fold_batchnorm(q)
     codebook_quantize_(q, bits)
@@ -95,10 +107,13 @@ def codebook(
         layers = list(codebook_layers(q))
         modules = dict(q.named_modules())
         for i, name in enumerate(layers):
-            attach_input_quant_(modules[name], 8 if i == 0 else act_bits)
-        calibrate_(q, calibration_batches(data, calibration_images))
+            if input_skip_reason(q, name) is None:  # e.g. attention's out_proj: weight shared, input left in float
+                attach_input_quant_(modules[name], 8 if i == 0 else act_bits)
+        calibrate_(q, calibration_inputs(task, calibration_samples))
     if train is not None:
+        if task is None:
+            raise ConfigError("fine-tuning the codebooks needs a Task with training batches")
         set_scales_trainable(q, True)
-        fit(q, data, train, device, log=log, teacher=teacher)
+        fit(q, task, train, device, log=log, teacher=teacher)
         set_scales_trainable(q, False)
     return q.eval().to(memory_format=torch.contiguous_format)

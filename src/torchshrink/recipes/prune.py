@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchshrink.data import FashionMNIST
+from torchshrink.data.task import Task, as_task
 from torchshrink.pruning.apply import FilterFn, default_filter, get_mask, prunable_layers, prune_, sparsity_report
 from torchshrink.pruning.schedules import make_schedule
-from torchshrink.train import TrainConfig, evaluate, fit
+from torchshrink.recipes.train import TrainConfig, fit, val_metric
 
 __all__ = ["PruneStep", "oneshot_prune", "iterative_prune", "rewind_"]
 
@@ -26,7 +26,7 @@ class PruneStep:
     step: int
     target: float
     achieved: float
-    val_acc_pruned: float
+    val_acc_pruned: float | None  # the task's metric on its validation batches (None: no validation batches)
     val_acc_retrained: float | None
     seconds: float
     layers: list[dict[str, Any]] = field(default_factory=list)
@@ -60,40 +60,45 @@ def rewind_(model: nn.Module, state: dict[str, torch.Tensor], filter_fn: FilterF
             own[key].copy_(value)
 
 
+def _pct(value: float | None) -> str:
+    return "   -  " if value is None else f"{100 * value:6.2f}%"
+
+
 def oneshot_prune(
     model: nn.Module,
-    data: FashionMNIST,
+    task: Task,
     sparsity: float,
     scope: str = "global",
     finetune: TrainConfig | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     filter_fn: FilterFn = default_filter,
     log: Callable[[str], None] | None = print,
     teacher: nn.Module | None = None,
 ) -> PruneStep:
     """Reach ``sparsity`` in one step; evaluate, and optionally fine-tune with the masks held fixed (distilled
     from ``teacher`` when ``finetune.distill > 0``)."""
+    task = as_task(task)
     start = time.perf_counter()
     prune_(model, sparsity, scope, filter_fn)
-    pruned_acc, _ = evaluate(model, data.val_x, data.val_y, device=device)
+    pruned_acc = val_metric(model, task, device)
     retrained = None
     if finetune is not None:
-        fit(model, data, finetune, device, log=log, teacher=teacher)
-        retrained, _ = evaluate(model, data.val_x, data.val_y, device=device)
+        fit(model, task, finetune, device, log=log, teacher=teacher)
+        retrained = val_metric(model, task, device)
     achieved, layers = achieved_sparsity(model, filter_fn)
     return PruneStep(1, sparsity, achieved, pruned_acc, retrained, time.perf_counter() - start, layers)
 
 
 def iterative_prune(
     model: nn.Module,
-    data: FashionMNIST,
+    task: Task,
     sparsity: float,
     steps: int,
     finetune: TrainConfig,
     schedule: str = "agp",
     scope: str = "global",
     rewind_state: dict[str, torch.Tensor] | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     filter_fn: FilterFn = default_filter,
     log: Callable[[str], None] | None = print,
     initial: float = 0.0,
@@ -108,34 +113,35 @@ def iterative_prune(
     longer fine-tune after the last step (recorded as a step with no new pruning); ``teacher`` (usually the
     dense model) guides every retraining by distillation when the configs set ``distill > 0``.
     """
+    task = as_task(task)
     sparsity_at = make_schedule(schedule, sparsity, steps, initial)
     history = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
         target = sparsity_at(step)
         prune_(model, target, scope, filter_fn)
-        pruned_acc, _ = evaluate(model, data.val_x, data.val_y, device=device)
+        pruned_acc = val_metric(model, task, device)
         if rewind_state is not None:
             rewind_(model, rewind_state, filter_fn)
         cfg = TrainConfig(**{**finetune.to_dict(), "seed": finetune.seed + step})
-        fit(model, data, cfg, device, log=None, teacher=teacher)
-        retrained, _ = evaluate(model, data.val_x, data.val_y, device=device)
+        fit(model, task, cfg, device, log=None, teacher=teacher)
+        retrained = val_metric(model, task, device)
         achieved, layers = achieved_sparsity(model, filter_fn)
         history.append(PruneStep(step, target, achieved, pruned_acc, retrained, time.perf_counter() - start, layers))
         if log is not None:
             log(
-                f"step {step}/{steps}  sparsity {100 * achieved:5.1f}%  val acc pruned {100 * pruned_acc:6.2f}%"
-                f"  retrained {100 * retrained:6.2f}%  {history[-1].seconds:5.1f}s"
+                f"step {step}/{steps}  sparsity {100 * achieved:5.1f}%  val pruned {_pct(pruned_acc)}"
+                f"  retrained {_pct(retrained)}  {history[-1].seconds:5.1f}s"
             )
     if final is not None:
         start = time.perf_counter()
-        before, _ = evaluate(model, data.val_x, data.val_y, device=device)
-        fit(model, data, final, device, log=log, teacher=teacher)
-        after, _ = evaluate(model, data.val_x, data.val_y, device=device)
+        before = val_metric(model, task, device)
+        fit(model, task, final, device, log=log, teacher=teacher)
+        after = val_metric(model, task, device)
         achieved, layers = achieved_sparsity(model, filter_fn)
         history.append(PruneStep(steps + 1, sparsity, achieved, before, after, time.perf_counter() - start, layers))
         if log is not None:
             log(
-                f"final fine-tune  sparsity {100 * achieved:5.1f}%  val acc {100 * before:6.2f}% -> {100 * after:6.2f}%"
+                f"final fine-tune  sparsity {100 * achieved:5.1f}%  val {_pct(before)} -> {_pct(after)}"
             )
     return history

@@ -1,0 +1,54 @@
+"""The ``torchshrink`` command line: one module per group of commands, shared argument types in ``args``.
+
+Bad arguments: one line on stderr, exit code 2. Bad input files: one line on stderr, exit code 1.
+Nothing is written unless the command succeeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from torchshrink.cli.args import Parser
+from torchshrink.cli.compress import add_compress_commands
+from torchshrink.cli.prune import add_pruning_commands
+from torchshrink.cli.quantize import add_quant_commands
+from torchshrink.cli.study import add_study_command
+from torchshrink.cli.train import add_train_commands
+from torchshrink.errors import TorchshrinkError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="torchshrink", description="Prune and quantize neural networks, and measure what it costs.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    add_train_commands(sub)
+    add_pruning_commands(sub)
+    add_quant_commands(sub)
+    add_compress_commands(sub)
+    add_study_command(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from torchshrink import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except TorchshrinkError as exc:
+        print(f"torchshrink: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("torchshrink: interrupted; nothing was written for the unfinished step", file=sys.stderr)
+        return 130

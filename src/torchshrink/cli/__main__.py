@@ -1,0 +1,7 @@
+"""``python -m torchshrink.cli``."""
+
+import sys
+
+from torchshrink.cli import main
+
+sys.exit(main())

@@ -1,0 +1,101 @@
+"""Argument types and options shared by every command: one place, so each number is checked the same way
+before any work starts (argparse turns a bad value into one line and exit code 2)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import NoReturn
+
+__all__ = [
+    "Parser",
+    "bounded",
+    "positive_int",
+    "non_negative_int",
+    "positive_float",
+    "fraction",
+    "sparsity",
+    "sparsity_list",
+    "bits",
+    "add_data_dir",
+    "add_device",
+    "GRADUAL_EPOCHS",
+    "GRADUAL_LR",
+    "GRADUAL_TEMPERATURE",
+]
+
+# gradual pruning's defaults, chosen on the validation split (benchmarks/pruning_recipes.py)
+GRADUAL_EPOCHS, GRADUAL_LR, GRADUAL_TEMPERATURE = 8, 0.05, 2.0
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are a single line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def bounded(
+    kind: Callable[[str], float | int], low: float, what: str, high: float | None = None
+) -> Callable[[str], float | int]:
+    """An argparse type: ``kind(text)`` within ``[low, high]`` (no upper bound when ``high`` is None)."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not (value >= low and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {what}")
+        return value
+
+    return parse
+
+
+positive_int = bounded(int, 1, "a positive integer")
+non_negative_int = bounded(int, 0, "a non-negative integer")
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def fraction(text: str) -> float:
+    return float(bounded(float, 0, "a number in [0, 1]", high=1)(text))
+
+
+def sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1), e.g. 0.9 for 90% zeros")
+    return value
+
+
+def sparsity_list(text: str) -> list[float]:
+    return [sparsity(part) for part in text.split(",") if part.strip()]
+
+
+def bits(text: str) -> int:
+    return int(bounded(int, 2, "an integer from 2 to 8", high=8)(text))
+
+
+def add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder with the four Fashion-MNIST .gz files (default: $TORCHSHRINK_DATA, "
+        "/usr/share/datasets/fashion-mnist, ~/.cache/torchshrink/fashion-mnist, else download)",
+    )
+
+
+def add_device(p: argparse.ArgumentParser, what: str = "run") -> None:
+    p.add_argument("--device", choices=("cpu", "cuda"), help=f"where to {what} (default: cuda when present, else cpu)")

@@ -1,0 +1,68 @@
+"""Procedures that train or evaluate: fit, prune with retraining, sensitivity, PTQ / QAT / codebooks, mixed
+precision, and the compression pipeline. They take data through :class:`torchshrink.data.Task` and build on
+the pure layers below (``pruning``, ``quant``, ``pack``), which never import from here."""
+
+from torchshrink.recipes.compress import CompressConfig, compress_model, write_and_verify
+from torchshrink.recipes.gradual import GradualPruner, gradual_prune
+from torchshrink.recipes.mixed_precision import (
+    LayerWidth,
+    MixedPlan,
+    allocate_bits,
+    codebook_width_table,
+    fit_plan_to_file,
+    plan_mixed_precision,
+)
+from torchshrink.recipes.prune import PruneStep, achieved_sparsity, iterative_prune, oneshot_prune, rewind_
+from torchshrink.recipes.quantize import Calibration, codebook, prepare_quantized, ptq, qat
+from torchshrink.recipes.sensitivity import layer_sensitivity, sensitivity_table, sparsities_for_tolerance
+from torchshrink.recipes.train import (
+    EpochStats,
+    TrainConfig,
+    distillation_loss,
+    evaluate,
+    fit,
+    model_device,
+    pick_device,
+    val_metric,
+    validate,
+)
+
+__all__ = [
+    # training and evaluation
+    "TrainConfig",
+    "EpochStats",
+    "fit",
+    "evaluate",
+    "validate",
+    "val_metric",
+    "distillation_loss",
+    "model_device",
+    "pick_device",
+    # pruning with retraining
+    "PruneStep",
+    "oneshot_prune",
+    "iterative_prune",
+    "rewind_",
+    "achieved_sparsity",
+    "GradualPruner",
+    "gradual_prune",
+    "layer_sensitivity",
+    "sensitivity_table",
+    "sparsities_for_tolerance",
+    # quantization
+    "Calibration",
+    "prepare_quantized",
+    "ptq",
+    "qat",
+    "codebook",
+    "LayerWidth",
+    "MixedPlan",
+    "codebook_width_table",
+    "allocate_bits",
+    "plan_mixed_precision",
+    "fit_plan_to_file",
+    # the pipeline
+    "CompressConfig",
+    "compress_model",
+    "write_and_verify",
+]

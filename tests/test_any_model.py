@@ -1,0 +1,193 @@
+"""Every capability on a user's own model and data: four model families defined in tests/zoo.py, fed by plain
+DataLoaders on synthetic data. Each check would fail if the capability silently skipped a layer or family."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from torchshrink import (
+    CompressConfig,
+    QuantConfig,
+    Task,
+    TrainConfig,
+    codebook,
+    compress_model,
+    fit,
+    gradual_prune,
+    iterative_prune,
+    load_compressed,
+    make_permanent,
+    prune_,
+    ptq,
+    qat,
+    save_compressed,
+    structured_prune_,
+)
+from torchshrink.layers import default_filter, prunable_layers, skipped_layers
+from torchshrink.quant import quantized_layers
+from torchshrink.quant.sharing import codebook_layers
+from zoo import FAMILIES, Family, make_loader, make_model
+
+QUICK = TrainConfig(epochs=1, lr=0.01, channels_last=False)
+ids = [f.name for f in FAMILIES]
+
+
+def _task(family: Family) -> Task:
+    return Task(train=make_loader(family), val=make_loader(family, n=128, seed=1, shuffle=False))
+
+
+def _inputs(family: Family, n: int = 64) -> torch.Tensor:
+    return family.inputs(torch.Generator().manual_seed(7), n)
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=ids)
+def test_a_dataloader_trains_the_model(family):
+    model = make_model(family).train()
+    history = fit(model, _task(family), TrainConfig(epochs=3, lr=0.02, channels_last=False), progress=False, log=None)
+    assert history[-1].train_loss < history[0].train_loss
+    assert 0 <= history[-1].val_accuracy <= 1
+
+
+@pytest.mark.parametrize("scope", ["global", "layer", "lamp"])
+@pytest.mark.parametrize("family", FAMILIES, ids=ids)
+def test_pruning_reaches_every_accepted_layer(family, scope):
+    model = make_model(family)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the transformer's skipped parameters are reported by a warning
+        prune_(model, 0.6, scope)
+    layers = prunable_layers(model)
+    zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
+    total = sum(m.weight.numel() for m in layers.values())
+    assert abs(zeros / total - 0.6) < 0.01
+    if scope == "layer":
+        for name, m in layers.items():
+            assert abs(float((m.weight == 0).float().mean()) - 0.6) < 0.02, name
+
+
+def test_what_is_not_pruned_is_listed_with_a_reason():
+    family = next(f for f in FAMILIES if f.name == "transformer")
+    model = make_model(family)
+    skipped = skipped_layers(model)
+    assert "encoder.self_attn.in_proj_weight" in skipped and "embed.weight" in skipped
+    assert "encoder.self_attn.out_proj" in prunable_layers(model)  # its weight is pruned and quantized
+    with pytest.warns(UserWarning, match="in_proj_weight"):
+        prune_(model, 0.5)
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=ids)
+@pytest.mark.parametrize("bits", [8, 4])
+def test_post_training_quantization_covers_every_layer(family, bits):
+    model = make_model(family)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = ptq(model, make_loader(family), QuantConfig(bits=bits))  # a DataLoader of (inputs, targets) calibrates
+    assert set(quantized_layers(q)) == set(prunable_layers(model, default_filter))
+    x = _inputs(family)
+    with torch.no_grad():
+        ref, out = model(x), q(x)
+    error = float((out - ref).norm() / ref.norm())
+    assert error < (0.05 if bits == 8 else 0.5), error  # W8A8 is close to float; W4A4 is still the same function
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=ids)
+def test_a_few_qat_steps_train_weights_and_step_sizes(family):
+    model = make_model(family)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = ptq(model, make_loader(family), QuantConfig(bits=4))
+        q, history = qat(model, _task(family), QuantConfig(bits=4), QUICK, log=None, progress=False)
+    layer = next(iter(quantized_layers(q)))
+    fq_before = before.get_submodule(layer).parametrizations.weight[-1]
+    fq_after = q.get_submodule(layer).parametrizations.weight[-1]
+    assert not torch.equal(fq_before.scale, fq_after.scale)  # LSQ moved the step sizes
+    assert len(history) == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=ids)
+def test_codebooks_share_weights_in_every_layer(family):
+    model = make_model(family)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = codebook(model, _task(family), 3, act_bits=8, log=None)
+    books = codebook_layers(q)
+    assert set(books) == set(prunable_layers(model))
+    for name in books:
+        values = q.get_submodule(name).weight.unique()
+        assert len(values[values != 0]) <= 7, name
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=ids)
+@pytest.mark.parametrize("kind", ["w8a8", "w4a4-pruned", "codebook"])
+def test_the_file_loads_into_a_fresh_instance_with_identical_predictions(family, kind, tmp_path):
+    model = make_model(family)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "w4a4-pruned":
+            prune_(model, 0.7)
+            make_permanent(model)
+        q = (codebook(model, _task(family), 4, act_bits=8, log=None) if kind == "codebook"
+             else ptq(model, make_loader(family), QuantConfig(bits=8 if kind == "w8a8" else 4)))  # fmt: skip
+        save_compressed(q, tmp_path / "m.tshrink")
+        loaded = load_compressed(tmp_path / "m.tshrink", model=make_model(family, seed=99))
+    x = _inputs(family)
+    with torch.no_grad():
+        expected, got = q(x), loaded(x)
+    assert torch.equal(expected.argmax(1), got.argmax(1))
+    assert torch.allclose(expected, got, atol=1e-5), float((expected - got).abs().max())
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f.structured], ids=lambda f: f.name)
+def test_structured_pruning_rebuilds_a_smaller_model_that_still_saves(family, tmp_path):
+    model = make_model(family)
+    small = copy.deepcopy(model)
+    changes = structured_prune_(small, 0.5)
+    assert changes and all(after < before for before, after in changes.values())
+    assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())
+    q = ptq(small, make_loader(family), QuantConfig(bits=8))
+    save_compressed(q, tmp_path / "s.tshrink")
+    loaded = load_compressed(tmp_path / "s.tshrink", model=copy.deepcopy(small))
+    x = _inputs(family)
+    with torch.no_grad():
+        assert torch.allclose(q(x), loaded(x), atol=1e-5)
+
+
+def test_dataloaders_drive_every_procedure_end_to_end(tmp_path):
+    family = next(f for f in FAMILIES if f.name == "conv1d")
+    task = _task(family)
+    model = make_model(family).train()
+    fit(model, task, QUICK, progress=False, log=None)
+    steps = iterative_prune(copy.deepcopy(model), task, 0.5, 2, QUICK, log=None)
+    assert abs(steps[-1].achieved - 0.5) < 1e-3 and steps[-1].val_acc_retrained is not None
+    step = gradual_prune(copy.deepcopy(model), task, 0.5, QUICK, log=None)
+    assert abs(step.achieved - 0.5) < 1e-3
+    cfg = CompressConfig(sparsity=0.5, bits=4, steps=1, qat_epochs=1, prune_epochs=1)
+    compressed, record = compress_model(model, task, cfg, log=None)
+    assert quantized_layers(compressed) and record["prune_steps"]
+    save_compressed(compressed, tmp_path / "c.tshrink")
+    loaded = load_compressed(tmp_path / "c.tshrink", model=make_model(family))
+    x = _inputs(family)
+    with torch.no_grad():
+        assert torch.equal(compressed(x).argmax(1), loaded(x).argmax(1))
+
+
+def test_a_custom_loss_and_metric_are_used():
+    family = next(f for f in FAMILIES if f.name == "mlp_layernorm")
+    seen = {"loss": 0, "metric": 0}
+
+    def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        seen["loss"] += 1
+        return nn.functional.cross_entropy(outputs, targets)
+
+    def metric(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        seen["metric"] += 1
+        return torch.ones(len(targets)).sum()  # "always right": the metric reported must be exactly 1
+
+    task = Task(train=make_loader(family), val=make_loader(family, n=64, seed=1), loss=loss, metric=metric)
+    history = fit(make_model(family).train(), task, QUICK, progress=False, log=None)
+    assert seen["loss"] == len(task.train) + 2 and seen["metric"] == 2  # training steps + validation batches
+    assert history[0].val_accuracy == 1.0
