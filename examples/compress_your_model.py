@@ -2,7 +2,7 @@
 Fashion-MNIST through plain DataLoaders, pruned during training, quantized, written to a .tshrink file and
 loaded back into a fresh instance of the same class.
 
-    python examples/compress_your_model.py                 # about two minutes on 2 CPU cores
+    python examples/compress_your_model.py                 # several minutes on 2 CPU cores
     python examples/compress_your_model.py --train-images 2000 --epochs 1   # a quick look
 
 Nothing in torchshrink knows this model: it is not registered, its BatchNorms are found by tracing its graph.

@@ -191,3 +191,46 @@ def test_a_custom_loss_and_metric_are_used():
     history = fit(make_model(family).train(), task, QUICK, progress=False, log=None)
     assert seen["loss"] == len(task.train) + 2 and seen["metric"] == 2  # training steps + validation batches
     assert history[0].val_accuracy == 1.0
+
+
+def test_a_codebook_model_in_memory_equals_its_file_bit_for_bit(tmp_path):
+    """The shared-gradient trick must not move the centroids' values by an ulp (``c * g + (c - c * g).detach()``
+    did, for about 1 in 1,000 values): the weights in memory are exactly the stored centroids."""
+    from torchshrink.quant.sharing import Codebook
+
+    torch.manual_seed(0)
+    weight = torch.randn(64, 256)
+    cb = Codebook(weight, 8)
+    with torch.no_grad():
+        cb.centroids.copy_(torch.randn(255))
+    cb.inverse_counts.copy_(1.0 / torch.randint(1, 5000, (255,)).float())  # many cluster sizes
+    used = cb(weight)  # centroids require grad here, as during fine-tuning
+    exact = torch.cat([torch.zeros(1), cb.centroids.detach()])[cb.indices]
+    assert torch.equal(used, exact)
+    used.sum().backward()  # and the gradient is still the cluster mean: count * (1 / count) = 1 per centroid
+    counts = torch.zeros(256).index_add_(0, cb.indices.flatten(), torch.ones(cb.indices.numel()))[1:]
+    assert torch.allclose(cb.centroids.grad, counts * cb.inverse_counts)
+    family = next(f for f in FAMILIES if f.name == "resnet")
+    q = codebook(make_model(family), _task(family), 4, act_bits=8, train=QUICK, log=None)
+    save_compressed(q, tmp_path / "cb.tshrink")
+    loaded = load_compressed(tmp_path / "cb.tshrink", model=make_model(family, seed=3))
+    x = _inputs(family)
+    with torch.no_grad():
+        assert torch.equal(q(x), loaded(x))
+
+
+def test_qat_on_a_regression_model_with_its_own_loss_and_metric():
+    """Nothing assumes a classifier: a regressor trains with its MSE loss and is scored by its own metric."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = x @ torch.randn(8, 2)  # (N, 2) real-valued targets
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    def neg_squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return -((outputs - targets) ** 2).sum(dim=1).sum()
+
+    task = Task(train=loader, val=loader, loss=nn.functional.mse_loss, metric=neg_squared_error)
+    fit(model, task, TrainConfig(epochs=5, lr=0.02, channels_last=False), progress=False, log=None)
+    q, history = qat(model, task, QuantConfig(bits=8), QUICK, log=None, progress=False)
+    assert history[0].val_accuracy < 0 and q(x[:4]).shape == (4, 2)

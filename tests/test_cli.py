@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 
-def run(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
+def run(*args: str, cwd=None, pythonpath=None) -> subprocess.CompletedProcess[str]:
+    env = None
+    if pythonpath is not None:  # the user's own modules, for --model-factory
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(pythonpath), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(
-        [sys.executable, "-m", "torchshrink.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "torchshrink.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
     )
 
 
@@ -161,3 +166,140 @@ def test_options_that_do_not_combine_are_one_line_errors(tmp_path, data_dir, tin
     r = run(*args, "--data-dir", data_dir, "--out", str(tmp_path / "out"))
     assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+# A user's own model, not in the registry: written as a module of theirs, imported only by --model-factory.
+TINYNET = """
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4 * 13 * 13, 10)
+
+    def forward(self, x):
+        x = torch.max_pool2d(torch.relu(self.conv(x)), 2)  # (N, 1, 28, 28) -> (N, 4, 13, 13)
+        return self.fc(x.flatten(1))
+
+
+class Flat(TinyNet):
+    def forward(self, x):  # the same tensors, but it expects flat features, not images
+        return self.fc(x)
+
+
+class Other(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(784, 10)
+
+
+def build():
+    return TinyNet()
+
+
+def needs_width(width):
+    return TinyNet()
+
+
+def not_a_model():
+    return "a string"
+
+
+CONSTANT = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def tinynet_file(tmp_path_factory):
+    """A folder holding the user's module ``tinynet`` and ``tiny.tshrink`` saved from its ``TinyNet`` (8-bit
+    weights), and that model as loaded in this process."""
+    import importlib.util
+
+    import torch
+
+    from torchshrink.pack import save_compressed
+    from torchshrink.quant import QuantConfig
+    from torchshrink.recipes import ptq
+
+    folder = tmp_path_factory.mktemp("user")
+    (folder / "tinynet.py").write_text(TINYNET)
+    spec = importlib.util.spec_from_file_location("tinynet", folder / "tinynet.py")
+    tinynet = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tinynet)  # not on sys.path: the class records its module as "tinynet"
+    torch.manual_seed(0)
+    q = ptq(tinynet.TinyNet().eval(), None, QuantConfig(bits=8, quantize_inputs=False))
+    save_compressed(q, folder / "tiny.tshrink")
+    return folder, folder / "tiny.tshrink", q
+
+
+def test_inspect_shows_the_class_of_an_unregistered_model(tinynet_file):
+    _, path, _ = tinynet_file
+    r = run("inspect", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "model class tinynet.TinyNet" in r.stdout and "model None" not in r.stdout
+    assert "conv.weight" in r.stdout and "tied to" not in r.stdout
+
+
+def test_inspect_lists_tied_tensors(tmp_path):
+    from torch import nn
+
+    from torchshrink.pack import save_compressed
+    from torchshrink.quant import QuantConfig
+    from torchshrink.recipes import ptq
+
+    shared = nn.Linear(6, 6)
+    q = ptq(nn.Sequential(shared, nn.ReLU(), shared), None, QuantConfig(bits=8, quantize_inputs=False))
+    save_compressed(q, tmp_path / "tied.tshrink")
+    r = run("inspect", str(tmp_path / "tied.tshrink"))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^2\.weight +tied to 0\.weight", r.stdout, re.M), r.stdout
+    assert re.search(r"^2\.bias +tied to 0\.bias", r.stdout, re.M), r.stdout
+
+
+def test_eval_of_an_unregistered_file_asks_for_a_model_factory(tinynet_file, data_dir):
+    folder, path, _ = tinynet_file
+    r = run("eval", str(path), "--data-dir", data_dir, pythonpath=folder)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--model-factory" in r.stderr and "tinynet.TinyNet" in r.stderr and not r.stdout
+
+
+@pytest.mark.parametrize("factory", ["tinynet:TinyNet", "tinynet:build"])
+def test_eval_of_an_unregistered_file_with_a_model_factory(tinynet_file, data_dir, fmnist, factory):
+    from torchshrink.recipes.train import evaluate
+
+    folder, path, q = tinynet_file
+    r = run("eval", str(path), "--model-factory", factory, "--data-dir", data_dir, "--device", "cpu", pythonpath=folder)
+    assert r.returncode == 0, r.stderr
+    acc, _ = evaluate(q, fmnist.test_batches())
+    assert f"test accuracy {100 * acc:.2f}%" in r.stdout  # the file's model, loaded into what the factory built
+
+
+@pytest.mark.parametrize(
+    "factory, code, message",
+    [
+        ("nosuchmodule:Net", 1, "no module named 'nosuchmodule'"),
+        ("tinynet:Missing", 1, "has no attribute 'Missing'"),
+        ("tinynet:CONSTANT", 1, "not callable"),
+        ("tinynet:needs_width", 1, "without arguments"),
+        ("tinynet:not_a_model", 1, "not a torch.nn.Module"),
+        ("tinynet:Other", 1, "does not fit this model"),
+        ("tinynet:Flat", 1, "fails on Fashion-MNIST test images"),
+        ("tinynet", 2, "MODULE:CALLABLE"),
+        ("tinynet:", 2, "MODULE:CALLABLE"),
+        ("tiny-net:TinyNet", 2, "MODULE:CALLABLE"),
+    ],
+)
+def test_bad_model_factories_are_one_line_errors(tinynet_file, data_dir, factory, code, message):
+    folder, path, _ = tinynet_file
+    r = run("eval", str(path), "--model-factory", factory, "--data-dir", data_dir, "--device", "cpu", pythonpath=folder)
+    assert r.returncode == code and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr and not r.stdout
+
+
+def test_model_factory_is_refused_for_a_checkpoint_folder(tmp_path, tinynet_file):
+    folder, _, _ = tinynet_file
+    r = run("eval", str(tmp_path), "--model-factory", "tinynet:TinyNet", pythonpath=folder)
+    assert r.returncode == 1 and "applies to a .tshrink file" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -13,7 +13,14 @@ import torch
 from torch import nn
 
 from torchshrink.models import build_model
-from torchshrink.pack import FormatError, encode_compressed, load_compressed, read_compressed, save_compressed
+from torchshrink.pack import (
+    FormatError,
+    encode_compressed,
+    inspect_compressed,
+    load_compressed,
+    read_compressed,
+    save_compressed,
+)
 from torchshrink.quant import QuantConfig, fold_batchnorm, quantize_
 from torchshrink.recipes import codebook, ptq
 
@@ -252,6 +259,9 @@ def test_a_module_used_twice_is_stored_once(tmp_path):
     path = tmp_path / "m.tshrink"
     header = save_compressed(q, path)
     assert header["aliases"] == {"2.weight": "0.weight", "2.bias": "0.bias"}
+    summary, rows = inspect_compressed(path)  # what `torchshrink inspect` prints: aliases, no row of their own
+    assert summary["aliases"] == header["aliases"]
+    assert [r.name for r in rows] == ["0.bias", "0.weight", "4.bias", "4.weight"]
     shared = nn.Linear(6, 6)
     loaded = load_compressed(path, model=nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(6, 2)))
     assert loaded[0] is loaded[2]

@@ -19,13 +19,8 @@ __all__ = [
     "bits",
     "add_data_dir",
     "add_device",
-    "GRADUAL_EPOCHS",
-    "GRADUAL_LR",
-    "GRADUAL_TEMPERATURE",
 ]
 
-# gradual pruning's defaults, chosen on the validation split (benchmarks/pruning_recipes.py)
-GRADUAL_EPOCHS, GRADUAL_LR, GRADUAL_TEMPERATURE = 8, 0.05, 2.0
 
 
 class Parser(argparse.ArgumentParser):

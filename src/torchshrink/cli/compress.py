@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from torchshrink.cli.args import (
-    GRADUAL_EPOCHS,
-    GRADUAL_LR,
     add_data_dir,
     bits,
     fraction,
@@ -18,12 +16,13 @@ from torchshrink.cli.args import (
     sparsity,
 )
 from torchshrink.errors import TorchshrinkError
+from torchshrink.recipes.compress import CompressConfig
+from torchshrink.recipes.gradual import GradualConfig
 
 __all__ = ["add_compress_commands"]
 
 
 def add_compress_commands(sub: Any) -> None:
-
     p = sub.add_parser("compress", help="prune + quantize a checkpoint into a small .tshrink file",
                        description="Step-by-step pruning, then QAT (or codebook weight sharing) with the masks "
                                    "kept; writes the file, loads it back and evaluates it.")  # fmt: skip
@@ -38,14 +37,14 @@ def add_compress_commands(sub: Any) -> None:
     p.add_argument("--steps", type=positive_int, default=4, help="iterative: pruning steps (default: %(default)s)")
     p.add_argument(
         "--prune-epochs", type=positive_int, default=None,
-        help=f"iterative: retraining epochs per step (default: 1); gradual: epochs of the run (default: {GRADUAL_EPOCHS})",
+        help=f"iterative: retraining epochs per step (default: 1); gradual: epochs of the run (default: {GradualConfig.epochs})",
     )  # fmt: skip
     p.add_argument(
         "--distill", type=fraction, default=0.0,
         help="weight in [0, 1] of the dense model's soft predictions in every retraining loss (default: 0, off)",
     )  # fmt: skip
     p.add_argument(
-        "--temperature", type=positive_float, default=4.0,
+        "--temperature", type=positive_float, default=CompressConfig.temperature,
         help="softmax temperature of those predictions (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
@@ -53,7 +52,7 @@ def add_compress_commands(sub: Any) -> None:
         help="with --codebook: choose a width per layer (2..--bits) so the file fits BYTES (mixed precision)",
     )  # fmt: skip
     p.add_argument(
-        "--qat-epochs", type=non_negative_int, default=2, help="QAT epochs, 0 for PTQ (default: %(default)s)"
+        "--qat-epochs", type=non_negative_int, default=CompressConfig.qat_epochs, help="QAT epochs, 0 for PTQ (default: %(default)s)"
     )
     p.add_argument("--codebook", action="store_true", help="k-means weight sharing instead of uniform levels")
     p.add_argument("--keep-first-last-8bit", action="store_true", help="first and last layers at 8 bits")
@@ -92,10 +91,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         raise TorchshrinkError("--budget chooses codebook widths per layer: add --codebook")
     ckpt = load_checkpoint(args.checkpoint)
     gradual = args.prune_method == "gradual"
-    prune_epochs = args.prune_epochs or (GRADUAL_EPOCHS if gradual else 1)
+    prune_epochs = args.prune_epochs or (GradualConfig.epochs if gradual else 1)
     cfg = CompressConfig(
         sparsity=args.sparsity, bits=args.bits, act_bits=args.act_bits, prune_method=args.prune_method,
-        steps=args.steps, prune_epochs=prune_epochs, prune_lr=GRADUAL_LR if gradual else 0.02,
+        steps=args.steps, prune_epochs=prune_epochs, prune_lr=GradualConfig.lr if gradual else CompressConfig.prune_lr,
         qat_epochs=args.qat_epochs, codebook=args.codebook, keep_first_last_8bit=args.keep_first_last_8bit,
         distill=args.distill, temperature=args.temperature, budget_bytes=args.budget,
     )  # fmt: skip
@@ -108,7 +107,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     base_acc, _ = evaluate(ckpt.model, data.test_batches())
     model_args = ckpt.meta.get("model_args", {})
     model, record = compress_model(ckpt.model, data, cfg, device, model_name=ckpt.meta["model"], model_args=model_args)
-    result = write_and_verify(model, ckpt.model, data.test_batches(), out, ckpt.meta["model"], model_args, args.compression)
+    result = write_and_verify(
+        model, ckpt.model, data.test_batches(), out, ckpt.meta["model"], model_args, args.compression
+    )
     record |= result | {"baseline_test_accuracy": base_acc, "source": str(ckpt.path)}
     atomic_write_json(out.with_name(out.name + ".json"), record)
     print(
@@ -125,16 +126,37 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from torchshrink.pack import inspect_compressed
 
     header, rows = inspect_compressed(args.file)
+    aliases = header.get("aliases", {})  # tied name -> the stored tensor it shares (checked by the reader)
     size = Path(args.file).stat().st_size
+    raw = max(header["raw_payload_bytes"], 1)
     fp32 = 0
-    width = max(len(r.name) for r in rows)
+    width = max((len(name) for name in [*(r.name for r in rows), *aliases]), default=6)
     print(f"{'tensor':<{width}} {'shape':<16} {'encoding':<9} {'storage':<7} {'coding (codes/gaps)':<19} {'bits':>4} "
           f"{'sparsity':>8} {'bytes':>8} {'share':>6}")  # fmt: skip
     for r in rows:
         fp32 += 4 * math.prod(r.shape)
         print(f"{r.name:<{width}} {str(r.shape):<16} {r.encoding:<9} {r.storage:<7} {r.coding:<19} {r.bits:>4} "
-              f"{100 * r.sparsity:>7.1f}% {r.bytes:>8,} {100 * r.bytes / header['raw_payload_bytes']:>5.1f}%")  # fmt: skip
-    print(f"model {header['model']['name']} {header['model'].get('args', {})}; payload {header['raw_payload_bytes']:,} "
-          f"bytes, stored with {header['compression']} as {header['payload_bytes']:,}; file {size:,} bytes; "
-          f"fp32 of these tensors {fp32:,} bytes ({fp32 / size:.1f}x)")  # fmt: skip
+              f"{100 * r.sparsity:>7.1f}% {r.bytes:>8,} {100 * r.bytes / raw:>5.1f}%")  # fmt: skip
+    for alias, target in aliases.items():
+        print(f"{alias:<{width}} tied to {target} (stored once, under that name)")
+    print(f"model {_model_text(header.get('model'))}; payload {header['raw_payload_bytes']:,} bytes, stored with "
+          f"{header['compression']} as {header['payload_bytes']:,}; file {size:,} bytes; fp32 of these tensors "
+          f"{fp32:,} bytes ({fp32 / size:.1f}x)")  # fmt: skip
     return 0
+
+
+def _model_text(info: Any) -> str:
+    """The header's ``model`` for a person: a registered name and its arguments, or the class it was saved from.
+
+    The reader leaves this field as written, so anything unexpected is shown, cut short, not trusted.
+    """
+    if isinstance(info, dict) and info.get("name") is None and isinstance(info.get("class"), str):
+        return f"class {_cut(info['class'])} (not registered: eval it with --model-factory MODULE:CALLABLE)"
+    if isinstance(info, dict) and isinstance(info.get("name"), str):
+        return f"{_cut(info['name'])} {_cut(repr(info.get('args', {})))}"
+    return _cut(repr(info))
+
+
+def _cut(text: str, limit: int = 120) -> str:
+    text = text.encode("unicode_escape").decode("ascii")  # no control characters from a file on the terminal
+    return text if len(text) <= limit else text[:limit] + "..."

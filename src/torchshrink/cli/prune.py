@@ -9,9 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from torchshrink.cli.args import (
-    GRADUAL_EPOCHS,
-    GRADUAL_LR,
-    GRADUAL_TEMPERATURE,
     add_data_dir,
     fraction,
     non_negative_int,
@@ -21,8 +18,12 @@ from torchshrink.cli.args import (
     sparsity_list,
 )
 from torchshrink.errors import ConfigError, TorchshrinkError
+from torchshrink.recipes.compress import CompressConfig
+from torchshrink.recipes.gradual import GradualConfig
 
 __all__ = ["add_pruning_commands"]
+
+GRADUAL = GradualConfig()  # the library's gradual recipe: the defaults of --method gradual
 
 
 def add_pruning_commands(sub: Any) -> None:
@@ -63,18 +64,18 @@ def add_pruning_commands(sub: Any) -> None:
         type=non_negative_int,
         default=None,
         help="epochs of retraining after each step (default: 2 for iterative, 0 for oneshot, 3 structured); "
-        f"gradual: epochs of the whole run (default: {GRADUAL_EPOCHS})",
+        f"gradual: epochs of the whole run (default: {GRADUAL.epochs})",
     )
     p.add_argument(
         "--lr", type=positive_float, default=None,
-        help=f"peak learning rate of the retraining (default: 0.02; gradual: {GRADUAL_LR})",
+        help=f"peak learning rate of the retraining (default: {CompressConfig.prune_lr}; gradual: {GRADUAL.lr})",
     )  # fmt: skip
     p.add_argument(
         "--distill", type=fraction, default=0.0,
         help="weight in [0, 1] of the dense model's soft predictions in the retraining loss (default: 0, off)",
     )  # fmt: skip
     p.add_argument(
-        "--temperature", type=positive_float, default=GRADUAL_TEMPERATURE,
+        "--temperature", type=positive_float, default=GRADUAL.temperature,
         help="softmax temperature of the dense model's predictions with --distill (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
@@ -119,12 +120,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise TorchshrinkError(f"--out {out}: exists and is not a folder; choose another path")
     epochs = args.finetune_epochs
     if epochs is None:
-        epochs = {"iterative": 2, "oneshot": 0, "structured": 3, "gradual": GRADUAL_EPOCHS}[args.method]
+        epochs = {"iterative": 2, "oneshot": 0, "structured": 3, "gradual": GRADUAL.epochs}[args.method]
     if args.method in ("iterative", "gradual") and epochs == 0:
         raise ConfigError(f"--finetune-epochs 0: {args.method} pruning trains while pruning; use --method oneshot")
     if args.distill and (args.method == "structured" or not epochs):
         raise ConfigError("--distill needs retraining: iterative, gradual, or oneshot with --finetune-epochs")
-    lr = args.lr if args.lr is not None else (GRADUAL_LR if args.method == "gradual" else 0.02)
+    lr = args.lr if args.lr is not None else (GRADUAL.lr if args.method == "gradual" else CompressConfig.prune_lr)
     finetune = (TrainConfig(epochs=max(epochs, 1), lr=lr, distill=args.distill, temperature=args.temperature)
                 if epochs else None)  # fmt: skip
     teacher = copy.deepcopy(ckpt.model).eval() if args.distill else None

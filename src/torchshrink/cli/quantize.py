@@ -7,8 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torchshrink.cli.args import add_data_dir, bits, positive_int
+from torchshrink.cli.args import add_data_dir, bits, positive_float, positive_int
 from torchshrink.errors import TorchshrinkError
+from torchshrink.quant.apply import QuantConfig
+from torchshrink.quant.fake_quant import CALIBRATIONS
+from torchshrink.recipes.compress import CompressConfig
 
 __all__ = ["add_quant_commands"]
 
@@ -29,12 +32,14 @@ def add_quant_commands(sub: Any) -> None:
         default="ptq",
         help="post-training calibration only, or quantization-aware fine-tuning (default: %(default)s)",
     )
-    p.add_argument("--qat-epochs", type=positive_int, default=3, help="QAT epochs (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=0.01, help="QAT peak learning rate (default: %(default)s)")
+    p.add_argument("--qat-epochs", type=positive_int, default=CompressConfig.qat_epochs,
+                   help="QAT epochs (default: %(default)s)")  # fmt: skip
+    p.add_argument("--lr", type=positive_float, default=CompressConfig.lr,
+                   help="QAT peak learning rate (default: %(default)s)")  # fmt: skip
     p.add_argument(
         "--calibration",
-        choices=("minmax", "percentile", "mse"),
-        default="percentile",
+        choices=CALIBRATIONS,
+        default=QuantConfig.act_calibration,
         help="how activation ranges are chosen (default: %(default)s)",
     )
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchshrink.cli.args import add_data_dir, non_negative_int, positive_float, positive_int
-from torchshrink.errors import TorchshrinkError
+from torchshrink.errors import ConfigError, TorchshrinkError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["add_train_commands"]
 
@@ -63,14 +66,97 @@ def add_train_commands(sub: Any) -> None:
 
     p = sub.add_parser(
         "eval",
-        help="evaluate a checkpoint on the test set",
-        description="Print test accuracy, loss, parameters and fp32 size.",
+        help="evaluate a checkpoint or a .tshrink file on the test set",
+        description="Print test accuracy, loss, parameters and fp32 size (of a file: its size in bytes).",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder written by `torchshrink train`")
+    p.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="checkpoint folder written by `torchshrink train`, or a .tshrink file",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), help="where to evaluate (default: cuda when present, else cpu)")
+    p.add_argument(
+        "--model-factory",
+        type=factory_spec,
+        metavar="MODULE:CALLABLE",
+        help="for a .tshrink file saved from a model that is not registered: your module (on PYTHONPATH) and a "
+        "class or function in it that builds that model with no arguments, e.g. mypkg.nets:MyNet; the file is "
+        "loaded into the instance it returns. The model must take Fashion-MNIST images (N, 1, 28, 28) and "
+        "return 10 class scores for the test accuracy to mean anything",
+    )
     add_data_dir(p)
     p.set_defaults(func=_cmd_eval)
 
+
+def factory_spec(text: str) -> tuple[str, str]:
+    """The argparse type of ``--model-factory``: ``"pkg.mod:Name"`` -> ``("pkg.mod", "Name")``.
+
+    Only the form is checked here (a bad one is a usage error, exit code 2); importing waits for the command.
+    The attribute may be dotted (``pkg.mod:Builders.small``).
+    """
+    module, colon, attr = text.partition(":")
+    if not colon or not all(part.isidentifier() for part in (*module.split("."), *attr.split("."))):
+        raise argparse.ArgumentTypeError(f"{text!r} is not MODULE:CALLABLE, e.g. mypkg.nets:MyNet")
+    return module, attr
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception from the user's code as ``Type: first line`` (the CLI reports errors in one line)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def build_from_factory(spec: tuple[str, str]) -> nn.Module:
+    """Import the user's module named on the command line and call the factory in it with no arguments.
+
+    Only ever called with ``--model-factory``: what gets imported is what the user typed, never a name read
+    from a file (a file's ``model.class`` is informational only).
+
+    Raises:
+        ConfigError: the module cannot be imported, has no such attribute, the attribute is not callable or
+            needs arguments, or the call does not return an ``nn.Module``; the message names which and the fix.
+    """
+    import importlib
+    import inspect
+
+    from torch import nn
+
+    module_name, attr = spec
+    option = f"--model-factory {module_name}:{attr}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+            raise ConfigError(f"{option}: no module named {exc.name!r}; put the folder that holds it on "
+                              "PYTHONPATH (e.g. PYTHONPATH=. torchshrink eval ...) or install it") from None  # fmt: skip
+        raise ConfigError(f"{option}: importing {module_name!r} failed: {_one_line(exc)}") from None
+    except Exception as exc:  # the user's module runs at import: any error of theirs is one line here
+        raise ConfigError(f"{option}: importing {module_name!r} raised {_one_line(exc)}") from None
+    factory: Any = module
+    for i, part in enumerate(attr.split(".")):
+        if not hasattr(factory, part):
+            owner = ".".join([module_name, *attr.split(".")[:i]])
+            raise ConfigError(f"{option}: {owner} has no attribute {part!r}; name a class or function defined "
+                              f"in {module_name} ({module.__file__})")  # fmt: skip
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise ConfigError(f"{option}: {attr} is a {type(factory).__name__}, not callable; name a class or "
+                          "a function that returns the model")  # fmt: skip
+    try:
+        inspect.signature(factory).bind()
+    except TypeError as exc:  # checked before calling, so a TypeError inside the user's code is not mistaken for it
+        raise ConfigError(f"{option}: {attr}() cannot be called without arguments ({exc}); name a function "
+                          "that takes none, e.g. def build(): return MyNet(width=32)") from None  # fmt: skip
+    except ValueError:
+        pass  # no signature to check (some builtins): the call below says what is wrong
+    try:
+        model = factory()
+    except Exception as exc:
+        raise ConfigError(f"{option}: {attr}() raised {_one_line(exc)}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{option}: {attr}() returned a {type(model).__name__}, not a torch.nn.Module; it "
+                          "must return a fresh instance of the model the file was saved from")  # fmt: skip
+    return model
 
 
 def _print_layers(model: object) -> None:
@@ -139,14 +225,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     device = pick_device(args.device)
     if Path(args.checkpoint).is_file() and Path(args.checkpoint).name not in ("model.json", "model.safetensors"):
-        from torchshrink.pack import load_compressed
-
-        model = load_compressed(args.checkpoint).to(device)
-        data = load_fashion_mnist(args.data_dir)
-        acc, loss = evaluate(model, data.test_batches(), device=device)
-        size = Path(args.checkpoint).stat().st_size
-        print(f"{args.checkpoint}: test accuracy {100 * acc:.2f}%  loss {loss:.4f}  file {size:,} bytes")
-        return 0
+        return _eval_file(args, device)
+    if args.model_factory is not None:
+        raise ConfigError(f"--model-factory applies to a .tshrink file; {args.checkpoint} is a checkpoint, whose "
+                          "model.json names its architecture: drop the option")  # fmt: skip
     ckpt = load_checkpoint(args.checkpoint, device=device)
     data = load_fashion_mnist(args.data_dir)
     acc, loss = evaluate(ckpt.model, data.test_batches(), device=device)
@@ -155,4 +237,39 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         f"{ckpt.path}: test accuracy {100 * acc:.2f}%  loss {loss:.4f}  "
         f"params {parameter_count(ckpt.model):,}  fp32 {fp32_bytes(ckpt.model):,} bytes"
     )
+    return 0
+
+
+def _eval_file(args: argparse.Namespace, device: Any) -> int:
+    """``eval`` of a ``.tshrink`` file: into the registered model it names, or what ``--model-factory`` builds."""
+    from torchshrink.data import load_fashion_mnist
+    from torchshrink.models import MODELS
+    from torchshrink.pack import load_compressed, read_compressed
+    from torchshrink.recipes.train import evaluate
+
+    path = args.checkpoint
+    instance = None
+    if args.model_factory is not None:
+        instance = build_from_factory(args.model_factory)
+    else:
+        info = read_compressed(path)[0].get("model")
+        name = info.get("name") if isinstance(info, dict) else None
+        if isinstance(info, dict) and (name is None or (isinstance(name, str) and name not in MODELS)):
+            saved = info.get("class") if name is None else name
+            shown = saved if isinstance(saved, str) and len(saved) <= 120 else "?"  # a file may hold anything
+            raise TorchshrinkError(f"{path}: saved from a model that is not registered ({shown}); pass "
+                                   "--model-factory MODULE:CALLABLE naming your code that builds it, e.g. "
+                                   "mypkg.nets:MyNet")  # fmt: skip
+    model = load_compressed(path, model=instance).to(device)
+    data = load_fashion_mnist(args.data_dir)
+    try:
+        acc, loss = evaluate(model, data.test_batches(), device=device)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        if instance is None:
+            raise
+        # a user's model that does not take (N, 1, 28, 28) images or return 10 scores
+        raise ConfigError(f"{path}: the model from --model-factory fails on Fashion-MNIST test images "
+                          f"(N, 1, 28, 28) -> 10 class scores: {_one_line(exc)}") from None  # fmt: skip
+    size = Path(path).stat().st_size
+    print(f"{path}: test accuracy {100 * acc:.2f}%  loss {loss:.4f}  file {size:,} bytes")
     return 0

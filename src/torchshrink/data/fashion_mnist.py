@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from torchshrink._io import atomic_write_bytes
-from torchshrink.data.task import Task
+from torchshrink.data.task import DEFAULT_CALIBRATION_SAMPLES, Task
 from torchshrink.data.tensors import TensorBatches
 from torchshrink.errors import DataError
 
@@ -209,13 +209,14 @@ class FashionMNIST:
         """Normalised test batches, in order: only for reported figures, never for choosing settings."""
         return TensorBatches(self.test_x, self.test_y, batch_size, transform=_eval_transform)
 
-    def calibration_batches(self, images: int = 512, batch_size: int = 256) -> list[torch.Tensor]:
+    def calibration_batches(self, images: int = DEFAULT_CALIBRATION_SAMPLES, batch_size: int = 256) -> list[torch.Tensor]:
         """The first ``images`` training images (the split is already shuffled), normalised, in batches."""
         x = self.train_x[:images]
         return [normalize(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
     def task(
-        self, batch_size: int = 256, augment: bool = True, crop_padding: int = 0, calibration_images: int = 512
+        self, batch_size: int = 256, augment: bool = True, crop_padding: int = 0,
+        calibration_images: int = DEFAULT_CALIBRATION_SAMPLES,
     ) -> Task:
         """Training, validation and calibration batches of this dataset as a :class:`Task` (top-1 accuracy,
         cross-entropy). The test split is not part of it: evaluate on :meth:`test_batches` to report."""

@@ -1,14 +1,9 @@
 """Compressed model files: bit packing, sparse positions, the ``.tshrink`` format, save and load."""
 
-from torchshrink.pack.compressed import (
-    TensorSummary,
-    encode_compressed,
-    inspect_compressed,
-    load_compressed,
-    read_compressed,
-    save_compressed,
-)
+from torchshrink.pack.decode import load_compressed, read_compressed
+from torchshrink.pack.encode import encode_compressed, save_compressed
 from torchshrink.pack.format import FormatError
+from torchshrink.pack.inspect import TensorSummary, inspect_compressed
 
 __all__ = [
     "FormatError",

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from torchshrink.errors import ConfigError
-from torchshrink.quant.primitives import check_bits, fake_quantize, minmax_qparams, mse_scale_search, qrange
+from torchshrink.quant.primitives import check_bits, fake_quantize, minmax_qparams, mse_scale_search, qrange, scale_grad
 
 __all__ = ["QuantSpec", "FakeQuant", "CALIBRATIONS"]
 
@@ -113,7 +113,7 @@ class FakeQuant(nn.Module):
             # for activations the features of ONE sample (the batch dimension would make g depend on it)
             per_scale = (x[0].numel() if self.is_activation and x.ndim > 0 else x.numel()) / scale.numel()
             g = 1.0 / math.sqrt(per_scale * max(self.spec.qmax, 1))
-            scale = scale * g + (scale - scale * g).detach()
+            scale = scale_grad(scale, g)
         return fake_quantize(x, scale, zp, self.spec.qmin, self.spec.qmax, self.spec.axis)
 
     # --- calibration -----------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ Per-channel tensors use ``axis`` 0 (output channels of a weight); scales then ha
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from torchshrink.errors import ConfigError
@@ -15,6 +17,7 @@ __all__ = [
     "check_bits",
     "qrange",
     "round_ste",
+    "scale_grad",
     "quantize",
     "dequantize",
     "fake_quantize",
@@ -65,6 +68,33 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     tensor([0., 2.])
     """
     return _RoundSTE.apply(x)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity in the forward pass; the gradient times ``factor`` in the backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.factor, None
+
+
+def scale_grad(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    """``x`` exactly, with its gradient multiplied by ``factor`` (broadcast to ``x``).
+
+    The usual ``x * g + (x - x * g).detach()`` returns ``x`` only up to rounding (one ulp off): the model in
+    memory would then differ from the one stored in a file. This returns the very same values.
+
+    >>> x = torch.tensor([0.1, 0.7], requires_grad=True)
+    >>> scale_grad(x, 0.5).sum().backward()
+    >>> x.grad
+    tensor([0.5000, 0.5000])
+    """
+    return _ScaleGrad.apply(x, factor)
 
 
 def broadcast_to_axis(v: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch.nn.utils import parametrize
 
 from torchshrink.errors import ConfigError
 from torchshrink.layers import FilterFn, default_filter, find_parametrization, prunable_layers
-from torchshrink.quant.primitives import check_bits
+from torchshrink.quant.primitives import check_bits, scale_grad
 
 __all__ = ["kmeans_1d", "Codebook", "codebook_quantizer", "codebook_layers", "codebook_quantize_"]
 
@@ -69,7 +69,7 @@ class Codebook(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         # same values, gradient scaled by 1 / cluster size: the mean of the shared weights' gradients
         c = self.centroids
-        c = c * self.inverse_counts + (c - c * self.inverse_counts).detach()
+        c = scale_grad(c, self.inverse_counts)
         table = torch.cat([c.new_zeros(1), c])
         return table[self.indices]
 

@@ -3,7 +3,7 @@ precision, and the compression pipeline. They take data through :class:`torchshr
 the pure layers below (``pruning``, ``quant``, ``pack``), which never import from here."""
 
 from torchshrink.recipes.compress import CompressConfig, compress_model, write_and_verify
-from torchshrink.recipes.gradual import GradualPruner, gradual_prune
+from torchshrink.recipes.gradual import GradualConfig, GradualPruner, gradual_prune
 from torchshrink.recipes.mixed_precision import (
     LayerWidth,
     MixedPlan,
@@ -44,6 +44,7 @@ __all__ = [
     "iterative_prune",
     "rewind_",
     "achieved_sparsity",
+    "GradualConfig",
     "GradualPruner",
     "gradual_prune",
     "layer_sensitivity",

@@ -46,7 +46,7 @@ class CompressConfig:
     qat_epochs: int = 2  # QAT / codebook fine-tuning epochs (0: post-training only)
     lr: float = 0.01  # peak learning rate of the fine-tuning
     distill: float = 0.0  # weight of the dense model's soft predictions in every retraining loss (0: off)
-    temperature: float = 4.0  # softmax temperature of those predictions
+    temperature: float = TrainConfig.temperature  # softmax temperature of those predictions
     budget_bytes: int | None = None  # codebook only: per-layer widths (2..bits) chosen to fit this file size
     codebook: bool = False  # k-means weight sharing instead of uniform levels
     keep_first_last_8bit: bool = False  # first/last layers at 8 bits

@@ -23,7 +23,35 @@ from torchshrink.pruning.schedules import agp_schedule
 from torchshrink.recipes.prune import PruneStep, achieved_sparsity
 from torchshrink.recipes.train import TrainConfig, fit, val_metric
 
-__all__ = ["GradualPruner", "gradual_prune"]
+__all__ = ["GradualConfig", "GradualPruner", "gradual_prune"]
+
+
+@dataclass(frozen=True)
+class GradualConfig:
+    """How a gradual pruning run trains. The defaults were chosen on the validation split
+    (``benchmarks/pruning_recipes.py``); the command line and the study take theirs from here."""
+
+    epochs: int = 8  # epochs of the run
+    lr: float = 0.05  # peak learning rate
+    distill: float = 0.7  # weight of the dense model's soft predictions in the loss (0: labels only)
+    temperature: float = 2.0  # softmax temperature of those predictions (chosen on validation among 2 and 4)
+    start: float = 0.0  # pruning starts at this fraction of the run ...
+    end: float = 0.6  # ... and reaches the target here; the rest of the run recovers
+    frequency: int = 50  # optimizer steps between mask updates
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs={self.epochs}: must be at least 1")
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr}: must be positive")
+        if not 0 <= self.distill <= 1:
+            raise ConfigError(f"distill={self.distill}: must be in [0, 1]")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature={self.temperature}: must be positive")
+        if not 0 <= self.start < self.end <= 1:
+            raise ConfigError(f"start={self.start}, end={self.end}: need 0 <= start < end <= 1 (fractions of the run)")
+        if self.frequency < 1:
+            raise ConfigError(f"frequency={self.frequency}: must be at least 1")
 
 
 @dataclass
@@ -80,9 +108,9 @@ def gradual_prune(
     task: Task,
     sparsity: float,
     train: TrainConfig,
-    start: float = 0.0,
-    end: float = 0.6,
-    frequency: int = 50,
+    start: float = GradualConfig.start,
+    end: float = GradualConfig.end,
+    frequency: int = GradualConfig.frequency,
     scope: str = "global",
     teacher: nn.Module | None = None,
     device: str | torch.device | None = None,

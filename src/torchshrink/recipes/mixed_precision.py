@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from torchshrink.data.task import Task, as_task, take_samples
 from torchshrink.errors import ConfigError
-from torchshrink.pack.compressed import encoded_weight_bytes
+from torchshrink.pack.encode import encoded_weight_bytes
 from torchshrink.pruning.apply import permanent_copy, prunable_layers
 from torchshrink.quant.fold import fold_batchnorm
 from torchshrink.quant.primitives import check_bits

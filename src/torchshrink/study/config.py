@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
 
+from torchshrink.data.task import DEFAULT_CALIBRATION_SAMPLES
 from torchshrink.errors import ConfigError
+from torchshrink.quant.apply import QuantConfig
+from torchshrink.quant.fake_quant import CALIBRATIONS
+from torchshrink.recipes.compress import CompressConfig
+from torchshrink.recipes.gradual import GradualConfig
+from torchshrink.recipes.train import TrainConfig
 
 __all__ = ["StudyConfig", "load_config", "quick_config"]
 
@@ -20,14 +27,14 @@ __all__ = ["StudyConfig", "load_config", "quick_config"]
 class DataSection:
     train_subset: int | None = None  # train on the first N training images (None: all 55,000)
     test_subset: int | None = None  # evaluate on the first N test images (None: all 10,000)
-    calibration_images: int = 512  # training images used to calibrate activation ranges
+    calibration_images: int = DEFAULT_CALIBRATION_SAMPLES  # training images used to calibrate activation ranges
 
 
 @dataclass(frozen=True)
 class BaselineSection:
     model: str = "cnn"  # registered model name
-    epochs: int = 15  # training epochs
-    lr: float = 0.1  # peak learning rate (one-cycle, SGD Nesterov)
+    epochs: int = TrainConfig.epochs  # training epochs
+    lr: float = TrainConfig.lr  # peak learning rate (one-cycle, SGD Nesterov)
     batch_size: int = 256  # images per step
     crop_padding: int = 0  # random-crop padding in pixels (0: horizontal flip only)
 
@@ -51,15 +58,8 @@ class IterativeSection:
 
 
 @dataclass(frozen=True)
-class GradualSection:
+class GradualSection(GradualConfig):  # the library's gradual recipe (epochs, lr, distill, ...) and a target
     sparsity: float = 0.9  # target, reached during one training run from the dense baseline
-    epochs: int = 8  # epochs of that run
-    lr: float = 0.05  # peak learning rate
-    distill: float = 0.7  # weight of the dense model's soft predictions in the loss (0: labels only)
-    temperature: float = 2.0  # softmax temperature of those predictions (chosen on validation among 2 and 4)
-    start: float = 0.0  # pruning starts at this fraction of the run ...
-    end: float = 0.6  # ... and reaches the target here; the rest of the run recovers
-    frequency: int = 50  # optimizer steps between mask updates
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,9 @@ class ContinuedSection:  # the gradual model pruned further in a second, shorter
 class QuantSection:
     bits: tuple[int, ...] = (8, 6, 4, 2)  # W/A widths (weights and activations alike)
     edge8_bits: tuple[int, ...] = ()  # widths also run with the first and last layers at 8 bits
-    qat_epochs: int = 1  # QAT epochs per width
-    lr: float = 0.01  # QAT peak learning rate
-    calibration: str = "percentile"  # activation ranges: minmax, percentile or mse
+    qat_epochs: int = 1  # QAT epochs per width (the library's default is 2: one fits the study's time budget)
+    lr: float = CompressConfig.lr  # QAT peak learning rate
+    calibration: str = QuantConfig.act_calibration  # activation ranges: minmax, percentile or mse
 
 
 @dataclass(frozen=True)
@@ -181,8 +181,8 @@ def _check(cfg: StudyConfig) -> None:
         need(2 <= b <= 8, "quantization.bits", b, "must be from 2 to 8")
     for b in cfg.quantization.edge8_bits:
         need(b in cfg.quantization.bits and b < 8, "quantization.edge8_bits", b, "must be one of bits, below 8")
-    need(cfg.quantization.calibration in ("minmax", "percentile", "mse"), "quantization.calibration",
-         cfg.quantization.calibration, "must be minmax, percentile or mse")  # fmt: skip
+    need(cfg.quantization.calibration in CALIBRATIONS, "quantization.calibration",
+         cfg.quantization.calibration, f"must be one of {', '.join(CALIBRATIONS)}")  # fmt: skip
     c = cfg.continued
     if c.sparsity is not None:
         need(g.sparsity < c.sparsity < 1, "continued.sparsity", c.sparsity,
@@ -224,7 +224,13 @@ def _coerce(cls: type, raw: Any, where: str) -> Any:
     kwargs = {}
     for key, value in raw.items():
         kwargs[key] = _value(hints[key], value, f"{where + '.' if where else ''}{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a library config's own check ("lr=0: must be positive"): name the key
+        if not where or str(exc).startswith(where):
+            raise
+        m = re.match(r"(\w+)=(.*?): (.*)$", str(exc))
+        raise ConfigError(f"{where}.{m[1]}: {m[2]} {m[3]}" if m else f"{where}: {exc}") from None
 
 
 def _value(hint: Any, value: Any, where: str) -> Any:
