@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from _common import write_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the families are defined with the tests
-from zoo import FAMILIES, Family, make_loader, make_model  # noqa: E402
-
 from torchshrink import (  # noqa: E402
     QuantConfig,
     codebook,
@@ -38,6 +37,7 @@ from torchshrink import (  # noqa: E402
 )
 from torchshrink.data import Task  # noqa: E402
 from torchshrink.measure import latency  # noqa: E402
+from zoo import FAMILIES, Family, make_loader, make_model  # noqa: E402
 
 
 def _fidelity(reference: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:

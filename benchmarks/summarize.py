@@ -118,6 +118,27 @@ def main() -> None:
                              f"{r['delta_points']:+.2f}", host(d)])  # fmt: skip
         print(table(["point", "pruned model", "fine-tune epochs", "widths", "file B", "ratio", "val (%)", "val loss",
                      "test (%)", "vs fp32 (points)", "run"], rows))  # fmt: skip
+    families()
+
+
+def families() -> None:
+    """Four user-style model families (benchmarks/model_families.py): file ratios, fidelity, channel pruning."""
+    d = load("model_families")
+    if not d:
+        return
+    print()
+    rows = []
+    for r in d["rows"]:
+        st = r.get("structured_50")
+        rows.append([r["family"], f"{r['parameters']:,}", f"{r['fp32_bytes']:,}",
+                     *(f"{r[k]['ratio']:.1f}x" for k in ("w8a8", "w4a4", "lamp80_w8a8", "lamp80_codebook4")),
+                     f"{100 * r['w8a8']['top1_agreement']:.1f} / {100 * r['w4a4']['top1_agreement']:.1f}",
+                     f"{st['speedup']:.2f}x ({st['dense_ms']:.1f} -> {st['pruned_ms']:.1f} ms)" if st else "-",
+                     ", ".join(sorted(r["skipped"])) or "-"])  # fmt: skip
+    print(f"Model families ({host(d)}; random weights, synthetic inputs: fidelity is top-1 agreement with the float "
+          "model; every file loaded back into a fresh instance):\n")
+    print(table(["family", "params", "fp32 B", "W8A8 file", "W4A4 file", "80% LAMP + W8A8", "80% LAMP + 4-bit codebook",
+                 "agree W8A8 / W4A4 (%)", "50% channels, batch 256", "left in float"], rows))  # fmt: skip
 
 
 if __name__ == "__main__":

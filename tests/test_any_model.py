@@ -234,3 +234,32 @@ def test_qat_on_a_regression_model_with_its_own_loss_and_metric():
     fit(model, task, TrainConfig(epochs=5, lr=0.02, channels_last=False), progress=False, log=None)
     q, history = qat(model, task, QuantConfig(bits=8), QUICK, log=None, progress=False)
     assert history[0].val_accuracy < 0 and q(x[:4]).shape == (4, 2)
+
+
+def test_filter_fn_chooses_the_layers_of_every_high_level_call():
+    family = next(f for f in FAMILIES if f.name == "conv1d")
+    model = make_model(family)
+
+    def not_the_head(module: nn.Module, name: str) -> bool:
+        return default_filter(module, name) and name != "head"
+
+    q = ptq(model, make_loader(family), QuantConfig(bits=4), filter_fn=not_the_head)
+    assert set(quantized_layers(q)) == {"conv1", "conv2"}
+    cb = codebook(model, _task(family), 4, act_bits=8, log=None, filter_fn=not_the_head)
+    assert set(codebook_layers(cb)) == {"conv1", "conv2"}
+    compressed, _ = compress_model(model, _task(family), CompressConfig(sparsity=0.5, bits=4, steps=1, qat_epochs=0,
+                                   prune_epochs=1), log=None, filter_fn=not_the_head)  # fmt: skip
+    assert set(quantized_layers(compressed)) == {"conv1", "conv2"}
+    assert bool((compressed.head.weight != 0).all())  # neither pruned nor quantized
+
+
+def test_mixed_precision_fits_a_budget_on_a_user_model(tmp_path):
+    family = next(f for f in FAMILIES if f.name == "conv1d")
+    model = make_model(family)
+    prune_(model, 0.5)
+    make_permanent(model)
+    cfg = CompressConfig(bits=5, codebook=True, qat_epochs=0, budget_bytes=4000)
+    compressed, record = compress_model(model, _task(family), cfg, log=None)
+    save_compressed(compressed, tmp_path / "mixed.tshrink")
+    assert (tmp_path / "mixed.tshrink").stat().st_size <= 4000
+    assert set(record["mixed_precision"]["bits"]) == set(prunable_layers(model))

@@ -30,7 +30,7 @@ def test_the_fine_tuning_distils_at_the_configured_temperature(monkeypatch):
     class Captured(Exception):
         pass
 
-    def fake_qat(model, data, qcfg, train, device, log=None, teacher=None):
+    def fake_qat(model, data, qcfg, train, device, log=None, teacher=None, **_):
         seen.update(temperature=train.temperature, distill=train.distill, teacher=teacher)
         raise Captured
 

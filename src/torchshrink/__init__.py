@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from torchshrink._version import __version__
 from torchshrink.checkpoint import load_checkpoint, save_checkpoint
 from torchshrink.data import FashionMNIST, Task, TensorBatches, load_fashion_mnist
 from torchshrink.errors import CheckpointError, ConfigError, DataError, TorchshrinkError

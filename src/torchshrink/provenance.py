@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
+from torchshrink._version import __version__
+
 __all__ = ["versions", "machine"]
 
 
 def versions() -> dict[str, str]:
     """Library and interpreter versions."""
-    from torchshrink import __version__
-
     return {"torchshrink": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 

@@ -30,7 +30,6 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from torchshrink.data.task import inputs_of
 from torchshrink.errors import ConfigError
 from torchshrink.layers import FilterFn, default_filter, find_parametrization, prunable_layers, warn_skipped
 from torchshrink.quant.fake_quant import CALIBRATIONS, FakeQuant, QuantSpec
@@ -101,11 +100,14 @@ def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if weight_quantizer(m) is not None}
 
 
-def attach_input_quant_(layer: nn.Module, bits: int) -> FakeQuant:
-    """Fake-quantize ``layer``'s input (calibrate before use: it starts disabled)."""
-    layer.input_quant = FakeQuant(QuantSpec(bits=bits, signed=True, symmetric=False), is_activation=True)
+def attach_input_quant_(layer: nn.Module, bits: int | FakeQuant) -> FakeQuant:
+    """Fake-quantize ``layer``'s input with a new ``bits``-wide quantizer (calibrate before use: it starts
+    disabled), or with the given, ready quantizer (e.g. one read back from a file)."""
+    fq = bits if isinstance(bits, FakeQuant) else FakeQuant(QuantSpec(bits=bits, signed=True, symmetric=False),
+                                                            is_activation=True)  # fmt: skip
+    layer.input_quant = fq
     layer.register_forward_pre_hook(_quantize_input_hook)
-    return layer.input_quant
+    return fq
 
 
 _MHA_INPUT_REASON = (
@@ -155,6 +157,14 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = defau
     return model
 
 
+def _inputs(batch: Any) -> torch.Tensor:
+    # a tensor, or an (inputs, targets, ...) batch as a DataLoader yields it
+    inputs = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    if not isinstance(inputs, torch.Tensor):
+        raise ConfigError(f"a calibration batch of {type(inputs).__name__}: expected a tensor or (inputs, targets)")
+    return inputs
+
+
 def set_quant_enabled(model: nn.Module, enabled: bool = True) -> None:
     """Switch every fake quant on or off (off: the float model, for comparison)."""
     for m in model.modules():
@@ -188,7 +198,7 @@ def calibrate_(model: nn.Module, batches: Iterable[Any], method: str | None = No
     seen = 0
     try:
         for batch in batches:
-            model(inputs_of(batch).to(device))
+            model(_inputs(batch).to(device))
             seen += 1
         if not seen:
             raise ConfigError("calibration batches are empty: pass at least one batch of inputs")

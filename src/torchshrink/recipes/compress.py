@@ -17,6 +17,7 @@ from torch import nn
 
 from torchshrink.data.task import Batches, Task, as_task
 from torchshrink.errors import ConfigError
+from torchshrink.layers import FilterFn, default_filter
 from torchshrink.models import fp32_bytes
 from torchshrink.pack import encode_compressed, inspect_compressed, load_compressed, save_compressed
 from torchshrink.pruning import make_permanent
@@ -81,6 +82,7 @@ def compress_model(
     pruned: nn.Module | None = None,
     model_name: str | None = None,
     model_args: dict[str, Any] | None = None,
+    filter_fn: FilterFn = default_filter,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Prune (unless ``pruned`` is given: an already-pruned model to reuse) and quantize a copy of ``base``.
 
@@ -98,10 +100,11 @@ def compress_model(
             prune_cfg = TrainConfig(epochs=cfg.prune_epochs, lr=cfg.prune_lr, distill=cfg.distill,
                                     temperature=cfg.temperature)  # fmt: skip
             if cfg.prune_method == "gradual":
-                steps = [gradual_prune(pruned, task, cfg.sparsity, prune_cfg, teacher=teacher, device=device, log=log)]
+                steps = [gradual_prune(pruned, task, cfg.sparsity, prune_cfg, teacher=teacher, device=device, log=log,
+                                       filter_fn=filter_fn)]
             else:
                 steps = iterative_prune(pruned, task, cfg.sparsity, cfg.steps, prune_cfg, device=device, log=log,
-                                        teacher=teacher)  # fmt: skip
+                                        teacher=teacher, filter_fn=filter_fn)  # fmt: skip
             record["prune_steps"] = [s.to_dict() for s in steps]
         make_permanent(pruned)
     record["prune_seconds"] = time.perf_counter() - start
@@ -112,18 +115,19 @@ def compress_model(
     if cfg.codebook:
         bits: int | dict[str, int] = cfg.bits
         if cfg.budget_bytes is not None:
-            plan = plan_mixed_precision(pruned, task, cfg.budget_bytes, tuple(range(2, cfg.bits + 1)), log=log)
+            plan = plan_mixed_precision(pruned, task, cfg.budget_bytes, tuple(range(2, cfg.bits + 1)), log=log,
+                                        filter_fn=filter_fn)
             plan = fit_plan_to_file(plan, lambda b: _file_bytes(pruned, task, b, act_bits, cfg, model_name,
-                                                                model_args), log=log)  # fmt: skip
+                                                                model_args, filter_fn), log=log)  # fmt: skip
             bits = plan.bits
             record["mixed_precision"] = plan.to_dict()
-        model = codebook(pruned, task, bits, act_bits, train, device, log=log, teacher=teacher)
+        model = codebook(pruned, task, bits, act_bits, train, device, log=log, teacher=teacher, filter_fn=filter_fn)
     else:
         qcfg = QuantConfig(bits=cfg.bits, act_bits=act_bits, keep_first_last_8bit=cfg.keep_first_last_8bit)
         if train:
-            model = qat(pruned, task, qcfg, train, device, log=log, teacher=teacher)[0]
+            model = qat(pruned, task, qcfg, train, device, log=log, teacher=teacher, filter_fn=filter_fn)[0]
         else:
-            model = ptq(pruned, task, qcfg)
+            model = ptq(pruned, task, qcfg, filter_fn=filter_fn)
     if cfg.float16:
         snap_floats_(model)
     record["quant_seconds"] = time.perf_counter() - start
@@ -138,9 +142,10 @@ def _file_bytes(
     cfg: CompressConfig,
     model_name: str | None,
     model_args: dict[str, Any] | None,
+    filter_fn: FilterFn = default_filter,
 ) -> int:
     """Size of the file of ``pruned`` clustered at ``bits``, before fine-tuning (which keeps the indices)."""
-    model = codebook(pruned, task, bits, act_bits, None, "cpu", log=None)
+    model = codebook(pruned, task, bits, act_bits, None, "cpu", log=None, filter_fn=filter_fn)
     if cfg.float16:
         snap_floats_(model)
     return len(encode_compressed(model, model_name, model_args)[0])

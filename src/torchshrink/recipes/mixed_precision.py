@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from torchshrink.data.task import Task, as_task, take_samples
 from torchshrink.errors import ConfigError
+from torchshrink.layers import FilterFn, default_filter, prunable_layers
 from torchshrink.pack.encode import encoded_weight_bytes
-from torchshrink.pruning.apply import permanent_copy, prunable_layers
+from torchshrink.pruning.apply import permanent_copy
 from torchshrink.quant.fold import fold_batchnorm
 from torchshrink.quant.primitives import check_bits
 from torchshrink.quant.sharing import codebook_layers, codebook_quantize_
@@ -83,16 +84,19 @@ def codebook_width_table(
     candidates: tuple[int, ...] = (2, 3, 4, 5, 6),
     val_images: int | None = None,
     progress: bool = True,
+    filter_fn: FilterFn = default_filter,
 ) -> tuple[float, float, list[LayerWidth]]:
-    """For every prunable layer and width: validation accuracy and loss with only that layer clustered, and the
-    layer's encoded bytes (codes, positions, float16 codebook). Returns the float accuracy, loss and the table."""
+    """For every layer ``filter_fn`` accepts and every width: validation metric and loss with only that layer
+    clustered, and the layer's encoded bytes (codes, positions, float16 codebook). Returns the float model's
+    metric and loss, and the table."""
     task = as_task(task)
-    return _width_table(_folded(model), task, candidates, val_images, progress)
+    return _width_table(_folded(model), task, candidates, val_images, progress, filter_fn)
 
 
 def _width_table(
-    folded: nn.Module, task: Task, candidates: tuple[int, ...], val_images: int | None, progress: bool
-) -> tuple[float, float, list[LayerWidth]]:
+    folded: nn.Module, task: Task, candidates: tuple[int, ...], val_images: int | None, progress: bool,
+    filter_fn: FilterFn = default_filter,
+) -> tuple[float, float, list[LayerWidth]]:  # fmt: skip
     for b in candidates:
         check_bits(b)
     val = list(take_samples(task.need("val", "mixed precision"), val_images))  # evaluated once per layer and width
@@ -101,7 +105,7 @@ def _width_table(
         return evaluate(m, val, loss=task.loss, metric=task.metric)
 
     float_acc, float_loss = measure(folded)
-    names = list(prunable_layers(folded))
+    names = list(prunable_layers(folded, filter_fn))
     rows = []
     bar = tqdm(total=len(names) * len(candidates), desc="layer widths", leave=False, disable=None if progress else True)
     for name in names:
@@ -173,12 +177,13 @@ def plan_mixed_precision(
     val_images: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    filter_fn: FilterFn = default_filter,
 ) -> MixedPlan:
     """Measure the width table of a (pruned) model and allocate widths so the file fits ``budget_bytes``."""
     task = as_task(task)
     folded = _folded(model)
-    float_acc, float_loss, table = _width_table(folded, task, candidates, val_images, progress)
-    layers = prunable_layers(folded)
+    float_acc, float_loss, table = _width_table(folded, task, candidates, val_images, progress, filter_fn)
+    layers = prunable_layers(folded, filter_fn)
     biases = sum(m.bias.numel() for m in layers.values() if getattr(m, "bias", None) is not None)
     fixed = 2 * biases + HEADER_ESTIMATE
     bits = allocate_bits(table, budget_bytes, fixed)

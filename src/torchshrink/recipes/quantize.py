@@ -10,6 +10,7 @@ from torch import nn
 
 from torchshrink.data.task import Task, as_task, calibration_inputs
 from torchshrink.errors import ConfigError
+from torchshrink.layers import FilterFn, default_filter
 from torchshrink.pruning.apply import permanent_copy, prune_from_zeros_
 from torchshrink.quant.apply import (
     QuantConfig,
@@ -35,15 +36,18 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     return permanent_copy(model).cpu().eval().to(memory_format=torch.contiguous_format)
 
 
-def prepare_quantized(model: nn.Module, config: QuantConfig, keep_sparsity: bool = True) -> nn.Module:
+def prepare_quantized(
+    model: nn.Module, config: QuantConfig, keep_sparsity: bool = True, filter_fn: FilterFn = default_filter
+) -> nn.Module:
     """A quantizable copy of ``model``: masks made permanent, BatchNorm folded, masks re-attached from the
-    zeros (so pruned weights stay exact zeros through QAT), fake quant attached. The original is untouched.
+    zeros (so pruned weights stay exact zeros through QAT), fake quant attached to the layers ``filter_fn``
+    accepts. The original is untouched.
     """
     q = _plain_copy(model)
     fold_batchnorm(q)
     if keep_sparsity and any(bool((p == 0).any()) for p in q.parameters() if p.ndim > 1):
-        prune_from_zeros_(q)
-    return quantize_(q, config)
+        prune_from_zeros_(q, filter_fn)
+    return quantize_(q, config, filter_fn)
 
 
 def ptq(
@@ -51,10 +55,12 @@ def ptq(
     calibration: Calibration,
     config: QuantConfig,
     calibration_samples: int | None = None,
+    filter_fn: FilterFn = default_filter,
 ) -> nn.Module:
     """Post-training quantization: a quantized copy whose activation ranges are calibrated on ``calibration``
-    (at most ``calibration_samples`` samples of it; ``None`` may be given for weight-only quantization)."""
-    q = prepare_quantized(model, config)
+    (at most ``calibration_samples`` samples of it; ``None`` may be given for weight-only quantization).
+    ``filter_fn(module, name)`` chooses the layers to quantize (default: every conv and linear layer)."""
+    q = prepare_quantized(model, config, filter_fn=filter_fn)
     if config.quantize_inputs:
         calibrate_(q, calibration_inputs(calibration, calibration_samples), config.act_calibration)
     return q
@@ -70,12 +76,13 @@ def qat(
     log: Callable[[str], None] | None = print,
     progress: bool = True,
     teacher: nn.Module | None = None,
+    filter_fn: FilterFn = default_filter,
 ) -> tuple[nn.Module, list[EpochStats]]:
     """Quantization-aware training: start from PTQ, then fine-tune weights and LSQ step sizes together
     with fake quant in the loop (straight-through rounding), distilled from ``teacher`` if ``train.distill``."""
     task = as_task(task)
     device = device if device is not None else model_device(model)
-    q = ptq(model, task, config, calibration_samples)
+    q = ptq(model, task, config, calibration_samples, filter_fn)
     set_scales_trainable(q, True)
     history = fit(q, task, train, device, log=log, progress=progress, teacher=teacher)
     set_scales_trainable(q, False)
@@ -92,6 +99,7 @@ def codebook(
     calibration_samples: int | None = None,
     log: Callable[[str], None] | None = print,
     teacher: nn.Module | None = None,
+    filter_fn: FilterFn = default_filter,
 ) -> nn.Module:
     """Weight sharing: a copy of ``model`` with BatchNorm folded, each layer's weights clustered into a
     ``bits``-bit codebook (or per-layer widths from a dict; pruned zeros kept exact), inputs quantized at ``act_bits`` (none if ``None``; the
@@ -102,7 +110,7 @@ def codebook(
     device = device if device is not None else model_device(model)
     q = _plain_copy(model)
     fold_batchnorm(q)
-    codebook_quantize_(q, bits)
+    codebook_quantize_(q, bits, filter_fn)
     if act_bits is not None:
         layers = list(codebook_layers(q))
         modules = dict(q.named_modules())
