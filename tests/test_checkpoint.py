@@ -1,13 +1,24 @@
 from __future__ import annotations
 
 import json
+import struct
+from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
-from torchshrink.checkpoint import META, WEIGHTS, load_checkpoint, save_checkpoint
+from torchshrink.checkpoint import (
+    MAX_META_BYTES,
+    META,
+    REWIND,
+    WEIGHTS,
+    load_checkpoint,
+    load_rewind,
+    save_checkpoint,
+)
 from torchshrink.errors import CheckpointError
-from torchshrink.models import build_model
+from torchshrink.models import MODELS, build_model
 
 
 @pytest.fixture()
@@ -57,3 +68,200 @@ def test_missing_and_mismatched_checkpoints_are_rejected(saved, tmp_path):
     (folder / WEIGHTS).unlink()
     with pytest.raises(CheckpointError, match="missing"):
         load_checkpoint(folder)
+
+
+def _edit_meta(folder, **changes):
+    meta = json.loads((folder / META).read_text())
+    meta.update(changes)
+    (folder / META).write_text(json.dumps(meta))
+
+
+def _header(folder):
+    data = (folder / WEIGHTS).read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+
+def _write_header(folder, header, body, length=None):
+    text = json.dumps(header).encode()
+    (folder / WEIGHTS).write_bytes(struct.pack("<Q", len(text) if length is None else length) + text + body)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            '{"format": "torchshrink-checkpoint", "model": "cnn_tiny", "x": ' + "[" * 5000 + "]" * 5000 + "}",
+            "nested too deeply",
+        ),
+        (
+            '{"format": "torchshrink-checkpoint", "model": "cnn_tiny", "x": 1' + "0" * 5000 + "}",
+            "integer of 5001 digits",
+        ),
+        ('{"format": "torchshrink-checkpoint", "model": ["cnn"]}', r"model \['cnn'\] is not a registered model"),
+        ('{"format": "torchshrink-checkpoint", "model": "' + "x" * 5000 + '"}', r"model 'xxx.*\.\.\. is not"),
+        (
+            '{"format": "torchshrink-checkpoint", "model": "cnn_tiny", "model_args": [1]}',
+            "model_args must be an object",
+        ),
+        (
+            '{"format": "torchshrink-checkpoint", "model": "cnn_tiny", "model_args": {"hidden": NaN}}',
+            "model_args.hidden = nan is not a finite number",
+        ),
+        (
+            '{"format": "torchshrink-checkpoint", "model": "cnn_tiny", "model_args": {"hidden": 1e400}}',
+            "model_args.hidden = inf is not a finite number",
+        ),
+        (
+            '{"format": "torchshrink-checkpoint", "model": "cnn_tiny", "model_args": {"hidden": 4294967296}}',
+            "model_args.hidden = 4294967296 is out of range",
+        ),
+        (
+            '{"format": "torchshrink-checkpoint", "model": "cnn_tiny", "model_args": {"hidden": -5}}',
+            r"model_args \{'hidden': -5\} do not build model 'cnn_tiny' \(RuntimeError",
+        ),
+        (
+            '{"format": "torchshrink-checkpoint", "model": "cnn_tiny", "model_args": {"channels": "abc"}}',
+            "do not build model 'cnn_tiny' \\(TypeError",
+        ),
+        ('{"format": "torchshrink-checkpoint", "model": "cnn_tiny", "model_args": {"bogus": 1}}', "do not build"),
+        (
+            '{"format": "torchshrink-checkpoint", "format": "torchshrink-checkpoint", "model": "cnn_tiny"}',
+            "a key appears twice",
+        ),
+        ("\udcff{}", "unreadable JSON"),
+    ],
+)
+def test_malformed_model_json_is_one_clear_error(saved, text, message):
+    _, folder = saved
+    (folder / META).write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(CheckpointError, match=f"model.json: .*{message}") as info:
+        load_checkpoint(folder)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 600
+
+
+def test_huge_model_is_refused_on_the_meta_device_before_any_allocation(saved, monkeypatch):
+    """The architecture is built on the meta device first: 46 GB of layers cost nothing to refuse."""
+    _, folder = saved
+    devices = []
+    original = MODELS["cnn_tiny"]
+
+    def recording(**kwargs):
+        devices.append(torch.empty(0).device.type)
+        return original(**kwargs)
+
+    monkeypatch.setitem(MODELS, "cnn_tiny", recording)
+    _edit_meta(folder, model_args={"hidden": 2**31 - 1, "channels": [4, 8, 2**20]})
+    with pytest.raises(CheckpointError, match=r"model.json: model 'cnn_tiny' .* has [\d,]+ elements, over the"):
+        load_checkpoint(folder)
+    assert devices == ["meta"]  # never built for real
+
+
+def test_header_mismatch_is_found_before_tensors_are_read(saved, monkeypatch):
+    _, folder = saved
+    _edit_meta(folder, model="cnn")  # same layer names, other shapes
+
+    def never(*args, **kwargs):
+        raise AssertionError("tensors read before the header was compared with the model")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", never)
+    with pytest.raises(
+        CheckpointError, match=r"model.safetensors: tensor \S+ has shape \[[\d, ]+\], model .cnn. expects"
+    ):
+        load_checkpoint(folder)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda h, b: (h, b, 2**63), "header length 9223372036854775808 does not fit"),
+        (lambda h, b: (h, b, 3), "unreadable header"),
+        (lambda h, b: ([1, 2], b, None), "header is a list"),
+        (
+            lambda h, b: ({**h, "features.conv1.weight": {**h["features.conv1.weight"], "dtype": "F8_E4M3"}}, b, None),
+            "dtype 'F8_E4M3' is not one of",
+        ),
+        (
+            lambda h, b: (
+                {**h, "features.conv1.weight": {**h["features.conv1.weight"], "shape": [-4, 1, 3, 3]}},
+                b,
+                None,
+            ),
+            r"shape \[-4, 1, 3, 3\] is not a list",
+        ),
+        (
+            lambda h, b: (
+                {**h, "features.conv1.weight": {**h["features.conv1.weight"], "data_offsets": [0, 2**40]}},
+                b,
+                None,
+            ),
+            "do not hold F32",
+        ),
+        (lambda h, b: ({**h, "features.conv1.weight": {"dtype": "F32"}}, b, None), "needs exactly dtype"),
+        (lambda h, b: ({**h, "__metadata__": {"format": 3}}, b, None), "__metadata__ must map names to strings"),
+        (lambda h, b: (h, b + b"\0" * 4, None), "4 bytes after the last tensor"),
+        (
+            lambda h, b: ({**h, "features.conv1.weight": {**h["features.conv1.weight"], "dtype": "I32"}}, b, None),
+            "is I32, model 'cnn_tiny' expects a floating-point tensor",
+        ),
+    ],
+)
+def test_malformed_safetensors_header_is_a_checkpoint_error(saved, mutate, message):
+    """Checked here before safetensors sees the file: its own errors (or panics) never reach the caller."""
+    _, folder = saved
+    header, body = _header(folder)
+    header, body, length = mutate(header, body)
+    _write_header(folder, header, body, length)
+    with pytest.raises(CheckpointError, match=f"model.safetensors: .*{message}"):
+        load_checkpoint(folder)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused_by_tensor_name(tmp_path, value):
+    model = build_model("cnn_tiny")
+    with torch.no_grad():
+        model.classifier.fc1.weight[3, 7] = value
+    folder = save_checkpoint(tmp_path / "ckpt", model, "cnn_tiny")
+    with pytest.raises(CheckpointError, match=r"tensor classifier.fc1.weight holds 1 NaN or infinite values"):
+        load_checkpoint(folder)
+
+
+def test_all_zero_weight_loads_with_a_warning(tmp_path):
+    model = build_model("cnn_tiny")
+    with torch.no_grad():
+        model.classifier.fc2.weight.zero_()
+    folder = save_checkpoint(tmp_path / "ckpt", model, "cnn_tiny")
+    with pytest.warns(UserWarning, match="weight tensor classifier.fc2.weight is all zeros"):
+        loaded = load_checkpoint(folder)
+    assert torch.equal(loaded.model.classifier.fc2.weight, model.classifier.fc2.weight)
+
+
+def test_unreadable_files_are_checkpoint_errors(saved, monkeypatch):
+    _, folder = saved
+    real_open = Path.open
+
+    def deny(self, *args, **kwargs):
+        if self.name == META:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", deny)
+    with pytest.raises(CheckpointError, match="model.json: cannot read \\(Permission denied\\); check its permissions"):
+        load_checkpoint(folder)
+
+
+def test_oversized_model_json_is_refused_unread(saved):
+    _, folder = saved
+    (folder / META).write_bytes(b" " * (MAX_META_BYTES + 1))
+    with pytest.raises(CheckpointError, match="model.json: over 1,048,576 bytes"):
+        load_checkpoint(folder)
+
+
+def test_rewind_file_is_validated_too(saved):
+    model, folder = saved
+    save_checkpoint(folder, model, "cnn_tiny", rewind=model.state_dict())
+    assert set(load_rewind(folder)) == set(model.state_dict())
+    data = (folder / REWIND).read_bytes()
+    (folder / REWIND).write_bytes(struct.pack("<Q", 2**40) + data[8:])
+    with pytest.raises(CheckpointError, match="rewind.safetensors: not a valid safetensors file"):
+        load_rewind(folder)

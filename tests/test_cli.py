@@ -303,3 +303,185 @@ def test_model_factory_is_refused_for_a_checkpoint_folder(tmp_path, tinynet_file
     folder, _, _ = tinynet_file
     r = run("eval", str(tmp_path), "--model-factory", "tinynet:TinyNet", pythonpath=folder)
     assert r.returncode == 1 and "applies to a .tshrink file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# --- inputs and outputs are checked before any work; a result is whole or absent --------------------------
+
+
+def _one_line_error(r: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    return r.stderr
+
+
+def test_the_same_seed_gives_the_same_weights(tmp_path, data_dir):
+    """The seed reaches the weight initialisation: same seed and threads -> the same bytes."""
+    weights = {}
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        r = run("train", "--model", "cnn_tiny", "--seed", seed, "--train-subset", "500", "--epochs", "1",
+                "--data-dir", data_dir, "--device", "cpu", "--out", str(tmp_path / name))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        weights[name] = (tmp_path / name / "model.safetensors").read_bytes()
+    assert weights["a"] == weights["b"]
+    assert weights["a"] != weights["c"]
+    mask = os.umask(0)
+    os.umask(mask)
+    for file in (tmp_path / "a").iterdir():  # written through temporary files, yet with the user's umask
+        assert file.stat().st_mode & 0o777 == 0o666 & ~mask, file
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("train", "--seed", "18446744073709551616"),
+        ("train", "--seed", "-1"),
+        ("train", "--lr", "inf"),
+        ("train", "--lr", "nan"),
+        ("prune", "X", "--sparsity", "0.5", "--temperature", "inf"),
+        ("prune", "X", "--sparsity", "nan"),
+        ("compress", "X", "--sparsity", "0.5", "--bits", "4", "--temperature", "nan"),
+        ("quantize", "X", "--bits", "4", "--lr", "inf"),
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors(tmp_path, args):
+    r = run(*args, "--out", str(tmp_path / "out"))
+    _one_line_error(r, code=2)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def a_file(tmp_path_factory):
+    file = tmp_path_factory.mktemp("outputs") / "file.txt"
+    file.write_text("not a folder")
+    return file
+
+
+@pytest.mark.parametrize(
+    "args, out, message",
+    [
+        (("train", "--epochs", "1"), "FILE/sub", "is a file, not a folder"),
+        (("train", "--epochs", "1"), "FILE", "exists and is not a folder"),
+        (("prune", "CKPT", "--sparsity", "0.5"), "FILE/sub", "is a file, not a folder"),
+        (("prune", "CKPT", "--sparsity", "0.5"), "FILE", "exists and is not a folder"),
+        (("prune", "CKPT", "--sparsity", "0.5"), "CKPT", "is the input"),
+        (("quantize", "CKPT", "--bits", "4"), "FILE/sub", "is a file, not a folder"),
+        (("quantize", "CKPT", "--bits", "4"), "CKPT", "is the input"),
+        (("compress", "CKPT", "--sparsity", "0.5", "--bits", "4"), "FILE/m.tshrink", "is a file, not a folder"),
+        (("compress", "CKPT", "--sparsity", "0.5", "--bits", "4"), "FILE", "not a compressed file; pass --force"),
+        (("compress", "CKPT", "--sparsity", "0.5", "--bits", "4"), "CKPT/model.safetensors", "inside the checkpoint"),
+        (
+            ("compress", "CKPT", "--sparsity", "0.5", "--bits", "4", "--force"),
+            "CKPT/m.tshrink",
+            "inside the checkpoint",
+        ),
+        (("sensitivity", "CKPT"), "FILE", "is a file, not a folder"),
+        (("study", "--quick"), "FILE/sub", "is a file, not a folder"),
+        (("study", "--quick"), "FILE", "exists and is not a folder"),
+    ],
+)
+def test_bad_output_paths_are_one_line_errors_before_any_work(data_dir, tiny_checkpoint, a_file, args, out, message):
+    """No traceback, and the file in the way (or the checkpoint) is left exactly as it was."""
+    ckpt = str(tiny_checkpoint)
+    weights = (tiny_checkpoint / "model.safetensors").read_bytes()
+    args = tuple(ckpt if a == "CKPT" else a for a in args)
+    out = out.replace("FILE", str(a_file)).replace("CKPT", ckpt)
+    stderr = _one_line_error(run(*args, "--data-dir", data_dir, "--out", out))
+    assert message in stderr and out in stderr
+    assert a_file.read_text() == "not a folder"
+    assert (tiny_checkpoint / "model.safetensors").read_bytes() == weights
+    assert sorted(p.name for p in tiny_checkpoint.iterdir()) == ["model.json", "model.safetensors",
+                                                                 "rewind.safetensors"]  # fmt: skip
+
+
+def test_prune_over_a_checkpoint_replaces_it_whole_and_refuses_a_users_folder(tmp_path, data_dir, tiny_checkpoint):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(tiny_checkpoint, out)  # an earlier checkpoint, with a rewind point prune does not write
+    r = run("prune", str(tiny_checkpoint), "--method", "oneshot", "--sparsity", "0.5", "--data-dir", data_dir,
+            "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors", "pruning.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporaries left beside it
+    (out / "notes.txt").write_text("mine")
+    stderr = _one_line_error(run("prune", str(tiny_checkpoint), "--method", "oneshot", "--sparsity", "0.5",
+                                 "--data-dir", data_dir, "--out", str(out), "--force"))  # fmt: skip
+    assert "notes.txt" in stderr and (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_failure_while_saving_leaves_the_previous_checkpoint(tmp_path, data_dir, tiny_checkpoint, monkeypatch):
+    """In-process: the save is interrupted after the weights, before the JSON (as a kill would)."""
+    import shutil
+
+    import torchshrink.checkpoint
+    from torchshrink.cli import main
+
+    out = tmp_path / "out"
+    shutil.copytree(tiny_checkpoint, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(folder, *args, **kwargs):
+        (folder / "model.safetensors").write_bytes(b"half of the new weights")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torchshrink.checkpoint, "save_checkpoint", interrupted)
+    code = main(["prune", str(tiny_checkpoint), "--method", "oneshot", "--sparsity", "0.5", "--data-dir", data_dir,
+                 "--device", "cpu", "--out", str(out)])  # fmt: skip
+    assert code == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_failed_compress_leaves_nothing(tmp_path, data_dir, tiny_checkpoint, monkeypatch):
+    """In-process: the file is written, then fails its own check (as NaN weights did): no file, no record."""
+    import torchshrink.recipes.compress as recipe
+    from torchshrink.cli import main
+    from torchshrink.errors import TorchshrinkError
+
+    def no_work(model, *args, **kwargs):
+        return model, {}
+
+    def fails_its_check(model, base, batches, path, *args, **kwargs):
+        path.write_bytes(b"x" * 774)
+        raise TorchshrinkError(f"{path}: does not load back")
+
+    monkeypatch.setattr(recipe, "compress_model", no_work)
+    monkeypatch.setattr(recipe, "write_and_verify", fails_its_check)
+    out = tmp_path / "new" / "m.tshrink"
+    code = main(["compress", str(tiny_checkpoint), "--sparsity", "0.5", "--bits", "4", "--train-subset", "200",
+                 "--data-dir", data_dir, "--device", "cpu", "--out", str(out)])  # fmt: skip
+    assert code == 1
+    assert list(tmp_path.iterdir()) == []  # not even the folder made for it
+
+
+@pytest.fixture(scope="module")
+def misfit_checkpoints(tmp_path_factory):
+    """Checkpoints whose JSON describes models that do not take Fashion-MNIST: 3 channels in, 5 classes out."""
+    from torchshrink.checkpoint import save_checkpoint
+    from torchshrink.models import build_model
+
+    folder = tmp_path_factory.mktemp("misfit")
+    for name, kwargs in (("rgb", {"in_channels": 3}), ("five", {"num_classes": 5})):
+        model = build_model("cnn_tiny", **kwargs)
+        save_checkpoint(folder / name, model, "cnn_tiny", model.arguments())
+    return folder
+
+
+@pytest.mark.parametrize(
+    "args, which, found",
+    [
+        (("eval", "CKPT"), "rgb", "3 channels"),
+        (("prune", "CKPT", "--sparsity", "0.5"), "five", "(2, 5)"),
+        (("quantize", "CKPT", "--bits", "4"), "rgb", "3 channels"),
+        (("compress", "CKPT", "--sparsity", "0.5", "--bits", "4"), "five", "(2, 5)"),
+    ],
+)
+def test_a_model_that_does_not_fit_the_data_is_a_one_line_error(tmp_path, data_dir, misfit_checkpoints, args, which,
+                                                                 found):  # fmt: skip
+    ckpt = misfit_checkpoints / which
+    args = tuple(str(ckpt) if a == "CKPT" else a for a in args)
+    extra = () if args[0] == "eval" else ("--out", str(tmp_path / "out.tshrink"))
+    stderr = _one_line_error(run(*args, "--data-dir", data_dir, *extra))
+    assert str(ckpt) in stderr and found in stderr and "Fashion-MNIST" in stderr
+    assert list(tmp_path.iterdir()) == []

@@ -1,5 +1,6 @@
-"""A second reader of the .tshrink format, written from docs/FORMAT.md alone (plain Python + numpy, no
-torchshrink.pack code), decodes files written by torchshrink and must agree with the model."""
+"""A second reader and a writer of the .tshrink format, written from docs/FORMAT.md alone (plain Python + numpy,
+no torchshrink.pack code): the reader decodes files written by torchshrink and must agree with the model; files
+the writer makes (with only the fields the document requires) must load into the model it describes."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from torch import nn
 from torchshrink.models import build_model
 from torchshrink.pack import load_compressed, save_compressed
 from torchshrink.pruning import make_permanent, prune_
-from torchshrink.quant import QuantConfig, quantize_, snap_floats_
+from torchshrink.quant import QuantConfig, fold_batchnorm, quantize_, snap_floats_
 from torchshrink.recipes import TrainConfig, codebook, fit, ptq
 
 FLOAT = {"float32": "<f4", "float16": "<f2"}
@@ -177,3 +178,120 @@ def test_independent_reader_reads_the_version_2_fixture():
     assert sorted(tensors) == sorted(state)
     for name, array in tensors.items():
         assert np.array_equal(array, state[name].numpy()), name
+
+
+def write_bits(values: list[int], width: int) -> bytes:
+    out = bytearray(-(-len(values) * width // 8))
+    for i, v in enumerate(values):
+        for j in range(width):
+            s = i * width + j
+            out[s // 8] |= ((v >> j) & 1) << (s % 8)
+    return bytes(out)
+
+
+def delta_gaps(where: list[int], width: int) -> list[int]:
+    codes, cursor, filler = [], 0, 2**width - 1
+    for p in where:
+        g = p - cursor
+        while g >= filler:
+            codes.append(filler)
+            g -= filler
+        codes.append(g)
+        cursor = p + 1
+    return codes
+
+
+def independent_write(
+    model: dict, entries: list[tuple[dict, dict]], activations: list[dict], compression: str
+) -> bytes:
+    """A file with exactly the fields the document asks for, the header as plain JSON in another key order."""
+    raw, tensors = bytearray(), []
+    for meta, sections in entries:
+        spans = {}
+        for key, blob in sections.items():
+            spans[key] = {"offset": len(raw), "length": len(blob)}
+            raw += blob
+        tensors.append({"sections": spans, **meta})
+    payload = {"none": bytes, "zlib": zlib.compress, "lzma": lzma.compress}[compression](bytes(raw))
+    header = {"activations": activations, "tensors": tensors, "payload_sha256": hashlib.sha256(payload).hexdigest(),
+              "raw_payload_bytes": len(raw), "payload_bytes": len(payload), "compression": compression, "model": model,
+              "version": 3, "format": "torchshrink"}  # fmt: skip
+    head = json.dumps(header).encode()
+    return b"TSHRINK\x00" + struct.pack("<Q", len(head)) + head + payload
+
+
+def _coded(name: str, shape: list[int], q: np.ndarray, storage: str, extra: dict, sections: dict) -> tuple[dict, dict]:
+    """A code tensor: stored values v = q - code_offset (or k), dense, or sparse with bitmask / delta positions."""
+    meta = {"name": name, "shape": shape, **extra, "storage": "dense" if storage == "dense" else "sparse"}
+    stored = (q.reshape(-1) - extra["code_offset"]).tolist()
+    if storage == "dense":
+        return meta, {**sections, "codes": write_bits(stored, extra["bits"])}
+    where = np.flatnonzero(q.reshape(-1)).tolist()
+    values = [stored[i] for i in where]
+    meta |= {"nonzeros": len(where), "positions": storage}  # bitmask: no gap_bits, gap_count or positions_coding
+    if storage == "bitmask":
+        hit = set(where)
+        flags = [int(i in hit) for i in range(q.size)]
+        positions = write_bits(flags, 1)
+    else:
+        gaps = delta_gaps(where, 3)
+        meta |= {"gap_bits": 3, "gap_count": len(gaps)}
+        positions = write_bits(gaps, 3)
+    return meta, {**sections, "positions": positions, "codes": write_bits(values, extra["bits"])}
+
+
+@pytest.mark.parametrize("compression", ["none", "zlib", "lzma"])
+def test_files_written_from_the_document_load(tmp_path, compression):
+    """Uniform (dense, bitmask, delta), codebook and float16 / float32 tensors plus input quantizers, written from
+    docs/FORMAT.md alone, load into cnn_tiny with exactly the values the document defines."""
+    rng = np.random.default_rng(0)
+    shapes = {k: list(t.shape) for k, t in fold_batchnorm(build_model("cnn_tiny")).state_dict().items()}
+    layouts = iter(["dense", "bitmask", "delta", "codebook", "dense"])
+    entries, expected = [], {}
+    for name, shape in shapes.items():
+        if name.endswith("bias"):
+            dtype = "float16" if name.startswith("classifier") else "float32"
+            values = rng.normal(size=shape).astype(FLOAT[dtype])
+            entries.append(({"name": name, "shape": shape, "encoding": "float", "dtype": dtype},
+                            {"values": values.tobytes()}))  # fmt: skip
+            expected[name] = values.astype(np.float32)
+            continue
+        layout = next(layouts)
+        q = rng.integers(-7, 8, size=shape) * (rng.random(shape) < 0.4)  # 4-bit narrow-range codes, 60% zero
+        if layout == "codebook":
+            k = rng.integers(0, 8, size=shape) * (rng.random(shape) < 0.4)
+            book = rng.normal(size=7).astype("<f2")
+            extra = {
+                "encoding": "codebook",
+                "bits": 3,
+                "code_offset": 0,
+                "codebook_size": 7,
+                "codebook_dtype": "float16",
+            }
+            entries.append(_coded(name, shape, k, "bitmask", extra, {"codebook": book.tobytes()}))
+            expected[name] = np.concatenate([[0], book.astype(np.float32)]).astype(np.float32)[k]
+            continue
+        count = 1 if name == "classifier.fc2.weight" else shape[0]  # one scale for the whole tensor, or per channel
+        scales = (rng.random(count) + 0.01).astype("<f4")
+        extra = {"encoding": "uniform", "bits": 4, "code_offset": -7, "scale_count": count}
+        entries.append(_coded(name, shape, q, layout, extra, {"scales": scales.tobytes()}))
+        per = scales if count > 1 else np.repeat(scales, shape[0])
+        expected[name] = (q.reshape(shape[0], -1).astype(np.float32) * per[:, None]).reshape(shape)
+    activations = [
+        {"layer": "features.conv1", "bits": 8, "signed": True, "symmetric": False, "scale": 0.03, "zero_point": -3},
+        {"layer": "features.conv2", "bits": 4, "signed": False, "symmetric": True, "scale": 0.25, "zero_point": 0},
+    ]
+    model = {"name": "cnn_tiny", "batchnorm_folded": True}
+    blob = independent_write(model, entries, activations, compression)
+    path = tmp_path / "doc.tshrink"
+    path.write_bytes(blob)
+    loaded = load_compressed(path)
+    state = loaded.state_dict()
+    assert sorted(k for k in state if ".input_quant." not in k) == sorted(expected)  # the quantizers' own state
+    for name, values in expected.items():
+        assert np.array_equal(state[name].numpy(), values), name
+        assert np.array_equal(independent_read(blob)[name], values), name
+    assert float(loaded.features.conv1.input_quant.zero_point[0]) == -3.0
+    assert float(loaded.features.conv2.input_quant.scale[0]) == pytest.approx(0.25)
+    with torch.no_grad():
+        assert torch.isfinite(loaded(torch.randn(2, 1, 28, 28))).all()

@@ -1,15 +1,20 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+import time
 
 import matplotlib.image as mpimg
 import pytest
 import yaml
 
-from torchshrink.errors import ConfigError
+from torchshrink.errors import ConfigError, TorchshrinkError
 from torchshrink.study import StudyConfig, StudyInterrupted, load_config, run_study
+from torchshrink.study.cache import StageCache
+from torchshrink.study.run import LOCK, StudyBusy, study_lock
 
 TINY = {
     "data": {"train_subset": 1000, "test_subset": 500, "calibration_images": 128},
@@ -79,6 +84,11 @@ def test_study_produces_every_artifact_and_resumes(tiny_config, tmp_path, data_d
         assert (out / name).is_file(), name
     for png in out.glob("*.png"):
         assert mpimg.imread(png).shape[0] > 100  # decodes to a real image
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [*out.glob("*.*"), *(out / "compressed").iterdir()]:  # written through temporary files
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
+    assert not [p for p in out.rglob("*.tmp")]
     results = json.loads((out / "results.json").read_text())
     assert [r["target"] for r in results["iterative"]] == [0.4, 0.8]
     assert results["iterative"][1]["sparsity"] > results["iterative"][0]["sparsity"]
@@ -137,8 +147,10 @@ def test_study_produces_every_artifact_and_resumes(tiny_config, tmp_path, data_d
         ("quantization: {bits: [9]}", "quantization.bits: 9 must be from 2 to 8"),
         ("gradual: {temperature: 0}", "gradual.temperature: 0.0 must be positive"),
         ("continued: {sparsity: 0.8}", "continued.sparsity: 0.8 must be above gradual.sparsity"),
-        ("combined: {points: [{sparsity: 0.9, bits: 4, act_bits: 8, source: continued}]}",
-         "must be continued.sparsity"),
+        (
+            "combined: {points: [{sparsity: 0.9, bits: 4, act_bits: 8, source: continued}]}",
+            "must be continued.sparsity",
+        ),
         ("[1, 2", "not valid YAML"),
     ],
 )
@@ -156,3 +168,45 @@ def test_cli_rejects_a_bad_config_before_any_work(tmp_path):
                         str(tmp_path / "out")], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 1 and "seed: expected an integer" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_second_study_on_the_same_folder_fails_at_once(tiny_config, tmp_path, data_dir):
+    """Two studies on one --out would both compute everything and delete each other's live temporaries."""
+    out = tmp_path / "study"
+    with study_lock(out):
+        start = time.perf_counter()
+        with pytest.raises(StudyBusy, match=re.escape(f"{out}: another study is running in this folder")):
+            run_study(tiny_config, out, data_dir, "cpu", progress=False, log=lambda _: None)
+        assert time.perf_counter() - start < 5  # before loading the data, let alone training
+        r = subprocess.run([sys.executable, "-m", "torchshrink.cli", "study", "--quick", "--data-dir", data_dir,
+                            "--out", str(out)], capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 1 and "another study is running" in r.stderr and str(out) in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert [p.name for p in out.iterdir()] == [LOCK]  # the lock file stays; the kernel's lock went with the fd
+
+
+def test_a_study_that_fails_at_once_leaves_no_folder(tiny_config, tmp_path):
+    (tmp_path / "no-data").mkdir()
+    with pytest.raises(TorchshrinkError, match="missing"):
+        run_study(tiny_config, tmp_path / "study", str(tmp_path / "no-data"), "cpu", progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["no-data"]  # the folder it made for the lock is gone
+
+
+def test_the_stage_cache_leaves_no_temporaries(tmp_path):
+    """A stage interrupted by an error leaves nothing; ones a killed run left are removed on the next start."""
+    root = tmp_path / "cache"
+    (root / ".tmp-gradual-abc123").mkdir(parents=True)  # the naming of earlier versions
+    (root / ".gradual-0123456789ab.999999.0123abcd.tmp").mkdir()
+    cache = StageCache(root)
+    assert list(root.iterdir()) == []
+
+    def fails(folder):
+        (folder / "model.safetensors").write_text("half")
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        cache.run("gradual", {"epochs": 1}, [], fails)
+    assert list(root.iterdir()) == []
+    key, result = cache.run("gradual", {"epochs": 1}, [], lambda folder: {"sparsity": 0.5})
+    assert [p.name for p in root.iterdir()] == [key] and result["sparsity"] == 0.5
+    assert cache.run("gradual", {"epochs": 1}, [], fails) == (key, result)  # from the cache: not recomputed

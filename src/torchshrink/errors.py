@@ -5,7 +5,9 @@ The command line turns any :class:`TorchshrinkError` into one line on stderr and
 
 from __future__ import annotations
 
-__all__ = ["TorchshrinkError", "DataError", "CheckpointError", "ConfigError"]
+import math
+
+__all__ = ["TorchshrinkError", "DataError", "CheckpointError", "ConfigError", "check_finite"]
 
 
 class TorchshrinkError(Exception):
@@ -22,3 +24,21 @@ class CheckpointError(TorchshrinkError):
 
 class ConfigError(TorchshrinkError):
     """A setting has an impossible value."""
+
+
+def check_finite(config: object, *fields: str) -> None:
+    """Raise :class:`ConfigError` if a named float field of ``config`` is NaN or infinite (``inf`` passes a
+    ``> 0`` check, and a run with an infinite learning rate fails late and unclearly).
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     lr: float = float("inf")
+    >>> check_finite(C(), "lr")
+    Traceback (most recent call last):
+    torchshrink.errors.ConfigError: lr=inf: must be a finite number
+    """
+    for name in fields:
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{name}={value}: must be a finite number")

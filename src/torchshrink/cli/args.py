@@ -4,6 +4,7 @@ before any work starts (argparse turns a bad value into one line and exit code 2
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -12,6 +13,8 @@ __all__ = [
     "bounded",
     "positive_int",
     "non_negative_int",
+    "seed_int",
+    "finite_float",
     "positive_float",
     "fraction",
     "sparsity",
@@ -21,6 +24,7 @@ __all__ = [
     "add_device",
 ]
 
+SEED_MAX = 2**63 - 1  # a signed 64-bit integer: what every generator that takes a seed (torch, numpy) accepts
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,13 +37,18 @@ class Parser(argparse.ArgumentParser):
 def bounded(
     kind: Callable[[str], float | int], low: float, what: str, high: float | None = None
 ) -> Callable[[str], float | int]:
-    """An argparse type: ``kind(text)`` within ``[low, high]`` (no upper bound when ``high`` is None)."""
+    """An argparse type: ``kind(text)`` within ``[low, high]`` (no upper bound when ``high`` is None).
+
+    Floats must be finite: ``inf`` and ``nan`` parse as floats but are never a usable setting.
+    """
 
     def parse(text: str) -> float | int:
         try:
             value = kind(text)
         except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number, {what}")
         if not (value >= low and (high is None or value <= high)):
             raise argparse.ArgumentTypeError(f"{text!r} must be {what}")
         return value
@@ -49,13 +58,22 @@ def bounded(
 
 positive_int = bounded(int, 1, "a positive integer")
 non_negative_int = bounded(int, 0, "a non-negative integer")
+seed_int = bounded(int, 0, f"an integer from 0 to 2**63-1 ({SEED_MAX})", high=SEED_MAX)
 
 
-def positive_float(text: str) -> float:
+def finite_float(text: str) -> float:
+    """An argparse type: a float that is neither infinite nor NaN."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
     return value
@@ -66,10 +84,7 @@ def fraction(text: str) -> float:
 
 
 def sparsity(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = finite_float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1), e.g. 0.9 for 90% zeros")
     return value

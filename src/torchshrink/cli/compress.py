@@ -15,6 +15,7 @@ from torchshrink.cli.args import (
     positive_int,
     sparsity,
 )
+from torchshrink.cli.outputs import COMPRESSED, RECORD, add_force, check_output
 from torchshrink.errors import TorchshrinkError
 from torchshrink.recipes.compress import CompressConfig
 from torchshrink.recipes.gradual import GradualConfig
@@ -52,7 +53,10 @@ def add_compress_commands(sub: Any) -> None:
         help="with --codebook: choose a width per layer (2..--bits) so the file fits BYTES (mixed precision)",
     )  # fmt: skip
     p.add_argument(
-        "--qat-epochs", type=non_negative_int, default=CompressConfig.qat_epochs, help="QAT epochs, 0 for PTQ (default: %(default)s)"
+        "--qat-epochs",
+        type=non_negative_int,
+        default=CompressConfig.qat_epochs,
+        help="QAT epochs, 0 for PTQ (default: %(default)s)",
     )
     p.add_argument("--codebook", action="store_true", help="k-means weight sharing instead of uniform levels")
     p.add_argument("--keep-first-last-8bit", action="store_true", help="first and last layers at 8 bits")
@@ -66,7 +70,9 @@ def add_compress_commands(sub: Any) -> None:
         "--train-subset", type=positive_int, metavar="N", help="fine-tune on the first N training images only"
     )
     p.add_argument("--device", choices=("cpu", "cuda"))
-    p.add_argument("--out", metavar="FILE", help="output file (default: CHECKPOINT-sS-wB.tshrink)")
+    p.add_argument("--out", metavar="FILE", help="output file, and FILE.json beside it (default: "
+                   "CHECKPOINT-sS-wB.tshrink); an existing file is replaced only if it is a .tshrink file")  # fmt: skip
+    add_force(p)
     add_data_dir(p)
     p.set_defaults(func=_cmd_compress)
 
@@ -80,8 +86,11 @@ def add_compress_commands(sub: Any) -> None:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from torchshrink._io import atomic_write_json
+    import torch
+
+    from torchshrink._io import atomic_file, atomic_write_json
     from torchshrink.checkpoint import load_checkpoint
+    from torchshrink.cli.inputs import check_fits_fashion_mnist
     from torchshrink.data import load_fashion_mnist
     from torchshrink.recipes.compress import CompressConfig, compress_model, write_and_verify
     from torchshrink.recipes.train import evaluate, pick_device
@@ -99,19 +108,31 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         distill=args.distill, temperature=args.temperature, budget_bytes=args.budget,
     )  # fmt: skip
     out = Path(args.out) if args.out else Path(f"{ckpt.path}-s{args.sparsity:g}-w{args.bits}.tshrink")
-    if out.is_dir():
-        raise TorchshrinkError(f"--out {out}: is a folder; give a file name such as model.tshrink")
+    out = check_output(out, COMPRESSED, force=args.force, inputs=[ckpt.path])
+    summary = check_output(out.with_name(out.name + ".json"), RECORD, force=args.force, option="--out (its record)")
+    check_fits_fashion_mnist(ckpt.model, ckpt.path)
     data = load_fashion_mnist(args.data_dir)
     if args.train_subset:
         data = data.subset(train=args.train_subset)
     base_acc, _ = evaluate(ckpt.model, data.test_batches())
     model_args = ckpt.meta.get("model_args", {})
+    torch.manual_seed(0)  # no --seed here: every random draw of the fine-tuning repeats from run to run
     model, record = compress_model(ckpt.model, data, cfg, device, model_name=ckpt.meta["model"], model_args=model_args)
-    result = write_and_verify(
-        model, ckpt.model, data.test_batches(), out, ckpt.meta["model"], model_args, args.compression
-    )
-    record |= result | {"baseline_test_accuracy": base_acc, "source": str(ckpt.path)}
-    atomic_write_json(out.with_name(out.name + ".json"), record)
+    # written and verified under a temporary name: a file that fails its own check never appears at --out
+    wrote_record = False
+    try:
+        with atomic_file(out) as tmp:
+            result = write_and_verify(
+                model, ckpt.model, data.test_batches(), tmp, ckpt.meta["model"], model_args, args.compression
+            )
+            result["file"] = str(out)
+            record |= result | {"baseline_test_accuracy": base_acc, "source": str(ckpt.path)}
+            atomic_write_json(summary, record)  # the record first: a .tshrink file at --out always has its record
+            wrote_record = True
+    except BaseException:
+        if wrote_record:  # the file itself could not be put in place: leave no record of it either
+            summary.unlink(missing_ok=True)
+        raise
     print(
         f"{out}: {result['file_bytes']:,} bytes ({result['ratio']:.1f}x smaller than fp32 {result['fp32_bytes']:,}), "
         f"sparsity {100 * result['sparsity']:.1f}%, test accuracy {100 * base_acc:.2f}% -> "

@@ -17,7 +17,8 @@ from torchshrink.cli.args import (
     sparsity,
     sparsity_list,
 )
-from torchshrink.errors import ConfigError, TorchshrinkError
+from torchshrink.cli.outputs import CHECKPOINT, RECORD, add_force, check_output
+from torchshrink.errors import ConfigError
 from torchshrink.recipes.compress import CompressConfig
 from torchshrink.recipes.gradual import GradualConfig
 
@@ -84,7 +85,9 @@ def add_pruning_commands(sub: Any) -> None:
         help="iterative: reset surviving weights to their values after epoch 1 (lottery ticket)",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when present, else cpu")
-    p.add_argument("--out", metavar="DIR", help="output checkpoint folder (default: CHECKPOINT-pruned-METHOD-S)")
+    p.add_argument("--out", metavar="DIR", help="output checkpoint folder, replaced whole once pruning is done "
+                   "(default: CHECKPOINT-pruned-METHOD-S)")  # fmt: skip
+    add_force(p)
     add_data_dir(p)
     p.set_defaults(func=_cmd_prune)
 
@@ -97,12 +100,17 @@ def add_pruning_commands(sub: Any) -> None:
     p.add_argument("--sparsities", type=sparsity_list, default=None, help="comma-separated, e.g. 0.1,0.5,0.9")
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--out", metavar="DIR", help="folder for sensitivity.json (default: the checkpoint folder)")
+    add_force(p)
     add_data_dir(p)
     p.set_defaults(func=_cmd_sensitivity)
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    import torch
+
+    from torchshrink._io import atomic_folder, atomic_write_json
     from torchshrink.checkpoint import load_checkpoint, load_rewind, save_checkpoint
+    from torchshrink.cli.inputs import check_fits_fashion_mnist
     from torchshrink.data import load_fashion_mnist
     from torchshrink.measure import count_macs
     from torchshrink.models import parameter_count
@@ -112,12 +120,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device)
-    rewind = load_rewind(args.checkpoint) if args.rewind else None
     if args.rewind and args.method != "iterative":
         raise ConfigError("--rewind applies to --method iterative only")
+    rewind = load_rewind(args.checkpoint) if args.rewind else None
     out = Path(args.out) if args.out else Path(f"{ckpt.path}-pruned-{args.method}-{args.sparsity:g}")
-    if out.exists() and not out.is_dir():
-        raise TorchshrinkError(f"--out {out}: exists and is not a folder; choose another path")
+    out = check_output(out, CHECKPOINT, force=args.force, inputs=[ckpt.path])
+    check_fits_fashion_mnist(ckpt.model, ckpt.path)
     epochs = args.finetune_epochs
     if epochs is None:
         epochs = {"iterative": 2, "oneshot": 0, "structured": 3, "gradual": GRADUAL.epochs}[args.method]
@@ -131,6 +139,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     teacher = copy.deepcopy(ckpt.model).eval() if args.distill else None
     data = load_fashion_mnist(args.data_dir)
     model = ckpt.model
+    torch.manual_seed(0)  # no --seed here: every random draw of the retraining repeats from run to run
     before_acc, _ = evaluate(model, data.test_batches(), device=device)
     record: dict[str, Any] = {
         "method": args.method, "sparsity": args.sparsity, "scope": args.scope, "finetune_epochs": epochs, "lr": lr,
@@ -169,12 +178,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     params = sum(r["params"] for r in record["layers"])
     record["sparsity_achieved"] = 1 - sum(r["nonzeros"] for r in record["layers"]) / params
     model_args = model.arguments() if hasattr(model, "arguments") else ckpt.meta.get("model_args", {})
-    from torchshrink._io import atomic_write_json
-
-    # the record first: the checkpoint's model.json, written last, marks the folder complete
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "pruning.json", record)
-    save_checkpoint(out, model, ckpt.meta["model"], model_args, metrics={"test_accuracy": record["test_accuracy"]})
+    with atomic_folder(out) as folder:  # record and weights appear together, or not at all
+        atomic_write_json(folder / "pruning.json", record)
+        save_checkpoint(
+            folder, model, ckpt.meta["model"], model_args, metrics={"test_accuracy": record["test_accuracy"]}
+        )
     print(
         f"{args.method} pruning: sparsity {100 * record['sparsity_achieved']:.1f}%  test accuracy "
         f"{100 * before_acc:.2f}% -> {100 * record['test_accuracy']:.2f}%  {record['seconds']:.0f}s  -> {out}"
@@ -185,6 +193,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from torchshrink._io import atomic_write_json
     from torchshrink.checkpoint import load_checkpoint
+    from torchshrink.cli.inputs import check_fits_fashion_mnist
     from torchshrink.data import load_fashion_mnist
     from torchshrink.recipes.sensitivity import DEFAULT_SPARSITIES, layer_sensitivity, sensitivity_table
     from torchshrink.recipes.train import pick_device
@@ -193,11 +202,13 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint, device=device)
     if args.sparsities is not None and not args.sparsities:
         raise ConfigError("--sparsities: give at least one value, e.g. 0.5,0.9")
+    out = Path(args.out) if args.out else ckpt.path
+    target = check_output(out / "sensitivity.json", RECORD, force=args.force, option="--out")
+    check_fits_fashion_mnist(ckpt.model, ckpt.path)
     data = load_fashion_mnist(args.data_dir)
     curves = layer_sensitivity(ckpt.model, data, args.sparsities or DEFAULT_SPARSITIES, device)
     print("validation accuracy (%) with one layer pruned, no retraining")
     print(sensitivity_table(curves))
-    out = Path(args.out) if args.out else ckpt.path
-    atomic_write_json(out / "sensitivity.json", {n: {str(s): a for s, a in c.items()} for n, c in curves.items()})
-    print(f"-> {out / 'sensitivity.json'}")
+    atomic_write_json(target, {n: {str(s): a for s, a in c.items()} for n, c in curves.items()})
+    print(f"-> {target}")
     return 0

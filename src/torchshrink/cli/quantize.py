@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from torchshrink.cli.args import add_data_dir, bits, positive_float, positive_int
-from torchshrink.errors import TorchshrinkError
+from torchshrink.cli.outputs import QUANTIZED, add_force, check_output
 from torchshrink.quant.apply import QuantConfig
 from torchshrink.quant.fake_quant import CALIBRATIONS
 from torchshrink.recipes.compress import CompressConfig
@@ -45,16 +45,21 @@ def add_quant_commands(sub: Any) -> None:
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
     p.add_argument("--keep-first-last-8bit", action="store_true", help="first and last layers at 8 bits")
     p.add_argument("--device", choices=("cpu", "cuda"))
-    p.add_argument("--out", metavar="DIR", help="output folder (default: CHECKPOINT-wBaA-MODE)")
+    p.add_argument(
+        "--out", metavar="DIR", help="output folder, replaced whole once done (default: CHECKPOINT-wBaA-MODE)"
+    )
+    add_force(p)
     add_data_dir(p)
     p.set_defaults(func=_cmd_quantize)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     import safetensors.torch
+    import torch
 
-    from torchshrink._io import atomic_write, atomic_write_json
+    from torchshrink._io import atomic_folder, atomic_write, atomic_write_json
     from torchshrink.checkpoint import load_checkpoint
+    from torchshrink.cli.inputs import check_fits_fashion_mnist
     from torchshrink.data import load_fashion_mnist
     from torchshrink.models import fp32_bytes
     from torchshrink.quant import QuantConfig, storage_report
@@ -70,13 +75,15 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     )  # fmt: skip
     tag = f"w{config.bits}a{config.activation_bits}-{args.mode}"
     out = Path(args.out) if args.out else Path(f"{ckpt.path}-{tag}")
-    if out.exists() and not out.is_dir():
-        raise TorchshrinkError(f"--out {out}: exists and is not a folder; choose another path")
+    out = check_output(out, QUANTIZED, force=args.force, inputs=[ckpt.path])
+    check_fits_fashion_mnist(ckpt.model, ckpt.path)
+    train = TrainConfig(epochs=args.qat_epochs, lr=args.lr)
     data = load_fashion_mnist(args.data_dir)
     float_acc, _ = evaluate(ckpt.model, data.test_batches())
+    torch.manual_seed(0)  # no --seed here: every random draw of calibration or QAT repeats from run to run
     start = time.perf_counter()
     if args.mode == "qat":
-        model, _ = qat(ckpt.model, data, config, TrainConfig(epochs=args.qat_epochs, lr=args.lr), device)
+        model, _ = qat(ckpt.model, data, config, train, device)
     else:
         model = ptq(ckpt.model, data, config)
     seconds = time.perf_counter() - start
@@ -89,8 +96,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         "quantized_bytes": weight_bytes, "layers": [r.__dict__ | {"total_bytes": r.total_bytes} for r in rows],
     }  # fmt: skip
     state = {k: v.contiguous() for k, v in codes_state_dict(export_layers(model.cpu())).items()}
-    atomic_write(out / "codes.safetensors", lambda tmp: safetensors.torch.save_file(state, str(tmp)))
-    atomic_write_json(out / "quantization.json", record)
+    with atomic_folder(out) as folder:  # codes and report appear together, or not at all
+        atomic_write(folder / "codes.safetensors", lambda tmp: safetensors.torch.save_file(state, str(tmp)))
+        atomic_write_json(folder / "quantization.json", record)
     print(f"{'layer':<16} {'bits':>4} {'params':>9} {'bytes':>9}")
     for r in rows:
         print(f"{r.name:<16} {r.bits:>4} {r.params:>9,} {r.total_bytes:>9,.0f}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from torchshrink.cli.args import add_data_dir
+from torchshrink.cli.outputs import STUDY, add_force, check_output
 
 __all__ = ["add_study_command"]
 
@@ -17,8 +18,10 @@ def add_study_command(sub: Any) -> None:
                                    "when the command is run again (after an interruption or a settings change).")  # fmt: skip
     p.add_argument("--config", metavar="FILE.yaml", help="settings to override (see docs/study.yaml for every key)")
     p.add_argument("--quick", action="store_true", help="small data, single epochs, every stage (a few minutes)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/study, or runs/study-quick)")
+    p.add_argument("--out", metavar="DIR", help="output folder, one study at a time (default: runs/study, or "
+                   "runs/study-quick)")  # fmt: skip
     p.add_argument("--device", choices=("cpu", "cuda"))
+    add_force(p)
     add_data_dir(p)
     p.set_defaults(func=_cmd_study)
 
@@ -30,7 +33,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)  # validated before any work starts
     if args.quick:
         cfg = quick_config(cfg)
-    out = Path(args.out or ("runs/study-quick" if args.quick else "runs/study"))
+    out = check_output(Path(args.out or ("runs/study-quick" if args.quick else "runs/study")), STUDY, force=args.force)
     results = run_study(cfg, out, args.data_dir, args.device)
     print()
     print(f"{'technique':<20} {'student %':>9} {'ours %':>7}  ours is")

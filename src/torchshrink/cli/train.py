@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchshrink.cli.args import add_data_dir, non_negative_int, positive_float, positive_int
+from torchshrink.cli.args import add_data_dir, positive_float, positive_int, seed_int
+from torchshrink.cli.outputs import CHECKPOINT, add_force, check_output
 from torchshrink.errors import ConfigError, TorchshrinkError
 
 if TYPE_CHECKING:
@@ -38,9 +39,10 @@ def add_train_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--seed",
-        type=non_negative_int,
+        type=seed_int,
         default=defaults.seed,
-        help="random seed for init, shuffling, augmentation (default: %(default)s)",
+        help="random seed for init, shuffling, augmentation, 0 to 2**63-1; the same seed and threads give the "
+        "same weights (default: %(default)s)",
     )
     p.add_argument(
         "--optimizer", choices=("sgd", "adamw"), default=defaults.optimizer, help="optimizer (default: %(default)s)"
@@ -59,8 +61,10 @@ def add_train_commands(sub: Any) -> None:
     )
     p.add_argument("--device", choices=("cpu", "cuda"), help="where to train (default: cuda when present, else cpu)")
     p.add_argument(
-        "--out", default="runs/baseline", metavar="DIR", help="checkpoint folder to write (default: %(default)s)"
-    )
+        "--out", default="runs/baseline", metavar="DIR",
+        help="checkpoint folder to write, replaced whole once training is done (default: %(default)s)",
+    )  # fmt: skip
+    add_force(p)
     add_data_dir(p)
     p.set_defaults(func=_cmd_train)
 
@@ -173,24 +177,28 @@ def _print_layers(model: object) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from torchshrink._io import atomic_folder
     from torchshrink.checkpoint import save_checkpoint
+    from torchshrink.cli.inputs import check_fits_fashion_mnist
     from torchshrink.data import load_fashion_mnist
     from torchshrink.models import build_model
     from torchshrink.recipes.train import TrainConfig, evaluate, fit, pick_device
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise TorchshrinkError(f"--out {out}: exists and is not a folder; choose another path")
+    out = check_output(args.out, CHECKPOINT, force=args.force)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, optimizer=args.optimizer,
                       schedule=args.schedule)  # fmt: skip
     device = pick_device(args.device)
     data = load_fashion_mnist(args.data_dir)
     if args.train_subset:
         data = data.subset(train=args.train_subset)
+    torch.manual_seed(args.seed)  # the weight initialisation; fit seeds the shuffles and augmentation itself
     try:
         model = build_model(args.model)
     except KeyError as exc:
         raise TorchshrinkError(str(exc.args[0])) from None
+    check_fits_fashion_mnist(model, f"--model {args.model}")  # eval mode, blank images: draws no random numbers
     _print_layers(model)
     print(f"training {args.model} on {len(data.train_y):,} images ({data.source}), device {device}")
     start = time.perf_counter()
@@ -203,22 +211,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     history = fit(model, data.task(batch_size=args.batch_size), cfg, device, after_epoch=keep_rewind_point)
     wall = time.perf_counter() - start
     test_acc, test_loss = evaluate(model, data.test_batches(), device=device)
-    save_checkpoint(
-        out, model, args.model, model.arguments() if hasattr(model, "arguments") else {}, rewind=rewind,
-        train_config={**cfg.to_dict(), "batch_size": args.batch_size},
-        metrics={
-            "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": history[-1].val_accuracy,
-            "train_seconds": wall, "images_per_second": sum(h.images_per_second for h in history) / len(history),
-        },
-        history=[h.__dict__ for h in history],
-        device=str(device),
-    )  # fmt: skip
+    with atomic_folder(out) as folder:  # a kill leaves the previous checkpoint, never a mix of two
+        save_checkpoint(
+            folder, model, args.model, model.arguments() if hasattr(model, "arguments") else {}, rewind=rewind,
+            train_config={**cfg.to_dict(), "batch_size": args.batch_size},
+            metrics={
+                "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": history[-1].val_accuracy,
+                "train_seconds": wall, "images_per_second": sum(h.images_per_second for h in history) / len(history),
+            },
+            history=[h.__dict__ for h in history],
+            device=str(device),
+        )  # fmt: skip
     print(f"test accuracy {100 * test_acc:.2f}%  loss {test_loss:.4f}  wall {wall:.0f}s  -> {out}")
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from torchshrink.checkpoint import load_checkpoint
+    from torchshrink.cli.inputs import check_fits_fashion_mnist
     from torchshrink.data import load_fashion_mnist
     from torchshrink.models import fp32_bytes, parameter_count
     from torchshrink.recipes.train import evaluate, pick_device
@@ -230,6 +240,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--model-factory applies to a .tshrink file; {args.checkpoint} is a checkpoint, whose "
                           "model.json names its architecture: drop the option")  # fmt: skip
     ckpt = load_checkpoint(args.checkpoint, device=device)
+    check_fits_fashion_mnist(ckpt.model, ckpt.path)
     data = load_fashion_mnist(args.data_dir)
     acc, loss = evaluate(ckpt.model, data.test_batches(), device=device)
     _print_layers(ckpt.model)
@@ -244,7 +255,7 @@ def _eval_file(args: argparse.Namespace, device: Any) -> int:
     """``eval`` of a ``.tshrink`` file: into the registered model it names, or what ``--model-factory`` builds."""
     from torchshrink.data import load_fashion_mnist
     from torchshrink.models import MODELS
-    from torchshrink.pack import load_compressed, read_compressed
+    from torchshrink.pack import load_compressed, read_header
     from torchshrink.recipes.train import evaluate
 
     path = args.checkpoint
@@ -252,7 +263,7 @@ def _eval_file(args: argparse.Namespace, device: Any) -> int:
     if args.model_factory is not None:
         instance = build_from_factory(args.model_factory)
     else:
-        info = read_compressed(path)[0].get("model")
+        info = read_header(path).get("model")
         name = info.get("name") if isinstance(info, dict) else None
         if isinstance(info, dict) and (name is None or (isinstance(name, str) and name not in MODELS)):
             saved = info.get("class") if name is None else name
@@ -261,6 +272,10 @@ def _eval_file(args: argparse.Namespace, device: Any) -> int:
                                    "--model-factory MODULE:CALLABLE naming your code that builds it, e.g. "
                                    "mypkg.nets:MyNet")  # fmt: skip
     model = load_compressed(path, model=instance).to(device)
+    if instance is None:  # a model of the user's own is checked on the real images below, with its own message
+        from torchshrink.cli.inputs import check_fits_fashion_mnist
+
+        check_fits_fashion_mnist(model, path)
     data = load_fashion_mnist(args.data_dir)
     try:
         acc, loss = evaluate(model, data.test_batches(), device=device)

@@ -5,12 +5,13 @@ the batches every procedure takes (:class:`torchshrink.data.Task`), with normali
 
 Every file is checked against the SHA-256 of its *decompressed* content before it is parsed (Debian's
 ``dataset-fashion-mnist`` recompressed the ``.gz`` files, so the compressed bytes differ from the official
-release while the contents are identical). Everything is held as ``uint8`` tensors and normalised per batch.
+release while the contents are identical). The decompressed size of each file is known, so no file is read or
+inflated past it: a gzip bomb costs what the real file would. Any bad file is one :class:`DataError` naming it.
+Everything is held as ``uint8`` tensors and normalised per batch.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import struct
@@ -37,11 +38,13 @@ __all__ = [
     "FashionMNIST",
     "find_data_dir",
     "read_idx",
+    "idx_bytes",
     "load_fashion_mnist",
     "normalize",
     "augment",
 ]
 
+IMAGES, LABELS = 2051, 2049  # IDX magic numbers: unsigned bytes in 3 dimensions, in 1
 # name -> (SHA-256 of the decompressed IDX content, magic number, item count)
 FILES: dict[str, tuple[str, int, int]] = {
     "train-images-idx3-ubyte.gz": ("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", 2051, 60000),
@@ -60,6 +63,8 @@ FIX = (
     "install the Debian/Ubuntu package (apt-get install dataset-fashion-mnist), "
     f"or pass --data-dir / set {ENV_VAR} to a folder holding the four official .gz files"
 )
+MAX_GZIP_MEMBERS = 16  # the official files are one gzip member each
+PERMISSION_FIX = f"make it readable by this user (chmod a+rX), or pass --data-dir / set {ENV_VAR} to another folder"
 
 
 def cache_dir() -> Path:
@@ -68,8 +73,15 @@ def cache_dir() -> Path:
     return Path(base) / "torchshrink" / "fashion-mnist"
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError as exc:  # pathlib swallows "no such file" but not EACCES on the folder
+        raise DataError(f"{path.parent}: cannot open the folder ({exc.strerror}); {PERMISSION_FIX}") from exc
+
+
 def _has_all(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in FILES)
+    return all(_is_file(folder / name) for name in FILES)
 
 
 def find_data_dir(data_dir: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
@@ -81,7 +93,7 @@ def find_data_dir(data_dir: str | os.PathLike[str] | None = None, download: bool
     explicit = data_dir if data_dir is not None else os.environ.get(ENV_VAR) or None
     if explicit is not None:
         folder = Path(explicit).expanduser()
-        missing = [name for name in FILES if not (folder / name).is_file()]
+        missing = [name for name in FILES if not _is_file(folder / name)]
         if missing:
             raise DataError(f"{folder}: missing {', '.join(missing)}; {FIX}")
         return folder
@@ -96,34 +108,105 @@ def find_data_dir(data_dir: str | os.PathLike[str] | None = None, download: bool
 def _download(folder: Path) -> Path:
     for name in FILES:
         target = folder / name
-        if target.is_file():
+        if _is_file(target):
             continue
         try:
             with urllib.request.urlopen(URL + name, timeout=60) as response:
-                payload = response.read()
+                payload = response.read(_max_gz_bytes(name) + 1)
         except OSError as exc:
             raise DataError(
                 f"Fashion-MNIST not found locally and downloading {URL + name} failed ({exc}); {FIX}"
             ) from exc
-        _check(name, _decompress(target, payload))  # never cache a file that would fail later
+        _check(name, _decompress(target, payload, idx_bytes(name)))  # never cache a file that would fail later
         atomic_write_bytes(target, payload)
     return folder
 
 
-def _decompress(path: Path, payload: bytes) -> bytes:
+def idx_bytes(name: str) -> int:
+    """Size of a file's decompressed IDX content: the header, then one byte per pixel or label.
+
+    >>> idx_bytes("t10k-labels-idx1-ubyte.gz"), idx_bytes("t10k-images-idx3-ubyte.gz")
+    (10008, 7840016)
+    """
+    _, magic, count = FILES[name]
+    return 16 + 28 * 28 * count if magic == IMAGES else 8 + count
+
+
+def _max_gz_bytes(name: str) -> int:
+    # gzip never grows data by more than ~0.01% (stored blocks) plus its header: 1% + 4 KiB is ample
+    return idx_bytes(name) + idx_bytes(name) // 100 + 4096
+
+
+def _read(path: Path) -> bytes:
+    limit = _max_gz_bytes(path.name)
     try:
-        return gzip.decompress(payload)
-    except (OSError, EOFError, zlib.error) as exc:
+        with path.open("rb") as f:
+            payload = f.read(limit + 1)
+    except OSError as exc:
+        fix = PERMISSION_FIX if isinstance(exc, PermissionError) else FIX
+        raise DataError(f"{path}: cannot read ({exc.strerror}); {fix}") from exc
+    if len(payload) > limit:
+        raise DataError(
+            f"{path}: over {limit:,} bytes, more than the official file can be{_holds(_head(payload), path.name)}; "
+            f"delete it and {FIX}"
+        )
+    return payload
+
+
+def _head(payload: bytes) -> bytes:
+    """The first 8 decompressed bytes (the IDX magic and count), or none if they cannot be had."""
+    try:
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(payload[:65536], 8)
+    except zlib.error:
+        return b""
+
+
+def _decompress(path: Path, payload: bytes, limit: int) -> bytearray:
+    """Inflate ``payload`` (one or more gzip members), refusing to produce more than ``limit`` bytes.
+
+    The bound is what stops a gzip bomb: ``gzip.decompress`` would inflate all of it before any check.
+    """
+    out, rest, members = bytearray(), payload, 0
+    try:
+        while rest:
+            members += 1
+            if members > MAX_GZIP_MEMBERS:  # each member copies the rest of the input: many tiny ones would crawl
+                raise DataError(f"{path}: more than {MAX_GZIP_MEMBERS} gzip members; delete it and {FIX}")
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # 16 +: expect a gzip header and trailer
+            out += inflater.decompress(rest, limit + 1 - len(out))  # max_length >= 1 here: 0 would mean no limit
+            if len(out) > limit:
+                raise DataError(
+                    f"{path}: decompresses to more than {limit:,} bytes, the size of the official file"
+                    f"{_holds(bytes(out[:8]), path.name)}; delete it and {FIX}"
+                )
+            if not inflater.eof:
+                raise DataError(f"{path}: gzip stream ends early (truncated copy or download?); delete it and {FIX}")
+            rest = inflater.unused_data.lstrip(b"\0")  # gzip allows zero padding after the last member
+    except zlib.error as exc:
         raise DataError(f"{path}: not a valid gzip file ({exc}); delete it and {FIX}") from exc
+    if not out:
+        raise DataError(f"{path}: empty file; delete it and {FIX}")
+    return out  # a bytearray: torch.frombuffer can use it without another copy
 
 
-def _check(name: str, raw: bytes, path: Path | None = None) -> None:
+def _holds(raw: bytes | bytearray, name: str) -> str:
+    """A hint when a file holds the other kind of IDX data than its name says (swapped files)."""
+    if len(raw) < 8:
+        return ""
+    got, want = struct.unpack(">I", raw[:4])[0], FILES[name][1]
+    kinds = {IMAGES: "images", LABELS: "labels"}
+    if got in kinds and got != want:
+        return f" (it holds {kinds[got]}, the name says {kinds[want]}: are two files swapped?)"
+    return ""
+
+
+def _check(name: str, raw: bytes | bytearray, path: Path | None = None) -> None:
     where = path or Path(name)
     digest = hashlib.sha256(raw).hexdigest()
     if digest != FILES[name][0]:
         raise DataError(
             f"{where}: SHA-256 of the decompressed content is {digest[:16]}..., expected {FILES[name][0][:16]}... "
-            f"(corrupt or not the official file); delete it and {FIX}"
+            f"(corrupt or not the official file{_holds(raw, name)}); delete it and {FIX}"
         )
 
 
@@ -131,40 +214,43 @@ def read_idx(path: str | os.PathLike[str], verify: bool = True) -> torch.Tensor:
     """Read one official Fashion-MNIST ``.gz`` IDX file into a ``uint8`` tensor.
 
     Images come back as ``(N, 28, 28)``, labels as ``(N,)``. With ``verify`` the SHA-256 of the
-    decompressed content must match the official release.
+    decompressed content must match the official release; without it, the structure is still checked
+    (magic number, item count, image size, length, label range). Decompression stops at the official
+    size, so no file can make this hold more than that in memory.
+
+    Raises:
+        DataError: the file is unreadable, not gzip, or not the file its name says; the message names it.
     """
     path = Path(path)
     name = path.name
     if name not in FILES:
         raise DataError(f"{path}: not one of the four Fashion-MNIST files ({', '.join(FILES)})")
-    try:
-        payload = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror}); {FIX}") from exc
-    raw = _decompress(path, payload)
+    raw = _decompress(path, _read(path), idx_bytes(name))
     if verify:
         _check(name, raw, path)
     _, magic, count = FILES[name]
-    if len(raw) < 8:
-        raise DataError(f"{path}: {len(raw)} bytes is too short for an IDX header; delete it and {FIX}")
+    offset = 16 if magic == IMAGES else 8
+    if len(raw) < offset:
+        raise DataError(f"{path}: {len(raw)} bytes is too short for an IDX header (truncated?); delete it and {FIX}")
     got_magic, got_count = struct.unpack(">II", raw[:8])
     if got_magic != magic:
-        raise DataError(f"{path}: IDX magic number {got_magic}, expected {magic}; delete it and {FIX}")
+        raise DataError(
+            f"{path}: IDX magic number {got_magic}, expected {magic}{_holds(raw, name)}; delete it and {FIX}"
+        )
     if got_count != count:
         raise DataError(f"{path}: {got_count} items, expected {count}; delete it and {FIX}")
     dims = [count]
-    offset = 8
-    if magic == 2051:
+    if magic == IMAGES:
         rows, cols = struct.unpack(">II", raw[8:16])
         if (rows, cols) != (28, 28):
             raise DataError(f"{path}: images are {rows}x{cols}, expected 28x28; delete it and {FIX}")
         dims += [rows, cols]
-        offset = 16
-    expected = offset + int(torch.tensor(dims).prod())
-    if len(raw) != expected:
-        raise DataError(f"{path}: {len(raw)} bytes decompressed, expected {expected} (truncated?); delete it and {FIX}")
-    data = torch.frombuffer(bytearray(raw[offset:]), dtype=torch.uint8).reshape(dims)
-    if magic == 2049 and int(data.max()) > 9:
+    if len(raw) != idx_bytes(name):
+        raise DataError(
+            f"{path}: {len(raw)} bytes decompressed, expected {idx_bytes(name)} (truncated?); delete it and {FIX}"
+        )
+    data = torch.frombuffer(raw, dtype=torch.uint8, offset=offset).reshape(dims)  # shares raw: no copy
+    if magic == LABELS and int(data.max()) > 9:
         raise DataError(f"{path}: label {int(data.max())} outside 0..9; delete it and {FIX}")
     return data
 
@@ -209,13 +295,18 @@ class FashionMNIST:
         """Normalised test batches, in order: only for reported figures, never for choosing settings."""
         return TensorBatches(self.test_x, self.test_y, batch_size, transform=_eval_transform)
 
-    def calibration_batches(self, images: int = DEFAULT_CALIBRATION_SAMPLES, batch_size: int = 256) -> list[torch.Tensor]:
+    def calibration_batches(
+        self, images: int = DEFAULT_CALIBRATION_SAMPLES, batch_size: int = 256
+    ) -> list[torch.Tensor]:
         """The first ``images`` training images (the split is already shuffled), normalised, in batches."""
         x = self.train_x[:images]
         return [normalize(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
     def task(
-        self, batch_size: int = 256, augment: bool = True, crop_padding: int = 0,
+        self,
+        batch_size: int = 256,
+        augment: bool = True,
+        crop_padding: int = 0,
         calibration_images: int = DEFAULT_CALIBRATION_SAMPLES,
     ) -> Task:
         """Training, validation and calibration batches of this dataset as a :class:`Task` (top-1 accuracy,

@@ -1,181 +1,212 @@
 """Read a ``.tshrink`` file back into a runnable model whose predictions equal the model it was saved from.
 
-:func:`read_compressed` verifies the bytes (:mod:`torchshrink.pack.format`); :func:`decode_tensor` turns one
-record into the tensor the model computes with; :func:`load_compressed` checks every name and shape against
-the model (the registered architecture the header names, or an instance the caller passes) and fills it,
-all or nothing. Nothing a file names is ever imported or executed. Writing is :mod:`torchshrink.pack.encode`.
+Order matters, so that a file can make the reader allocate no more than the model it fills needs: read the
+preamble and header (at most ``MAX_HEADER`` bytes) and check them against the schema
+(:mod:`torchshrink.pack.schema`); check every name and shape against the model (the registered architecture
+the header names, built first on the ``meta`` device, or the instance the caller passes); only then read,
+verify and decompress the payload (bounded by the sizes just checked) and decode the tensors
+(:mod:`torchshrink.pack.records`). The model is filled all or nothing. Nothing a file names is ever imported
+or executed. Every refusal is a :class:`FormatError` whose one line names the file. Writing is
+:mod:`torchshrink.pack.encode`.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-import numpy as np
 import torch
 from torch import nn
 
 from torchshrink.errors import TorchshrinkError
 from torchshrink.models import MODELS, build_model
-from torchshrink.pack.format import MAX_ELEMENTS, FormatError, TensorRecord, decode_file, float_values
-from torchshrink.pack.sparse import decode_positions
-from torchshrink.pack.streams import decode_stream
-from torchshrink.quant.apply import _quantize_input_hook
+from torchshrink.pack.format import (
+    MAX_ELEMENTS,
+    FormatError,
+    TensorRecord,
+    header_length,
+    open_payload,
+    parse_header,
+    shown,
+)
+from torchshrink.pack.records import decode_tensor
+from torchshrink.pack.schema import check_header
+from torchshrink.quant.apply import attach_input_quant_
 from torchshrink.quant.fake_quant import FakeQuant, QuantSpec
 from torchshrink.quant.fold import fold_batchnorm
 
-__all__ = ["read_compressed", "decode_tensor", "load_compressed"]
+__all__ = ["read_header", "read_compressed", "decode_tensor", "load_compressed", "architecture_shapes", "check_fits"]
 
-FILE_LIMIT = 1 << 31
+UNCHECKED = "no check of this reader caught it: please report the file"
+_SLIPPED = (ValueError, TypeError, KeyError, IndexError, RuntimeError, OverflowError, AttributeError)
+# what a constructor may raise on arguments it was never meant to get (a file may hold any JSON there)
+_BUILD_ERRORS = (TorchshrinkError, TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError,
+                 IndexError, KeyError, AttributeError, NotImplementedError, RecursionError)  # fmt: skip
 
 
-def read_compressed(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[TensorRecord]]:
-    """Read and verify a file: header and tensor records. Raises :class:`FormatError`."""
-    path = Path(path)
+@contextmanager
+def about(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Prefix the file name to a :class:`FormatError` raised inside, once.
+
+    Every check names its field; an error of another type means one is missing. It still reaches the user
+    as one line rather than a traceback, marked so (the fuzzer, ``tests/test_fuzz_format.py``, counts it).
+    """
     try:
-        size = path.stat().st_size
-        if size > FILE_LIMIT:
-            raise FormatError(f"{path}: {size} bytes is larger than any torchshrink file can be")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot read ({exc.strerror})") from exc
-    try:
-        return decode_file(data)
+        yield
     except FormatError as exc:
         raise FormatError(f"{path}: {exc}") from None
+    except _SLIPPED as exc:
+        raise FormatError(f"{path}: unexpected content ({type(exc).__name__}: {shown(str(exc), 120)}); "
+                          f"{UNCHECKED}") from exc  # fmt: skip
 
 
-def decode_tensor(rec: TensorRecord) -> torch.Tensor:
-    """The float tensor a record stands for: codes times their scales, codebook entries, or the float values.
+def _header(f: BinaryIO) -> dict[str, Any]:
+    """The checked header of an open file, which is then positioned at the payload."""
+    size = os.fstat(f.fileno()).st_size
+    head_len = header_length(f.read(16), size)
+    header = check_header(parse_header(f.read(head_len)))
+    expected = 16 + head_len + header["payload_bytes"]
+    if size != expected:
+        problem = "truncated" if size < expected else "extra bytes after the payload"
+        raise FormatError(f"{problem}: the file is {size} bytes, expected {expected} (16 + header {head_len} + "
+                          f"payload_bytes {header['payload_bytes']})")  # fmt: skip
+    return header
+
+
+def _read(path: Path, fits: Callable[[dict[str, Any]], None] | None) -> tuple[dict[str, Any], list[TensorRecord]]:
+    try:
+        with path.open("rb") as f:
+            header = _header(f)
+            if fits is not None:
+                fits(header)  # before the payload is read: the model bounds what it may hold
+            payload = f.read(header["payload_bytes"])
+    except OSError as exc:
+        raise FormatError(f"cannot read ({exc.strerror or exc})") from None
+    return header, open_payload(header, payload)
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checked header of a file, without reading its payload (what ``eval`` needs to pick the model).
 
     Raises:
-        ValueError, KeyError, TypeError: meta or sections that describe no valid tensor (callers add the path).
-
-    Example::
-
-        header, records = read_compressed("net.tshrink")
-        weight = decode_tensor(records[0])  # float32, shape records[0].meta["shape"]
+        FormatError: the preamble or header is invalid, or the file's length differs from what it declares.
     """
-    meta = rec.meta
-    shape = meta["shape"]
-    numel = math.prod(shape)
-    if meta.get("encoding") == "float":
-        values = float_values(rec.sections["values"], meta.get("dtype"), numel)
-        return torch.from_numpy(values.copy()).reshape(shape)
-    bits, offset = meta["bits"], meta["code_offset"]
-    if not (isinstance(bits, int) and 1 <= bits <= 8 and isinstance(offset, int) and -256 <= offset <= 256):
-        raise ValueError(f"bits {bits!r} / code_offset {offset!r} out of range")
-    sections = rec.sections
-    coding = meta.get("codes_coding", "packed")
-    if meta.get("storage") == "sparse":
-        positions = decode_positions(meta["positions"], sections["positions"], numel, meta["gap_bits"],
-                                     meta["gap_count"], meta.get("positions_coding", "packed"),
-                                     sections.get("positions_table", b""))  # fmt: skip
-        codes = np.zeros(numel, dtype=np.int64)
-        stored = decode_stream(coding, sections["codes"], sections.get("codes_table", b""), bits, positions.size)
-        codes[positions] = stored.astype(np.int64) + offset
-    elif meta.get("storage") == "dense":
-        stored = decode_stream(coding, sections["codes"], sections.get("codes_table", b""), bits, numel)
-        codes = stored.astype(np.int64) + offset
-    else:
-        raise ValueError(f"unknown storage {meta.get('storage')!r}")
-    codes_t = torch.from_numpy(codes).reshape(shape)
-    if meta.get("encoding") == "uniform":
-        raw = float_values(sections["scales"], meta.get("scale_dtype", "float32"), meta["scale_count"])
-        scales = torch.from_numpy(raw.copy())
-        if scales.numel() not in (1, shape[0]):
-            raise ValueError(f"{scales.numel()} scales for {shape[0]} channels")
-        view = scales.reshape(-1, *[1] * (len(shape) - 1)) if scales.numel() > 1 else scales[0]
-        return codes_t.float() * view  # the same product the fake quant computes
-    if meta.get("encoding") == "codebook":
-        raw = float_values(sections["codebook"], meta.get("codebook_dtype", "float32"), meta["codebook_size"])
-        book = torch.from_numpy(raw.copy())
-        table = torch.cat([torch.zeros(1), book])
-        if codes_t.numel() and int(codes_t.max()) >= table.numel():
-            raise ValueError("codebook index out of range")
-        return table[codes_t]
-    raise ValueError(f"unknown encoding {meta.get('encoding')!r}")
+    with about(path):
+        try:
+            with Path(path).open("rb") as f:
+                return _header(f)
+        except OSError as exc:
+            raise FormatError(f"cannot read ({exc.strerror or exc})") from None
 
 
-def _shown(value: Any, limit: int = 120) -> str:
-    """A value from a file for an error message: quoted, and cut short (a file may hold anything)."""
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+def read_compressed(
+    path: str | os.PathLike[str], fits: Callable[[dict[str, Any]], None] | None = None
+) -> tuple[dict[str, Any], list[TensorRecord]]:
+    """Read and verify a file: its checked header and the tensor records (sections decompressed).
+
+    Args:
+        path: a ``.tshrink`` file.
+        fits: called with the checked header before the payload is read; raises :class:`FormatError` to
+            refuse it (e.g. :func:`check_fits` against a model).
+
+    Raises:
+        FormatError: the file is invalid; the message starts with the path.
+    """
+    with about(path):
+        return _read(Path(path), fits)
+
+
+def architecture_shapes(info: dict[str, Any]) -> dict[str, list[int]] | None:
+    """Tensor names and shapes of the registered architecture a checked ``model`` field names, BatchNorm
+    folded, or ``None`` when its name is not registered. Built on the ``meta`` device: no memory, whatever
+    the arguments say.
+    """
+    name, args = info.get("name"), info.get("args", {})
+    if not isinstance(name, str) or name not in MODELS:
+        return None
+    # inspect, then load, of one file build the same probe: keep a few (a name is registered once, for good)
+    return _shapes(name, json.dumps(args, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _shapes(name: str, args_json: str) -> dict[str, list[int]]:
+    args = json.loads(args_json)
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a probe: what folding leaves is reported when the model is built
+            probe = fold_batchnorm(build_model(name, **args))
+        shapes = {key: list(t.shape) for key, t in probe.state_dict().items()}
+    except _BUILD_ERRORS as exc:
+        raise FormatError(f"header field model.args {shown(args)} does not build {name!r} "
+                          f"({type(exc).__name__}: {shown(str(exc), 80)}), expected its constructor arguments") from None  # fmt: skip
+    total = sum(math.prod(s) for s in shapes.values())
+    if total > MAX_ELEMENTS:
+        raise FormatError(f"header field model.args {shown(args)} describe {total} elements, expected at most "
+                          f"{MAX_ELEMENTS}")  # fmt: skip
+    return shapes
+
+
+def check_fits(header: dict[str, Any], shapes: dict[str, list[int]], label: str = "this model") -> None:
+    """Refuse a checked header whose tensor names (aliases included) or shapes differ from ``shapes``."""
+    stored = {t["name"]: t["shape"] for t in header["tensors"]}
+    aliases = header.get("aliases", {})
+    names = {**stored, **{alias: stored[target] for alias, target in aliases.items()}}
+    missing = [key for key in shapes if key not in names]
+    unexpected = [name for name in names if name not in shapes]
+    if missing or unexpected:
+        raise FormatError(f"does not fit {label}: missing tensors {_few(missing)}, unexpected {_few(unexpected)}")
+    for key, shape in shapes.items():  # the model's order makes "the first mismatch" natural
+        if names[key] != shape:
+            raise FormatError(f"tensor {key!r} has shape {names[key]} in the file but {shape} in {label}")
 
 
 def _few(names: list[str], count: int = 5) -> str:
-    return f"{names[:count]}" + (f" and {len(names) - count} more" if len(names) > count else "")
+    more = f" and {len(names) - count} more" if len(names) > count else ""
+    return "[" + ", ".join(shown(n) for n in names[:count]) + "]" + more
 
 
-def _registered_model(path: str | os.PathLike[str], info: dict[str, Any]) -> nn.Module:
-    """Build (BatchNorm folded) the registered architecture a file names, refusing huge arguments."""
-    name, args = info.get("name"), info.get("args", {})
-    if name is None:
-        raise FormatError(f"{path}: saved from an unregistered model (class {_shown(info.get('class', '?'))}); "
-                          "pass the model: load_compressed(path, model=MyModel(...))")  # fmt: skip
-    if not isinstance(name, str) or name not in MODELS or not isinstance(args, dict):
-        raise FormatError(f"{path}: unknown model {_shown(name)!r}; registered: {', '.join(MODELS)} "
-                          "(or pass the model: load_compressed(path, model=MyModel(...)))")  # fmt: skip
-    # build on the meta device first: arguments from the header must not drive a huge allocation
-    with torch.device("meta"):
-        probe = build_model(name, **args)
-    if sum(t.numel() for t in probe.state_dict().values()) > MAX_ELEMENTS:
-        raise FormatError(f"{path}: model arguments {_shown(args)} describe more than {MAX_ELEMENTS} elements")
-    return fold_batchnorm(build_model(name, **args))
+def _label(info: dict[str, Any], model: nn.Module) -> str:
+    mine = f"{type(model).__module__}.{type(model).__qualname__}"
+    saved = info.get("class")
+    if isinstance(saved, str) and saved != mine:
+        return f"this model (saved from class {shown(saved, quote=False)}, this is {mine})"
+    return "this model"
 
 
-def _input_quantizers(path: str | os.PathLike[str], model: nn.Module,
-                      activations: list[dict[str, Any]]) -> list[tuple[nn.Module, FakeQuant]]:  # fmt: skip
-    """The input quantizers the header describes, checked, with the layer each one goes to."""
+def _input_quantizers(model: nn.Module, activations: list[dict[str, Any]]) -> list[tuple[nn.Module, FakeQuant]]:
+    """The input quantizers a checked header describes, with the layer each one goes to."""
     modules = dict(model.named_modules())
     out = []
     for act in activations:
         layer = modules.get(act["layer"])
-        if layer is None:
-            raise FormatError(f"{path}: activation entry for unknown layer {_shown(act['layer'])!r}")
-        spec = QuantSpec(bits=act["bits"], signed=bool(act["signed"]), symmetric=bool(act["symmetric"]))
-        fq = FakeQuant(spec)
+        if layer is None:  # the schema tied the layer to a weight of the file; this model has no such module
+            raise FormatError(f"activation entry for {shown(act['layer'])}: the model has no such layer")
+        spec = QuantSpec(bits=act["bits"], signed=act["signed"], symmetric=act["symmetric"])
+        fq = FakeQuant(spec, is_activation=True)
         fq.scale.data.fill_(float(act["scale"]))
-        fq.zero_point.fill_(float(act["zero_point"]))
-        if not (math.isfinite(float(fq.scale)) and float(fq.scale) > 0):
-            raise FormatError(f"{path}: activation scale of {_shown(act['layer'])!r} is not a positive number")
+        fq.zero_point.fill_(int(act["zero_point"]))  # an integral float (0.1.0 files) is that integer
         fq.enabled = True
         weight = next(layer.parameters(), None)
         out.append((layer, fq if weight is None else fq.to(weight.device)))
     return out
 
 
-def _fill(path: str | os.PathLike[str], model: nn.Module, header: dict[str, Any], records: list[TensorRecord]) -> None:
-    """Check every name and shape of the file against ``model``, then load the tensors (all or none)."""
-    state = model.state_dict()
-    aliases = header.get("aliases", {})  # checked by decode_file: alias -> a tensor of the file
-    names = [rec.name for rec in records] + list(aliases)
-    known = set(names)
-    missing = [key for key in state if key not in known]
-    unexpected = [name for name in names if name not in state]
-    if missing or unexpected:
-        saved = header["model"].get("class")
-        mine = f"{type(model).__module__}.{type(model).__qualname__}"
-        origin = (
-            f" (saved from class {_shown(saved)}, this is {mine})" if isinstance(saved, str) and saved != mine else ""
-        )
-        raise FormatError(f"{path}: does not fit this model{origin}: missing tensors {_few(missing)}, "
-                          f"unexpected {_few(unexpected)}")  # fmt: skip
-    by_name = {rec.name: rec for rec in records}
-    for name in state:  # the names are the same now; the model's order makes "the first mismatch" natural
-        shape = by_name[aliases.get(name, name)].meta["shape"]
-        if shape != list(state[name].shape):
-            raise FormatError(f"{path}: tensor {name!r} has shape {shape} in the file but {list(state[name].shape)} "
-                              "in this model")  # fmt: skip
-    quantizers = _input_quantizers(path, model, header.get("activations", []))
+def _fill(model: nn.Module, header: dict[str, Any], records: list[TensorRecord]) -> None:
+    """Load the (checked, fitting) tensors into ``model``: all of them, or none if one fails."""
+    quantizers = _input_quantizers(model, header["activations"])
+    aliases = header.get("aliases", {})
     decoded = {rec.name: decode_tensor(rec) for rec in records}
     # a tied pair gets the one tensor under both names; a model that does not tie them gets two equal copies
-    model.load_state_dict({name: decoded[aliases.get(name, name)] for name in state})
+    model.load_state_dict({name: decoded[aliases.get(name, name)] for name in model.state_dict()})
     for layer, fq in quantizers:
-        layer.input_quant = fq
-        layer.register_forward_pre_hook(_quantize_input_hook)
+        attach_input_quant_(layer, fq)
 
 
 def load_compressed(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
@@ -199,19 +230,28 @@ def load_compressed(path: str | os.PathLike[str], model: nn.Module | None = None
         net = load_compressed("net.tshrink", model=MyNet())  # saved without a registered name
         cnn = load_compressed("cnn.tshrink")  # saved as "cnn"
     """
-    header, records = read_compressed(path)
-    info = header.get("model")
-    if not isinstance(info, dict):
-        raise FormatError(f"{path}: header field 'model' is not an object")
     if model is not None:
-        fold_batchnorm(model)  # outside the try below: a failure here is about the model, not the file
-    try:
-        if model is None:
-            model = _registered_model(path, info)
-        _fill(path, model.eval(), header, records)
+        fold_batchnorm(model)  # outside the file's errors below: a failure here is about the model
+
+    def fits(header: dict[str, Any]) -> None:
+        info = header["model"]
+        if model is not None:
+            check_fits(header, {k: list(t.shape) for k, t in model.state_dict().items()}, _label(info, model))
+            return
+        if info["name"] is None:
+            saved = shown(info["class"], quote=False)
+            raise FormatError(f"saved from an unregistered model (class {saved}); pass the model: "
+                              "load_compressed(path, model=MyModel(...))")  # fmt: skip
+        shapes = architecture_shapes(info)
+        if shapes is None:
+            raise FormatError(f"header field model.name is {shown(info['name'])}, expected a registered model "
+                              f"({', '.join(MODELS)}), or pass the model: load_compressed(path, model=MyModel(...))")  # fmt: skip
+        check_fits(header, shapes, f"the registered {info['name']!r}")
+
+    with about(path):
+        header, records = _read(Path(path), fits)
+        if model is None:  # its shapes were checked on the meta device: this allocates what the file fills
+            info = header["model"]
+            model = fold_batchnorm(build_model(info["name"], **info.get("args", {})))
+        _fill(model.eval(), header, records)
         return model
-    except FormatError:
-        raise
-    except (TorchshrinkError, KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError,
-            OverflowError) as exc:  # fmt: skip
-        raise FormatError(f"{path}: malformed content ({type(exc).__name__}: {exc})") from exc

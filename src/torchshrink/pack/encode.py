@@ -286,9 +286,11 @@ def encode_compressed(
     for name in list(layers) + list(books):
         iq = input_quantizer(modules[name])
         if iq is not None and iq.enabled:
-            scale = float(iq.effective_scale[0])
+            scale, zero = float(iq.effective_scale[0]), float(iq.zero_point[0])
+            if not zero.is_integer():  # calibration rounds it; a hand-set fraction has no integer code to store
+                raise ValueError(f"{name}: input zero point {zero} is not an integer; the file stores integer codes")
             activations.append({"layer": name, "bits": iq.spec.bits, "signed": iq.spec.signed,
-                                "symmetric": iq.spec.symmetric, "scale": scale, "zero_point": float(iq.zero_point[0])})  # fmt: skip
+                                "symmetric": iq.spec.symmetric, "scale": scale, "zero_point": int(zero)})  # fmt: skip
     extra: dict[str, Any] = {"activations": activations}
     if aliases:
         extra["aliases"] = aliases  # absent when nothing is tied: a file without ties has no extra bytes

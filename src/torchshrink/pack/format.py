@@ -1,10 +1,14 @@
-"""The ``.tshrink`` compressed model file: write and read, strictly. Specified in ``docs/FORMAT.md``.
+"""The ``.tshrink`` byte layout: assemble a file, and take one apart without trusting it. See ``docs/FORMAT.md``.
 
 Layout: 8-byte magic ``TSHRINK\\x00``, an unsigned 64-bit little-endian header length ``H``, ``H`` bytes of
 header (UTF-8 JSON, or a zlib stream of it when that is smaller), then the payload. The payload is the
-concatenation of every tensor's byte sections, optionally compressed as a whole (``lzma`` or ``zlib``); the header's offsets point into the *decompressed*
-payload, and ``payload_sha256`` checks the payload bytes as stored. Version 3 adds ``aliases`` (tied tensors
-stored once) and models saved without a registered name (``model.name`` null, ``model.class`` informational).
+concatenation of every tensor's byte sections, optionally compressed as a whole (``lzma`` or ``zlib``); the
+header's offsets point into the *decompressed* payload, and ``payload_sha256`` checks the payload as stored.
+
+Reading is split so that nothing a header declares is allocated before the header is checked: the preamble
+(:func:`header_length`), the header bytes (:func:`parse_header`; the schema is :mod:`torchshrink.pack.schema`),
+then the payload (:func:`open_payload`), which never inflates past the size the checked header declares.
+Every refusal is a :class:`FormatError`; callers add the file name.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import lzma
-import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -25,12 +28,18 @@ from torchshrink.errors import TorchshrinkError
 __all__ = [
     "MAGIC",
     "VERSION",
+    "MAX_HEADER",
+    "MAX_ELEMENTS",
+    "MAX_PAYLOAD",
     "FormatError",
     "TensorRecord",
     "encode_file",
-    "decode_file",
-    "MAX_HEADER",
-    "MAX_ELEMENTS",
+    "header_length",
+    "parse_header",
+    "open_payload",
+    "float_bytes",
+    "float_values",
+    "shown",
 ]
 
 MAGIC = b"TSHRINK\x00"
@@ -39,13 +48,15 @@ FORMAT_NAME = "torchshrink"
 # 3 added "aliases" (tied tensors stored once) and unregistered models (model.name null, model.class)
 VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
-MAX_HEADER = 16 << 20  # a header larger than 16 MiB is refused before it is read
-MAX_ELEMENTS = 1 << 28  # per tensor, and in total: bounds every allocation driven by the header
-MAX_PAYLOAD = 1 << 31
+MAX_HEADER = 16 << 20  # stored or inflated: ~50,000 tensor entries, and JSON parsing stays well under a second
+MAX_ELEMENTS = 1 << 28  # per file: bounds every tensor the reader builds (1 GiB as float32)
+MAX_PAYLOAD = 1 << 30  # stored or inflated: 2**28 float32 values, the most a file of MAX_ELEMENTS can need
+# The writer compresses with preset 9e (a 64 MiB dictionary); a stream asking for more memory is not ours.
+LZMA_MEMLIMIT = 128 << 20
 
 
 class FormatError(TorchshrinkError):
-    """A compressed model file is empty, truncated, corrupt, or of another format or version."""
+    """A compressed model file is empty, truncated, corrupt, inconsistent, or of another format or version."""
 
 
 @dataclass
@@ -55,6 +66,17 @@ class TensorRecord:
     name: str
     meta: dict[str, Any]
     sections: dict[str, bytes] = field(default_factory=dict)
+
+
+def shown(value: Any, limit: int = 60, quote: bool = True) -> str:
+    """A value from a file for a one-line message: ``repr`` (a string unquoted if not ``quote``), control
+    characters escaped, cut short."""
+    try:
+        text = value if isinstance(value, str) and not quote else repr(value)
+    except RecursionError:  # JSON may nest ~1000 deep; repr, called deeper in the stack, may not get that far
+        return f"a {type(value).__name__} nested too deep to show"
+    text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def encode_file(model: dict[str, Any], tensors: list[TensorRecord], compression: str = "auto",
@@ -99,102 +121,109 @@ def encode_file(model: dict[str, Any], tensors: list[TensorRecord], compression:
     return MAGIC + struct.pack("<Q", len(head)) + head + payload, header
 
 
-def _need(cond: bool, message: str) -> None:
-    if not cond:
-        raise FormatError(message)
+def header_length(preamble: bytes, file_size: int) -> int:
+    """``H`` from the first 16 bytes of a file of ``file_size`` bytes, checked against the file and the limit."""
+    if file_size == 0:
+        raise FormatError("empty file, expected a torchshrink file")
+    if len(preamble) < 16:
+        raise FormatError(f"truncated: {len(preamble)} bytes is shorter than the 16-byte preamble")
+    if preamble[:8] != MAGIC:
+        raise FormatError(f"not a torchshrink file (wrong magic bytes {shown(preamble[:8])}, expected {MAGIC!r})")
+    (head_len,) = struct.unpack("<Q", preamble[8:16])
+    if head_len > MAX_HEADER:
+        raise FormatError(f"header length {head_len} exceeds the {MAX_HEADER}-byte limit")
+    if 16 + head_len > file_size:
+        raise FormatError(f"truncated: header length {head_len} but only {file_size - 16} bytes follow the preamble")
+    return head_len
 
 
-def _int(entry: dict[str, Any], key: str, low: int = 0, high: int = MAX_PAYLOAD) -> int:
-    value = entry.get(key)
-    _need(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
-          f"header field {key!r} of {entry.get('name', '?')!r} is {value!r}, expected an integer in [{low}, {high}]")  # fmt: skip
-    return value
+def _no_constant(name: str) -> Any:
+    raise FormatError(f"header holds {name}, which is not JSON: expected finite numbers only")
 
 
-def decode_file(data: bytes) -> tuple[dict[str, Any], list[TensorRecord]]:
-    """Parse and verify file bytes; return the header and every tensor's sections (decompressed).
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:  # json keeps the last silently: a second "version" could hide behind the first
+            raise FormatError(f"header has a JSON object with the key {shown(key)} twice, expected unique keys")
+        out[key] = value
+    return out
 
-    Raises :class:`FormatError`, and only that, for anything that is not a valid file.
+
+def _inflate_header(stream: bytes) -> bytes:
+    """Inflate a zlib header 1 MiB at a time, stopping past ``MAX_HEADER``: a small stream may inflate to
+    gigabytes, and one call with that limit would hold the limit twice over while its buffer grows."""
+    d, out = zlib.decompressobj(), bytearray()
+    try:
+        while not d.eof and len(out) <= MAX_HEADER:
+            chunk = d.decompress(stream, 1 << 20)
+            stream = d.unconsumed_tail
+            if not chunk and not stream:
+                break  # no input left and no output pending: the stream ends early
+            out += chunk
+    except zlib.error as exc:
+        raise FormatError(f"header is neither JSON nor a zlib stream ({exc})") from None
+    if len(out) > MAX_HEADER:
+        raise FormatError(f"compressed header inflates past the {MAX_HEADER}-byte limit")
+    if not d.eof or d.unused_data:
+        raise FormatError("compressed header is truncated or followed by extra bytes, expected one zlib stream")
+    return bytes(out)
+
+
+def parse_header(head: bytes) -> Any:
+    """The JSON value of the stored header (plain, or a zlib stream inflated to at most ``MAX_HEADER``).
+
+    Strict JSON: no ``NaN``/``Infinity``, no key twice in one object. (An integer of over 4300 digits is
+    refused by Python itself; the schema refuses any integer out of its field's range.)
     """
-    try:
-        return _decode(data)
-    except FormatError:
-        raise
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, IndexError, RecursionError,
-            lzma.LZMAError, zlib.error, UnicodeDecodeError, MemoryError) as exc:  # fmt: skip
-        raise FormatError(f"malformed file ({type(exc).__name__}: {exc})") from exc
-
-
-def _decode(data: bytes) -> tuple[dict[str, Any], list[TensorRecord]]:
-    _need(len(data) > 0, "empty file")
-    _need(len(data) >= 16, f"truncated: {len(data)} bytes is shorter than the 16-byte preamble")
-    _need(data[:8] == MAGIC, "not a torchshrink file (wrong magic bytes)")
-    (head_len,) = struct.unpack("<Q", data[8:16])
-    _need(head_len <= MAX_HEADER, f"header length {head_len} exceeds the {MAX_HEADER}-byte limit")
-    _need(16 + head_len <= len(data), f"truncated: header of {head_len} bytes but only {len(data) - 16} follow")
-    head = data[16 : 16 + head_len]
     if head[:1] != b"{":
-        try:
-            d = zlib.decompressobj()
-            head = d.decompress(head, MAX_HEADER + 1)  # bounded, like the payload
-        except zlib.error as exc:
-            raise FormatError(f"header is neither JSON nor a zlib stream ({exc})") from exc
-        _need(len(head) <= MAX_HEADER and d.eof, "compressed header is truncated or too large")
+        head = _inflate_header(head)
     try:
-        header = json.loads(head.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise FormatError(f"header is not valid JSON ({exc})") from exc
-    _need(isinstance(header, dict), "header is not a JSON object")
-    _need(header.get("format") == FORMAT_NAME, f"format {header.get('format')!r} is not {FORMAT_NAME!r}")
-    _need(header.get("version") in READABLE_VERSIONS,
-          f"format version {header.get('version')!r} is not supported (this reader knows {READABLE_VERSIONS})")  # fmt: skip
-    payload = data[16 + head_len :]
-    _need(len(payload) == _int(header, "payload_bytes"),
-          f"payload is {len(payload)} bytes, header says {header.get('payload_bytes')} (truncated or padded)")  # fmt: skip
-    _need(hashlib.sha256(payload).hexdigest() == header.get("payload_sha256"), "payload checksum mismatch (corrupt)")
-    raw_len = _int(header, "raw_payload_bytes")
-    compression = header.get("compression")
-    if compression == "none":
-        raw = payload
-    elif compression == "zlib":
-        d = zlib.decompressobj()
-        raw = d.decompress(payload, raw_len + 1)  # bounded: never more than the declared size (+1 to detect)
-    elif compression == "lzma":
-        d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-        raw = d.decompress(payload, max_length=raw_len + 1)
-    else:
-        raise FormatError(f"unknown compression {compression!r}")
-    _need(len(raw) == raw_len, f"decompressed payload is {len(raw)} bytes, header says {raw_len}")
-    entries = header.get("tensors")
-    _need(isinstance(entries, list), "header field 'tensors' is not a list")
-    records, total, names = [], 0, set()
-    for entry in entries:
-        _need(isinstance(entry, dict) and isinstance(entry.get("name"), str), "a tensor entry has no name")
-        _need(entry["name"] not in names, f"tensor {entry['name']!r} appears twice")
-        names.add(entry["name"])
-        shape = entry.get("shape")
-        _need(isinstance(shape, list) and len(shape) <= 8 and all(isinstance(s, int) and not isinstance(s, bool)
-              and 0 <= s <= MAX_ELEMENTS for s in shape), f"tensor {entry['name']!r}: invalid shape {shape!r}")  # fmt: skip
-        numel = math.prod(shape)
-        total += numel
-        _need(numel <= MAX_ELEMENTS and total <= MAX_ELEMENTS, f"tensor {entry['name']!r}: too many elements")
-        sections = entry.get("sections")
-        _need(isinstance(sections, dict), f"tensor {entry['name']!r}: 'sections' is not an object")
-        blobs = {}
-        for key, span in sections.items():
-            _need(isinstance(span, dict), f"tensor {entry['name']!r}: section {key!r} is not an object")
-            offset, length = _int(span, "offset", 0, raw_len), _int(span, "length", 0, raw_len)
-            _need(offset + length <= raw_len, f"tensor {entry['name']!r}: section {key!r} runs past the payload")
-            blobs[key] = raw[offset : offset + length]
+        return json.loads(head.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise FormatError(f"header is not valid UTF-8 JSON ({type(exc).__name__}: {shown(str(exc), 80)})") from None
+
+
+def _inflate(payload: bytes, compression: str, raw_len: int) -> bytes:
+    """Decompress, stopping one byte past the declared size: a bomb costs ``raw_len`` bytes, no more."""
+    try:
+        if compression == "zlib":
+            z = zlib.decompressobj()
+            raw = z.decompress(payload, raw_len + 1)
+            whole = z.eof and not z.unused_data and not z.unconsumed_tail
+        else:
+            x = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=LZMA_MEMLIMIT)
+            raw = x.decompress(payload, max_length=raw_len + 1)
+            whole = x.eof and not x.unused_data
+    except (zlib.error, lzma.LZMAError) as exc:
+        raise FormatError(f"payload is no valid {compression} stream ({exc})") from None
+    if len(raw) > raw_len:
+        raise FormatError(f"payload inflates past raw_payload_bytes {raw_len}, expected exactly that many bytes")
+    if len(raw) < raw_len:
+        raise FormatError(f"payload inflates to {len(raw)} bytes, expected raw_payload_bytes {raw_len}")
+    if not whole:
+        raise FormatError(f"payload {compression} stream does not end after {raw_len} bytes, or has bytes after it")
+    return raw
+
+
+def open_payload(header: dict[str, Any], payload: bytes) -> list[TensorRecord]:
+    """Verify the stored payload against a checked header, decompress it (bounded) and cut out every section.
+
+    ``header`` must have passed :func:`torchshrink.pack.schema.check_header`: its sections tile
+    ``raw_payload_bytes`` exactly, so the slices below are the whole payload, each byte once.
+    """
+    if len(payload) != header["payload_bytes"]:
+        raise FormatError(f"payload is {len(payload)} bytes, expected payload_bytes {header['payload_bytes']}")
+    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
+        raise FormatError("payload checksum mismatch: payload_sha256 differs from the bytes (corrupt file)")
+    compression, raw_len = header["compression"], header["raw_payload_bytes"]
+    raw = payload if compression == "none" else _inflate(payload, compression, raw_len)
+    records = []
+    for entry in header["tensors"]:
+        blobs = {key: raw[s["offset"] : s["offset"] + s["length"]] for key, s in entry["sections"].items()}
         meta = {k: v for k, v in entry.items() if k not in ("name", "sections")}
         records.append(TensorRecord(entry["name"], meta, blobs))
-    aliases = header.get("aliases", {})
-    _need(isinstance(aliases, dict), "header field 'aliases' is not an object")
-    for alias, target in aliases.items():
-        _need(isinstance(target, str) and target in names,
-              f"alias {alias!r} points to {target!r}, which is no tensor of the file")  # fmt: skip
-        _need(alias not in names, f"alias {alias!r} is also the name of a tensor")
-    return header, records
+    return records
 
 
 def float_bytes(values: np.ndarray, dtype: str) -> bytes:
@@ -203,8 +232,8 @@ def float_bytes(values: np.ndarray, dtype: str) -> bytes:
 
 
 def float_values(blob: bytes, dtype: str, count: int) -> np.ndarray:
-    """Inverse of :func:`float_bytes` (``ValueError`` if ``blob`` has the wrong length)."""
+    """Inverse of :func:`float_bytes`, as float32 (:class:`FormatError` if ``blob`` has the wrong length)."""
     size = 2 if dtype == "float16" else 4
     if dtype not in ("float16", "float32") or len(blob) != size * count:
-        raise ValueError(f"{len(blob)} bytes are not {count} {dtype} values")
+        raise FormatError(f"{len(blob)} bytes are not {count} {dtype} values")
     return np.frombuffer(blob, dtype="<f2" if dtype == "float16" else "<f4").astype(np.float32)

@@ -120,10 +120,13 @@ def huffman_encode(symbols: np.ndarray, alphabet: int) -> tuple[np.ndarray, byte
 def huffman_decode(lengths: np.ndarray, data: bytes, count: int) -> np.ndarray:
     """Decode ``count`` symbols from ``data`` coded with the canonical code of ``lengths``.
 
-    Raises ``ValueError`` on invalid lengths, a bit pattern that is no code, or a stream that ends early.
+    Raises ``ValueError`` on invalid lengths, a bit pattern that is no code, a stream that ends early, or
+    bytes (or non-zero padding bits) after the last code.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     if count == 0:
+        if data:
+            raise ValueError(f"{len(data)} bytes for no symbol, expected none")
         return np.zeros(0, dtype=np.int64)
     if count > 8 * len(data):
         raise ValueError(f"{len(data)} bytes cannot hold {count} codes")  # every code takes at least one bit
@@ -154,4 +157,7 @@ def huffman_decode(lengths: np.ndarray, data: bytes, count: int) -> np.ndarray:
         out[i] = symbol
     if pos > total_bits:
         raise ValueError("Huffman stream ends before its last symbol")
+    if (pos + 7) // 8 != len(data) or (pos % 8 and data[-1] >> (pos % 8)):
+        # the stream is exactly its codes, zero-padded to a byte: anything else is not what was written
+        raise ValueError(f"Huffman stream has bytes or non-zero padding after its last code (bit {pos})")
     return np.asarray(out, dtype=np.int64)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from torchshrink.pack.bitpack import packed_size
-from torchshrink.pack.streams import Stream, decode_stream, encode_stream
+from torchshrink.pack.streams import Stream, check_padding, decode_stream, encode_stream
 
 __all__ = ["Positions", "encode_positions", "decode_positions", "gap_codes"]
 
@@ -67,12 +66,13 @@ def decode_positions(method: str, data: bytes, n: int, gap_bits: int = 0, entrie
                      coding: str = "packed", table: bytes = b"") -> np.ndarray:  # fmt: skip
     """Indices of the non-zero entries of an ``n``-vector, in increasing order.
 
-    Raises ``ValueError`` on data that cannot be valid (too short, positions past ``n``).
+    Allocates in proportion to ``data`` (a bitmask holds 8 flags a byte, a gap code at least one bit), never
+    to ``n`` alone. Raises ``ValueError`` on data that cannot be valid: a bitmask of another length or with
+    non-zero padding, gaps that run past ``n``.
     """
     if method == "bitmask":
-        if len(data) < packed_size(n, 1):
-            raise ValueError("bitmask shorter than the tensor")
-        flags = np.unpackbits(np.frombuffer(data, dtype=np.uint8, count=packed_size(n, 1)), bitorder="little")[:n]
+        check_padding(data, n)
+        flags = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")[:n]
         return np.flatnonzero(flags)
     if method == "delta":
         if not (isinstance(gap_bits, int) and 1 <= gap_bits <= 8):
@@ -83,8 +83,7 @@ def decode_positions(method: str, data: bytes, n: int, gap_bits: int = 0, entrie
         # each code advances by (code) zeros, and by one more for the non-zero entry unless it is a filler
         steps = codes + (~filler)
         ends = np.cumsum(steps)
-        positions = ends[~filler] - 1
-        if positions.size and (positions[-1] >= n):
-            raise ValueError("delta positions run past the end of the tensor")
-        return positions
+        if ends.size and ends[-1] > n:  # every step is >= 1, so this bounds every position (fillers too)
+            raise ValueError(f"delta gaps run {int(ends[-1])} elements into a tensor of {n}")
+        return ends[~filler] - 1
     raise ValueError(f"unknown position encoding {method!r}")

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from torchshrink.pack.bitpack import pack_bits, unpack_bits
+from torchshrink.pack.bitpack import pack_bits, packed_size, unpack_bits
 from torchshrink.pack.huffman import huffman_decode, huffman_encode
 
-__all__ = ["Stream", "encode_stream", "decode_stream", "CODINGS"]
+__all__ = ["Stream", "encode_stream", "decode_stream", "check_padding", "CODINGS"]
 
 CODINGS = ("packed", "huffman")
 
@@ -43,11 +43,25 @@ def encode_stream(values: np.ndarray, bits: int, entropy: bool = True) -> Stream
     return coded if coded.size < packed.size else packed
 
 
+def check_padding(data: bytes, used_bits: int) -> None:
+    """``ValueError`` unless ``data`` is exactly ``used_bits`` bits, zero-padded to a whole byte."""
+    if len(data) != packed_size(used_bits, 1):
+        raise ValueError(f"{len(data)} bytes, expected {packed_size(used_bits, 1)} for {used_bits} bits")
+    if used_bits % 8 and data[-1] >> (used_bits % 8):
+        raise ValueError("padding bits after the last value are not zero")
+
+
 def decode_stream(coding: str, data: bytes, table: bytes, bits: int, count: int) -> np.ndarray:
-    """Inverse of :func:`encode_stream`. Raises ``ValueError`` on data that cannot be valid."""
+    """Inverse of :func:`encode_stream`: ``count`` symbols as uint8 (packed) or int64 (Huffman).
+
+    Strict: the stream must be exactly what :func:`encode_stream` writes for ``count`` symbols, padding
+    included. Raises ``ValueError`` on anything else.
+    """
     if coding == "packed":
+        check_padding(data, count * bits)
         return unpack_bits(data, bits, count)
     if coding == "huffman":
+        check_padding(table, 4 << bits)
         lengths = unpack_bits(table, 4, 1 << bits).astype(np.int64)
         return huffman_decode(lengths, data, count)
     raise ValueError(f"unknown stream coding {coding!r}")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from torchshrink.data.task import Batches, Task, as_task
-from torchshrink.errors import ConfigError
+from torchshrink.errors import ConfigError, check_finite
 from torchshrink.layers import FilterFn, default_filter
 from torchshrink.models import fp32_bytes
 from torchshrink.pack import encode_compressed, inspect_compressed, load_compressed, save_compressed
@@ -54,6 +54,7 @@ class CompressConfig:
     float16: bool = True  # round biases and centroids to float16 values: the file stores them in half the bytes
 
     def __post_init__(self) -> None:
+        check_finite(self, "sparsity", "prune_lr", "lr", "distill", "temperature")
         check_amount(self.sparsity)
         check_bits(self.bits)
         if self.act_bits is not None:
@@ -66,6 +67,9 @@ class CompressConfig:
             raise ConfigError("a size budget (mixed precision) needs codebook weight sharing")
         if not self.temperature > 0:
             raise ConfigError(f"temperature={self.temperature}: must be positive")
+        if not (self.prune_lr > 0 and self.lr > 0 and 0 <= self.distill <= 1):
+            raise ConfigError(f"prune_lr={self.prune_lr}, lr={self.lr}, distill={self.distill}: need positive learning "
+                              "rates and distill in [0, 1]")  # fmt: skip
         if self.budget_bytes is not None and self.budget_bytes < 1:
             raise ConfigError(f"budget_bytes={self.budget_bytes}: must be positive")
 

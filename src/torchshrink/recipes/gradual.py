@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from torchshrink.data.task import Task, as_task
-from torchshrink.errors import ConfigError
+from torchshrink.errors import ConfigError, check_finite
 from torchshrink.pruning.apply import FilterFn, default_filter, prunable_layers, prune_, prune_from_zeros_
 from torchshrink.pruning.masks import check_amount
 from torchshrink.pruning.schedules import agp_schedule
@@ -40,6 +40,7 @@ class GradualConfig:
     frequency: int = 50  # optimizer steps between mask updates
 
     def __post_init__(self) -> None:
+        check_finite(self, "lr", "distill", "temperature", "start", "end")
         if self.epochs < 1:
             raise ConfigError(f"epochs={self.epochs}: must be at least 1")
         if not self.lr > 0:

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from torchshrink.data.task import Batches, LossFn, MetricFn, Seedable, Task, as_task
-from torchshrink.errors import ConfigError
+from torchshrink.errors import ConfigError, check_finite
 
 __all__ = [
     "TrainConfig",
@@ -52,6 +52,7 @@ class TrainConfig:
     temperature: float = 4.0  # softmax temperature of the distillation targets
 
     def __post_init__(self) -> None:
+        check_finite(self, "lr", "weight_decay", "momentum", "warmup", "label_smoothing", "distill", "temperature")
         if self.epochs < 1:
             raise ConfigError(f"epochs={self.epochs}: must be at least 1")
         if not self.lr > 0:
@@ -66,6 +67,9 @@ class TrainConfig:
             raise ConfigError(f"distill={self.distill}: must be in [0, 1]")
         if not self.temperature > 0:
             raise ConfigError(f"temperature={self.temperature}: must be positive")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 < self.warmup < 1:
+            raise ConfigError(f"weight_decay={self.weight_decay}, momentum={self.momentum}, warmup={self.warmup}: "
+                              "need weight_decay >= 0, 0 <= momentum < 1, 0 < warmup < 1")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

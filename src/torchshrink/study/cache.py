@@ -2,7 +2,8 @@
 
 A stage's folder is built under a temporary name and renamed into place only once its ``result.json`` is
 written, so an interrupted stage (Ctrl-C, kill -9) leaves nothing that looks finished; the next run
-recomputes it. Changing a stage's settings changes its key, and the keys of everything downstream.
+recomputes it, and removes the temporary folder. The cache assumes one writer: ``run_study`` holds the output
+folder's lock while it uses one. Changing a stage's settings changes its key, and the keys of everything downstream.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torchshrink._io import atomic_write_json
+from torchshrink._io import TMP_SUFFIX, atomic_folder, atomic_write_json
 
 __all__ = ["StageCache", "stage_key"]
 
@@ -37,8 +37,12 @@ class StageCache:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob(".tmp-*"):  # left by an interrupted stage
-            shutil.rmtree(stale, ignore_errors=True)
+        # left by an interrupted stage (".tmp-*": by earlier versions); safe only because there is one writer
+        for stale in [*self.root.glob(".tmp-*"), *self.root.glob(f".*{TMP_SUFFIX}")]:
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
         self.hits: list[str] = []
         self.misses: list[str] = []
 
@@ -63,18 +67,11 @@ class StageCache:
         if cached is not None:
             self.hits.append(key)
             return key, cached
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=self.root))
         start = time.perf_counter()
-        try:
+        # a folder without result.json (from a version that wrote it last in place) is replaced whole
+        with atomic_folder(self.folder(key)) as tmp:
             result = compute(tmp)
             result["stage_seconds"] = time.perf_counter() - start
             atomic_write_json(tmp / "result.json", result)
-            final = self.folder(key)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self.misses.append(key)
         return key, result

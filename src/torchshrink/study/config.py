@@ -4,9 +4,10 @@ any work starts. ``--quick`` swaps in small data and few epochs, keeping every s
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -21,6 +22,14 @@ from torchshrink.recipes.gradual import GradualConfig
 from torchshrink.recipes.train import TrainConfig
 
 __all__ = ["StudyConfig", "load_config", "quick_config"]
+
+# Bounds on what a YAML file may hold: far above any real config, far below anything costly.
+MAX_CONFIG_BYTES = 1 << 20  # docs/study.yaml is 4 KB
+MAX_DEPTH = 16  # nesting levels; a config needs 5 (combined -> points -> [i] -> key -> value)
+MAX_LIST = 64  # values in one list (sparsities, bits, points)
+MAX_STR = 200  # characters of a string setting (labels)
+MAX_DIGITS = 30  # digits of a YAML integer (Python itself refuses beyond 4300, with a ValueError)
+MAX_INT = 2**63 - 1  # |integer setting|: what torch's seeds and sizes can hold
 
 
 @dataclass(frozen=True)
@@ -88,12 +97,16 @@ class CombinedPoint:
     label: str = ""  # name in the report
     source: str = "iterative"  # which pruned model: "iterative" (prune -> retrain rounds), "gradual", "continued"
     budget_bytes: int | None = None  # codebook only: per-layer widths (2..bits) chosen to fit this file size
+    role: str = ""  # "student": the point the report sets beside the student project's pruned + quantized row
+
+
+ROLES = ("", "student")  # at most one point is the student's; without one the report takes the first point
 
 
 @dataclass(frozen=True)
 class CombinedSection:
     points: tuple[CombinedPoint, ...] = (
-        CombinedPoint(0.4, 8, 8, False, "40% pruned + 8-bit (the student point)"),
+        CombinedPoint(0.4, 8, 8, False, "40% pruned + 8-bit (the student point)", role="student"),
         CombinedPoint(0.9, 4, 8, True, "90% pruned (gradual) + 4-bit codebook", "gradual"),
         CombinedPoint(
             0.93,
@@ -144,8 +157,11 @@ def _check(cfg: StudyConfig) -> None:
 
     def need(cond: bool, where: str, value: object, rule: str) -> None:
         if not cond:
-            raise ConfigError(f"{where}: {value!r} {rule}")
+            raise ConfigError(f"{where}: {_show(value)} {rule}")
 
+    for where, value in _floats(cfg, ""):  # first: every comparison below is meaningless for NaN and inf
+        need(math.isfinite(value), where, value, "must be a finite number")
+    need(0 <= cfg.seed <= MAX_INT, "seed", cfg.seed, f"must be from 0 to 2**63-1 ({MAX_INT}), as on the command line")
     need(cfg.baseline.model in MODELS, "baseline.model", cfg.baseline.model, f"is not one of {', '.join(MODELS)}")
     for where, value in [("baseline.epochs", cfg.baseline.epochs), ("baseline.batch_size", cfg.baseline.batch_size),
                          ("iterative.steps_per_target", cfg.iterative.steps_per_target),
@@ -190,7 +206,19 @@ def _check(cfg: StudyConfig) -> None:
     need(c.epochs >= 1, "continued.epochs", c.epochs, "must be at least 1")
     need(c.lr > 0, "continued.lr", c.lr, "must be positive")
     need(0 < c.end <= 1, "continued.end", c.end, "must be in (0, 1]")
-    for i, p in enumerate(cfg.combined.points):
+    points = cfg.combined.points
+    need(len(points) > 0, "combined.points", [], "must hold at least one point: the report's pruned + quantized "
+         "row is the point with role: student, or else the first one")  # fmt: skip
+    students = [i for i, p in enumerate(points) if p.role == "student"]
+    need(len(students) <= 1, "combined.points", [f"[{i}]" for i in students], "all have role: student; "
+         "give it to one point only")  # fmt: skip
+    seen: dict[tuple[Any, ...], int] = {}
+    for i, p in enumerate(points):
+        need(p.role in ROLES, f"combined.points[{i}].role", p.role, "must be 'student' or empty")
+        same = (p.source, p.sparsity, p.bits, p.act_bits, p.codebook, p.budget_bytes)  # what names its file
+        need(same not in seen, f"combined.points[{i}]", p.label or same, f"repeats combined.points[{seen.get(same)}] "
+             "(both would write the same file); remove one")  # fmt: skip
+        seen[same] = i
         need(p.source in ("iterative", "gradual", "continued"), f"combined.points[{i}].source", p.source,
              "must be 'iterative', 'gradual' or 'continued'")  # fmt: skip
         if p.source == "iterative":
@@ -212,18 +240,48 @@ def _check(cfg: StudyConfig) -> None:
         need(value is None or value >= 100, where, value, "must be empty or at least 100")
 
 
+def _floats(obj: Any, where: str) -> list[tuple[str, float]]:
+    """(key, value) of every float in a config, nested sections and lists included."""
+    out: list[tuple[str, float]] = []
+    for f in fields(obj):
+        value, key = getattr(obj, f.name), f"{where}{f.name}"
+        items = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, tuple) else [(key, value)]
+        for name, item in items:
+            if dataclasses.is_dataclass(item):
+                out += _floats(item, f"{name}.")
+            elif isinstance(item, float):
+                out.append((name, item))
+    return out
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message must stay one line, whatever the file holds."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _cut(text: str, limit: int = 160) -> str:
+    """The first line of an exception's text, cut to ``limit`` characters."""
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else f"{line[: limit - 3]}..."
+
+
 def _coerce(cls: type, raw: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from a YAML mapping, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from a YAML mapping, rejecting unknown or missing keys and wrong types."""
+    prefix = f"{where}." if where else ""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    names = [f.name for f in fields(cls)]
+    for key in raw:
+        if not isinstance(key, str) or key not in names:
+            shown = key if isinstance(key, str) and key.isidentifier() and len(key) <= 40 else _show(key, 40)
+            raise ConfigError(f"{prefix}{shown}: unknown key; known: {', '.join(sorted(names))}")
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    for key in required:
+        if key not in raw:
+            raise ConfigError(f"{prefix}{key}: missing; give {', '.join(required)}")
     hints = get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ConfigError(f"{where + '.' if where else ''}{unknown[0]}: unknown key; known: {', '.join(sorted(names))}")
-    kwargs = {}
-    for key, value in raw.items():
-        kwargs[key] = _value(hints[key], value, f"{where + '.' if where else ''}{key}")
+    kwargs = {key: _value(hints[key], value, f"{prefix}{key}") for key, value in raw.items()}
     try:
         return cls(**kwargs)
     except ConfigError as exc:  # a library config's own check ("lr=0: must be positive"): name the key
@@ -237,49 +295,104 @@ def _value(hint: Any, value: Any, where: str) -> Any:
     text = str(hint)
     if dataclasses.is_dataclass(hint):
         return _coerce(hint, value, where)
-    if text.startswith("tuple[") and "CombinedPoint" in text:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list of points")
-        return tuple(_coerce(CombinedPoint, v, f"{where}[{i}]") for i, v in enumerate(value))
     if text.startswith("tuple["):
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if not isinstance(value, list) or len(value) > MAX_LIST:
+            raise ConfigError(f"{where}: expected a list of at most {MAX_LIST} values, got {_show(value)}")
+        if "CombinedPoint" in text:
+            return tuple(_coerce(CombinedPoint, v, f"{where}[{i}]") for i, v in enumerate(value))
         inner = int if "int" in text else float
         return tuple(_value(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
     if "None" in text and value is None:
         return None
     if hint is bool or text == "bool":
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {_show(value)}")
         return value
     if hint is int or text.startswith("int"):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
+        if not -MAX_INT <= value <= MAX_INT:
+            raise ConfigError(f"{where}: {_show(value)} is out of range (at most {MAX_INT} in size)")
         return value
     if hint is float or text in ("float", "float | None"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {_show(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {_show(value)}")
         return float(value)
     if hint is str or text == "str":
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if not isinstance(value, str) or len(value) > MAX_STR:
+            raise ConfigError(f"{where}: expected a string of at most {MAX_STR} characters, got {_show(value)}")
         return value
     raise ConfigError(f"{where}: unsupported setting")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without aliases and without deep nesting, and with bounded integers.
+
+    An alias repeats a value by reference: nine nested ones in 300 bytes ("billion laughs") make a value
+    whose printout is gigabytes. Deep nesting exhausts the stack of the recursive composer, and a
+    5000-digit integer trips Python's own limit with a ValueError. Each becomes a ConfigError here.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            raise ConfigError(f"line {mark.line + 1}: YAML aliases (*name) are not accepted; write the value out")
+        if self.depth >= MAX_DEPTH:
+            raise ConfigError(f"line {mark.line + 1}: nested more than {MAX_DEPTH} levels deep")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_bounded_int(self, node: yaml.ScalarNode) -> int:
+        digits = str(self.construct_scalar(node)).replace("_", "")
+        if len(digits) > MAX_DIGITS:
+            raise ConfigError(f"line {node.start_mark.line + 1}: an integer of {len(digits)} digits is out of range")
+        return super().construct_yaml_int(node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_bounded_int)
+
+
 def load_config(path: str | os.PathLike[str] | None) -> StudyConfig:
-    """Read and validate a YAML file (``None``: the defaults). Raises :class:`ConfigError` naming the key."""
+    """Read and validate a YAML file (``None``: the defaults). Raises :class:`ConfigError` naming the key.
+
+    Nothing in the file can make this hang, allocate much or raise anything else: its size, nesting and
+    integers are bounded, aliases are refused, and every value a message prints is cut short.
+    """
     if path is None:
         return StudyConfig()
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES:,} bytes; a study config is a few KB")
     try:
-        return _coerce(StudyConfig, raw or {}, "")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}); save it as UTF-8"
+        ) from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python objects are ever built
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({_cut(str(exc))})") from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # e.g. the date 2001-13-01
+        raise ConfigError(f"{path}: not valid YAML ({_cut(str(exc))})") from None
+    try:
+        return _coerce(StudyConfig, {} if raw is None else raw, "")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
-import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,19 +15,68 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from torchshrink._io import atomic_write_bytes, atomic_write_json
+from torchshrink._io import atomic_copy, atomic_write_bytes, atomic_write_json
 from torchshrink.data import load_fashion_mnist
+from torchshrink.errors import TorchshrinkError
 from torchshrink.provenance import machine, versions
 from torchshrink.recipes.train import pick_device
 from torchshrink.study import stages
 from torchshrink.study.cache import StageCache
 from torchshrink.study.config import StudyConfig
 
-__all__ = ["run_study", "StudyInterrupted"]
+__all__ = ["run_study", "StudyInterrupted", "StudyBusy", "LOCK"]
+
+LOCK = ".lock"  # in the output folder; held (flock) for the whole run, never deleted while in use
 
 
 class StudyInterrupted(Exception):
     """Raised by the ``stop_after`` test hook once the named stage is stored."""
+
+
+class StudyBusy(TorchshrinkError):
+    """Another study is running in the same output folder."""
+
+
+@contextlib.contextmanager
+def study_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder ``out`` (created if needed) while the body runs.
+
+    Two studies on one folder would both compute every stage and delete each other's temporary stage folders;
+    the second one fails at once instead. The lock is ``flock`` on ``out/.lock``: the kernel releases it when
+    the process ends, however it ends, so a killed study never leaves the folder locked. A folder this call
+    created is removed again if the body fails before anything was stored in it.
+
+    Raises:
+        StudyBusy: another process holds the lock.
+    """
+    import fcntl
+
+    fresh = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StudyBusy(f"{out}: another study is running in this folder (it holds {out / LOCK}); wait for it "
+                        "to finish or choose another --out") from None  # fmt: skip
+    try:
+        yield
+    except BaseException:
+        if fresh:  # nothing to resume from: leave no trace of the attempt
+            with contextlib.suppress(OSError):
+                (out / "cache").rmdir()
+            if [p.name for p in out.iterdir()] == [LOCK]:
+                (out / LOCK).unlink()
+                out.rmdir()
+        raise
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _settings(point: Any) -> dict[str, Any]:
+    # what the point computes: its role only names it in the report, so it stays out of the cache key
+    return {k: v for k, v in asdict(point).items() if k != "role"}
 
 
 def run_study(
@@ -39,10 +88,27 @@ def run_study(
     stop_after: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run (or resume) the whole study into ``out``; return what ``results.json`` holds."""
+    """Run (or resume) the whole study into ``out``; return what ``results.json`` holds.
+
+    One study at a time per folder: a second one raises :class:`StudyBusy` before any work.
+    """
+    out = Path(out)
+    with study_lock(out):
+        return _run(cfg, out, data_dir, device, log, stop_after, progress)
+
+
+def _run(
+    cfg: StudyConfig,
+    out: Path,
+    data_dir: str | None,
+    device: str | None,
+    log: Callable[[str], None],
+    stop_after: str | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """The study itself, under the lock of :func:`run_study`."""
     from torchshrink.study.report import write_report
 
-    out = Path(out)
     started = time.perf_counter()
     data = load_fashion_mnist(data_dir).subset(train=cfg.data.train_subset, test=cfg.data.test_subset)
     ctx = stages.Context(cfg, data, pick_device(device), lambda line: tqdm.write(line) if progress else log(line))
@@ -125,12 +191,10 @@ def run_study(
             return stages.combined_point(ctx, base, pruned, point, folder)
 
         key, result = stage(f"combined-{stages.point_file(point).removesuffix('.tshrink')}",
-                            {**asdict(point), "epochs": cfg.combined.qat_epochs, "lr": cfg.combined.lr,
+                            {**_settings(point), "epochs": cfg.combined.qat_epochs, "lr": cfg.combined.lr,
                              "distill": cfg.combined.distill, "codebook_gradient": cfg.combined.codebook_gradient,
                              "calibration_images": cfg.data.calibration_images}, [base_key, pkey], compress)  # fmt: skip
-        files = out / "compressed"
-        files.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(cache.folder(key) / result["file"], files / result["file"])
+        atomic_copy(cache.folder(key) / result["file"], out / "compressed" / result["file"])
         results["combined"].append(result)
 
     _, results["structured"] = stage("structured", asdict(cfg.structured), [base_key],

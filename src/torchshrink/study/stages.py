@@ -179,7 +179,7 @@ def combined_point(
     result = write_and_verify(model, base, ctx.data.test_batches(), folder / point_file(point), name, args)
     result["file"] = point_file(point)
     extra = {"mixed_precision": record["mixed_precision"]} if "mixed_precision" in record else {}
-    return {"label": point.label, "source": point.source, "config": cfg.to_dict(), **result, **extra,
+    return {"label": point.label, "role": point.role, "source": point.source, "config": cfg.to_dict(), **result, **extra,
             "seconds": record["quant_seconds"]}  # fmt: skip
 
 
