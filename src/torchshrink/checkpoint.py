@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from torchshrink._io import atomic_write, atomic_write_json
-from torchshrink.errors import CheckpointError
+from torchshrink.errors import CheckpointError, first_line, show_value
 from torchshrink.models import MODELS, build_model
 from torchshrink.provenance import versions
 
@@ -174,16 +174,16 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, tuple[str, tuple[int,
         raise CheckpointError(f"{bad} (__metadata__ must map names to strings)")
     data_bytes, spans, out = size - 8 - n, [], {}
     for key, entry in header.items():
-        where = f"{bad} (tensor {_show(key)}"
+        where = f"{bad} (tensor {show_value(key)}"
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise CheckpointError(f"{where}: needs exactly dtype, shape and data_offsets)")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if not isinstance(dtype, str) or dtype not in DTYPES:
-            raise CheckpointError(f"{where}: dtype {_show(dtype)} is not one of {', '.join(DTYPES)})")
+            raise CheckpointError(f"{where}: dtype {show_value(dtype)} is not one of {', '.join(DTYPES)})")
         if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(_is_int(d) and d >= 0 for d in shape)):
-            raise CheckpointError(f"{where}: shape {_show(shape)} is not a list of up to {MAX_DIMS} sizes >= 0)")
+            raise CheckpointError(f"{where}: shape {show_value(shape)} is not a list of up to {MAX_DIMS} sizes >= 0)")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
-            raise CheckpointError(f"{where}: data_offsets {_show(offsets)} is not [begin, end])")
+            raise CheckpointError(f"{where}: data_offsets {show_value(offsets)} is not [begin, end])")
         begin, end = offsets
         nbytes = math.prod(shape) * DTYPES[dtype][0]
         if not 0 <= begin <= end <= data_bytes or end - begin != nbytes:
@@ -249,10 +249,10 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a torchshrink checkpoint (format field missing or wrong)")
     name = meta.get("model")
     if not isinstance(name, str) or name not in MODELS:
-        raise CheckpointError(f"{path}: model {_show(name)} is not a registered model; known: {', '.join(MODELS)}")
+        raise CheckpointError(f"{path}: model {show_value(name)} is not a registered model; known: {', '.join(MODELS)}")
     args = meta.get("model_args", {})
     if not isinstance(args, dict):
-        raise CheckpointError(f"{path}: model_args must be an object of constructor arguments, got {_show(args)}")
+        raise CheckpointError(f"{path}: model_args must be an object of constructor arguments, got {show_value(args)}")
     _check_args(path, args)
     return meta
 
@@ -280,7 +280,7 @@ def _parse_json(path: Path, data: bytes, what: str, constants: bool) -> Any:
     except RecursionError:
         raise CheckpointError(f"{path}: {what} nested too deeply (at most {MAX_DEPTH} levels); corrupt") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CheckpointError(f"{path}: unreadable {what} ({_cut(str(exc))}); the file is corrupt") from None
+        raise CheckpointError(f"{path}: unreadable {what} ({first_line(str(exc))}); the file is corrupt") from None
     stack = [(obj, 1)]  # iterative: the depth check must not itself recurse
     while stack:
         value, depth = stack.pop()
@@ -304,7 +304,7 @@ def _check_args(path: Path, args: dict[str, Any]) -> None:
             continue
         if isinstance(value, int):
             if abs(value) > MAX_ARG_INT:
-                raise CheckpointError(f"{path}: {where} = {_show(value)} is out of range (|value| <= {MAX_ARG_INT})")
+                raise CheckpointError(f"{path}: {where} = {show_value(value)} is out of range (|value| <= {MAX_ARG_INT})")
         elif isinstance(value, float):
             if not math.isfinite(value):
                 raise CheckpointError(f"{path}: {where} = {value} is not a finite number")
@@ -324,7 +324,7 @@ def _build(path: Path, name: str, args: dict[str, Any]) -> nn.Module:
         return build_model(name, **args)
     except Exception as exc:  # the arguments come from a file and the constructor may be any registered code
         raise CheckpointError(
-            f"{path}: model_args {_show(args)} do not build model {name!r} ({type(exc).__name__}: {_cut(str(exc), 100)})"
+            f"{path}: model_args {show_value(args)} do not build model {name!r} ({type(exc).__name__}: {first_line(str(exc), 100)})"
         ) from None
 
 
@@ -337,7 +337,7 @@ def _expected_tensors(path: Path, name: str, args: dict[str, Any]) -> dict[str, 
     elements = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
     if elements > MAX_ELEMENTS:
         raise CheckpointError(
-            f"{path}: model {name!r} with model_args {_show(args)} has {elements:,} elements, over the "
+            f"{path}: model {name!r} with model_args {show_value(args)} has {elements:,} elements, over the "
             f"{MAX_ELEMENTS:,} a checkpoint may hold; the arguments are corrupt"
         )
     return {k: (tuple(t.shape), t.is_floating_point()) for k, t in model.state_dict().items()}
@@ -353,7 +353,7 @@ def _match(
     unexpected = sorted(set(header) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: does not match model {name!r} (missing {_show(missing[:3])}, unexpected {_show(unexpected[:3])})"
+            f"{path}: does not match model {name!r} (missing {show_value(missing[:3])}, unexpected {show_value(unexpected[:3])})"
         )
     for key, (dtype, shape) in header.items():
         want, floating = expected[key]
@@ -368,7 +368,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return safetensors.torch.load_file(str(path))
     except (OSError, safetensors.SafetensorError, ValueError, RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({_cut(str(exc))})") from exc
+        raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({first_line(str(exc))})") from exc
 
 
 def _check_values(path: Path, state: dict[str, torch.Tensor]) -> None:
@@ -394,13 +394,3 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _show(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters: a message must stay one readable line."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
-def _cut(text: str, limit: int = 160) -> str:
-    """The first line of an exception's text, cut to ``limit`` characters."""
-    line = text.splitlines()[0] if text else ""
-    return line if len(line) <= limit else f"{line[: limit - 3]}..."

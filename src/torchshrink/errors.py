@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["TorchshrinkError", "DataError", "CheckpointError", "ConfigError", "check_finite"]
+__all__ = ["TorchshrinkError", "DataError", "CheckpointError", "ConfigError", "check_finite", "show_value", "first_line"]
 
 
 class TorchshrinkError(Exception):
@@ -42,3 +42,24 @@ def check_finite(config: object, *fields: str) -> None:
         value = getattr(config, name)
         if value is not None and not math.isfinite(value):
             raise ConfigError(f"{name}={value}: must be a finite number")
+
+
+def show_value(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message stays one readable line, whatever a file holds.
+
+    >>> show_value("x" * 100, limit=10)
+    "'xxxxxx..."
+    """
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def first_line(text: str, limit: int = 160) -> str:
+    """The first line of an exception's text, cut to ``limit`` characters.
+
+    >>> first_line("bad value\\ntraceback follows")
+    'bad value'
+    """
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else f"{line[: limit - 3]}..."
+

@@ -14,7 +14,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from torchshrink.data.task import DEFAULT_CALIBRATION_SAMPLES
-from torchshrink.errors import ConfigError
+from torchshrink.errors import ConfigError, first_line, show_value
 from torchshrink.quant.apply import QuantConfig
 from torchshrink.quant.fake_quant import CALIBRATIONS
 from torchshrink.recipes.compress import CompressConfig
@@ -157,7 +157,7 @@ def _check(cfg: StudyConfig) -> None:
 
     def need(cond: bool, where: str, value: object, rule: str) -> None:
         if not cond:
-            raise ConfigError(f"{where}: {_show(value)} {rule}")
+            raise ConfigError(f"{where}: {show_value(value)} {rule}")
 
     for where, value in _floats(cfg, ""):  # first: every comparison below is meaningless for NaN and inf
         need(math.isfinite(value), where, value, "must be a finite number")
@@ -254,18 +254,6 @@ def _floats(obj: Any, where: str) -> list[tuple[str, float]]:
     return out
 
 
-def _show(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters: a message must stay one line, whatever the file holds."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
-def _cut(text: str, limit: int = 160) -> str:
-    """The first line of an exception's text, cut to ``limit`` characters."""
-    line = text.splitlines()[0] if text else ""
-    return line if len(line) <= limit else f"{line[: limit - 3]}..."
-
-
 def _coerce(cls: type, raw: Any, where: str) -> Any:
     """Build dataclass ``cls`` from a YAML mapping, rejecting unknown or missing keys and wrong types."""
     prefix = f"{where}." if where else ""
@@ -274,7 +262,7 @@ def _coerce(cls: type, raw: Any, where: str) -> Any:
     names = [f.name for f in fields(cls)]
     for key in raw:
         if not isinstance(key, str) or key not in names:
-            shown = key if isinstance(key, str) and key.isidentifier() and len(key) <= 40 else _show(key, 40)
+            shown = key if isinstance(key, str) and key.isidentifier() and len(key) <= 40 else show_value(key, 40)
             raise ConfigError(f"{prefix}{shown}: unknown key; known: {', '.join(sorted(names))}")
     required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
     for key in required:
@@ -297,7 +285,7 @@ def _value(hint: Any, value: Any, where: str) -> Any:
         return _coerce(hint, value, where)
     if text.startswith("tuple["):
         if not isinstance(value, list) or len(value) > MAX_LIST:
-            raise ConfigError(f"{where}: expected a list of at most {MAX_LIST} values, got {_show(value)}")
+            raise ConfigError(f"{where}: expected a list of at most {MAX_LIST} values, got {show_value(value)}")
         if "CombinedPoint" in text:
             return tuple(_coerce(CombinedPoint, v, f"{where}[{i}]") for i, v in enumerate(value))
         inner = int if "int" in text else float
@@ -306,23 +294,23 @@ def _value(hint: Any, value: Any, where: str) -> Any:
         return None
     if hint is bool or text == "bool":
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {_show(value)}")
+            raise ConfigError(f"{where}: expected true or false, got {show_value(value)}")
         return value
     if hint is int or text.startswith("int"):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
+            raise ConfigError(f"{where}: expected an integer, got {show_value(value)}")
         if not -MAX_INT <= value <= MAX_INT:
-            raise ConfigError(f"{where}: {_show(value)} is out of range (at most {MAX_INT} in size)")
+            raise ConfigError(f"{where}: {show_value(value)} is out of range (at most {MAX_INT} in size)")
         return value
     if hint is float or text in ("float", "float | None"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {_show(value)}")
+            raise ConfigError(f"{where}: expected a number, got {show_value(value)}")
         if not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {_show(value)}")
+            raise ConfigError(f"{where}: expected a finite number, got {show_value(value)}")
         return float(value)
     if hint is str or text == "str":
         if not isinstance(value, str) or len(value) > MAX_STR:
-            raise ConfigError(f"{where}: expected a string of at most {MAX_STR} characters, got {_show(value)}")
+            raise ConfigError(f"{where}: expected a string of at most {MAX_STR} characters, got {show_value(value)}")
         return value
     raise ConfigError(f"{where}: unsupported setting")
 
@@ -388,9 +376,9 @@ def load_config(path: str | os.PathLike[str] | None) -> StudyConfig:
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({_cut(str(exc))})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(str(exc))})") from None
     except (ValueError, OverflowError, RecursionError) as exc:  # e.g. the date 2001-13-01
-        raise ConfigError(f"{path}: not valid YAML ({_cut(str(exc))})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(str(exc))})") from None
     try:
         return _coerce(StudyConfig, {} if raw is None else raw, "")
     except ConfigError as exc:
