@@ -1,0 +1,14 @@
+"""Export compressed models to formats other runtimes read: ONNX (fp32, or QDQ from the integer codes)."""
+
+from torchshrink.export.onnx_export import OPSET, export_onnx, is_fake_quantized, to_onnx
+from torchshrink.export.onnx_graph import SUPPORTED, build_qdq_model
+
+__all__ = [
+    # ONNX
+    "export_onnx",
+    "to_onnx",
+    "build_qdq_model",
+    "is_fake_quantized",
+    "SUPPORTED",
+    "OPSET",
+]

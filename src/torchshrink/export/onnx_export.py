@@ -1,0 +1,87 @@
+"""Export a model to ONNX: fp32 models plainly, fake-quantized models as a QDQ graph of their integer codes.
+
+Example:
+    >>> import tempfile, torch
+    >>> from torchshrink.models import build_model
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     export_onnx(build_model("cnn_tiny"), f"{folder}/cnn.onnx", torch.zeros(1, 1, 28, 28))
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import onnx
+import torch
+from torch import nn
+
+from torchshrink._io import atomic_write_bytes
+from torchshrink.errors import ConfigError
+from torchshrink.export.onnx_graph import INPUT_NAME, OUTPUT_NAME, build_qdq_model
+from torchshrink.quant.fake_quant import FakeQuant
+
+__all__ = ["OPSET", "is_fake_quantized", "to_onnx", "export_onnx"]
+
+OPSET = 17  # per-axis DequantizeLinear and integer Clip need 13; 17 is what ONNX runtimes of 2022 on read
+
+
+def is_fake_quantized(model: nn.Module) -> bool:
+    """Whether any fake quant in ``model`` is switched on (then it exports as a QDQ graph)."""
+    return any(isinstance(m, FakeQuant) and m.enabled for m in model.modules())
+
+
+def _float_model(model: nn.Module, example_input: torch.Tensor, opset: int) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # the TorchScript exporter is deprecated in favour of torch.export, which does not yet keep a
+        # dynamic batch axis on every model this one handles
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            torch.onnx.export(model, (example_input,), buffer, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})  # fmt: skip
+        except Exception as exc:  # torch.onnx raises many types for an untranslatable model
+            raise ConfigError(f"{type(model).__name__}: not supported by the ONNX exporter yet ({exc})") from exc
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def to_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET) -> onnx.ModelProto:
+    """The checked ONNX model of ``model`` in eval mode, input ``"input"`` and output ``"output"``, with a
+    dynamic batch axis. The model is left in the mode it was in.
+
+    Args:
+        model: an fp32 model (exported by torch's TorchScript exporter), or a fake-quantized one, e.g. from
+            :func:`torchshrink.recipes.ptq` (exported as a QDQ graph built from its integer codes; only the
+            layers in :data:`torchshrink.export.onnx_graph.SUPPORTED`).
+        example_input: one float32 batch on the model's device; fixes every dimension but the first.
+        opset: the ONNX opset, 13 or later.
+
+    Raises:
+        ConfigError: an unsupported layer or operation (named), a bad example input, or an opset before 13.
+    """
+    if not isinstance(example_input, torch.Tensor) or example_input.dtype != torch.float32 or example_input.ndim < 1:
+        raise ConfigError("example_input: give one float32 batch of inputs, e.g. torch.zeros(1, 1, 28, 28)")
+    if opset < 13:
+        raise ConfigError(f"opset {opset}: per-channel DequantizeLinear and integer Clip need opset 13 or later")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if is_fake_quantized(model):
+                proto = build_qdq_model(model, example_input, opset)
+            else:
+                proto = _float_model(model, example_input, opset)
+    finally:
+        model.train(was_training)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def export_onnx(
+    model: nn.Module, path: str | os.PathLike[str], example_input: torch.Tensor, opset: int = OPSET
+) -> None:
+    """Write ``model`` as an ONNX file at ``path`` atomically (see :func:`to_onnx`); nothing is written when
+    the model cannot be exported."""
+    atomic_write_bytes(path, to_onnx(model, example_input, opset).SerializeToString())

@@ -1,0 +1,285 @@
+"""ONNX export: onnxruntime's outputs checked against torchshrink's own (fp32, and fake quant at 8 and 4 bits)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+from torch import nn
+
+from torchshrink.data import FashionMNIST, Task
+from torchshrink.errors import ConfigError
+from torchshrink.export import export_onnx, to_onnx
+from torchshrink.models import MLP, build_model
+from torchshrink.quant import FakeQuant, QuantConfig, QuantSpec, input_quantizer, quantized_layers
+from torchshrink.recipes import ptq
+from torchshrink.recipes.train import TrainConfig, fit
+
+LEVELS = {
+    "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "enable_all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def run_ort(proto: onnx.ModelProto, x: torch.Tensor, level: str = "enable_all", outputs: int = 1) -> Any:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = LEVELS[level]
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    results = session.run(None, {"input": x.numpy()})
+    return results[0] if outputs == 1 else results
+
+
+@torch.no_grad()
+def run_torch(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    return model.eval()(x).numpy()
+
+
+def check_agreement(q: nn.Module, proto: onnx.ModelProto, x: torch.Tensor, level: str, top1: float = 0.999) -> int:
+    """Compare onnxruntime with torchshrink's fake-quant model; return how many output-layer input codes differ.
+
+    The two compute each float conv/matmul in a different order, so a value within float rounding of a
+    rounding tie (``x / scale`` at ``k + 0.5``) can land on neighbouring codes. Asserted:
+
+    * top-1 equal on at least ``top1`` of the samples;
+    * at the output layer's input, a code is never more than one step off, and fewer than 1% are off;
+    * each logit is off by at most what those flips explain: logit ``j`` is ``sum_k (a_k - z) s_a W_jk + b_j``,
+      so it moves by ``sum_k |da_k| s_a |W_jk|``, plus float rounding (1e-5). With no flip, that is 1e-5.
+    """
+    name, last = list(quantized_layers(q).items())[-1]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    probe.graph.output.append(onnx.helper.make_tensor_value_info(f"{name}.input.dequantize", TensorProto.FLOAT, None))
+    seen: dict[str, torch.Tensor] = {}
+    hook = input_quantizer(last).register_forward_hook(lambda m, i, out: seen.setdefault("a", out))
+    want = run_torch(q, x)
+    hook.remove()
+    got, a = run_ort(probe, x, level, outputs=2)
+    scale = float(input_quantizer(last).effective_scale[0])
+    steps = (a - seen["a"].numpy()) / scale  # code differences (whole numbers up to float rounding)
+    flips = np.abs(np.round(steps))
+    assert flips.max(initial=0) <= 1 and np.allclose(steps, np.round(steps), atol=1e-3)
+    assert flips.mean() < 0.01
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= top1
+    bound = flips @ np.abs(last.weight.detach().numpy()).T * scale + 1e-5 + 1e-5 * np.abs(want)
+    assert (np.abs(got - want) <= bound).all()
+    return int(flips.sum())
+
+
+@pytest.fixture(scope="module")
+def trained(small_task: Task) -> nn.Module:
+    """A ``cnn_tiny`` trained for two epochs on 2,000 real images: logits with real margins."""
+    torch.manual_seed(0)
+    model = build_model("cnn_tiny")
+    fit(model, small_task, TrainConfig(epochs=2, channels_last=False), log=None, progress=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def test_images(fmnist: FashionMNIST) -> torch.Tensor:
+    """The first 512 real Fashion-MNIST test images, normalised."""
+    return torch.cat([batch[0] for batch in fmnist.subset(test=512).test_batches()])[:512]
+
+
+@pytest.fixture(scope="module")
+def calibration(fmnist: FashionMNIST) -> list[torch.Tensor]:
+    return [torch.cat([batch[0] for batch in fmnist.subset(val=256).val_batches()])[:256]]
+
+
+# --- fp32 ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cnn_tiny", "mlp"])
+def test_fp32_export_matches_torch_with_dynamic_batch(name: str) -> None:
+    """An fp32 model exports plainly; onnxruntime's logits equal torch's to 1e-4 at another batch size."""
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    proto = to_onnx(model, torch.zeros(1, 1, 28, 28))
+    assert not any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    x = torch.randn(7, 1, 28, 28)
+    np.testing.assert_allclose(run_ort(proto, x), run_torch(model, x), rtol=1e-4, atol=1e-4)
+
+
+def test_fp32_export_of_trained_model_on_real_images(trained: nn.Module, test_images: torch.Tensor) -> None:
+    """The trained model on 512 real test images: logits within 1e-4."""
+    proto = to_onnx(trained, test_images[:1])
+    np.testing.assert_allclose(run_ort(proto, test_images), run_torch(trained, test_images), rtol=1e-4, atol=1e-4)
+
+
+# --- QDQ ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("which", ["trained_cnn_tiny", pytest.param("random_cnn", marks=pytest.mark.slow)])
+def test_qdq_export_agrees_with_fake_quant_on_real_images(
+    trained: nn.Module, calibration: list[torch.Tensor], test_images: torch.Tensor, which: str, bits: int
+) -> None:
+    """W8A8 and W4A4 (Clip path) on 512 real test images, with and without onnxruntime's graph optimisations:
+    top-1 equal on >= 99.9%, logits off only by the rounding-tie flips of :func:`check_agreement`.
+    (Measured at 8 bits: 1 of 16,384 codes flipped for the trained cnn_tiny, ~100 of 131,072 for the random
+    full-size cnn; none at 4 bits.)"""
+    torch.manual_seed(0)
+    model = trained if which == "trained_cnn_tiny" else build_model("cnn").eval()
+    q = ptq(model, calibration, QuantConfig(bits=bits))
+    proto = to_onnx(q, test_images[:1])
+    for level in LEVELS:
+        check_agreement(q, proto, test_images, level)
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_qdq_export_of_random_model_on_random_inputs(bits: int) -> None:
+    """Random weights, random normalised inputs (no data needed), W8A8 / W4A4 / W2A2."""
+    torch.manual_seed(1)
+    q = ptq(build_model("cnn_tiny").eval(), [torch.randn(128, 1, 28, 28)], QuantConfig(bits=bits))
+    x = torch.randn(256, 1, 28, 28)
+    proto = to_onnx(q, x[:1])
+    for level in LEVELS:
+        check_agreement(q, proto, x, level, top1=0.99)  # random logits: near-ties in the argmax too
+
+
+def _initializers(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in proto.graph.initializer}
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_qdq_graph_holds_integer_codes_and_clips_narrow_ranges(bits: int) -> None:
+    """Weights are INT8 codes dequantized per output channel (axis 0); activations after a ReLU are uint8,
+    the image int8; an activation range narrower than its container (4 bits) gets a Clip; weight codes are in
+    range already."""
+    torch.manual_seed(0)
+    q = ptq(build_model("cnn_tiny"), [torch.randn(64, 1, 28, 28)], QuantConfig(bits=bits))
+    proto = to_onnx(q, torch.zeros(1, 1, 28, 28))
+    inits = _initializers(proto)
+    nodes = {n.name: n for n in proto.graph.node}
+    for name, layer in quantized_layers(q).items():
+        codes = inits[f"{name}.weight_codes"]
+        assert codes.data_type == TensorProto.INT8
+        assert numpy_helper.to_array(codes).shape == tuple(layer.weight.shape)
+        assert {a.name: a.i for a in nodes[f"{name}.weight"].attribute} == {"axis": 0}
+        assert f"{name}.weight" not in inits  # no float copy of a quantized weight
+        zero_point = inits[f"{name}.input.zero_point"].data_type
+        assert zero_point == (TensorProto.INT8 if name == "features.conv1" else TensorProto.UINT8)
+        clipped = f"{name}.input.clip" in nodes
+        assert clipped == (name != "features.conv1" and bits < 8)  # the image's input is 8-bit at any width
+    assert (
+        max(
+            np.abs(numpy_helper.to_array(inits[f"{n}.weight_codes"]).astype(np.int32)).max()
+            for n in quantized_layers(q)
+        )
+        <= 2 ** (bits - 1) - 1
+    )
+
+
+class _Pooled(nn.Module):
+    """Conv -> ReLU -> global average pool -> torch.flatten -> Linear: the functional ops and GlobalAveragePool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, stride=2, padding=1, groups=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x))
+        return self.fc(self.drop(torch.flatten(self.pool(x), 1)))
+
+
+class _Tokens(nn.Module):
+    """Linears applied to the last dim of a 4-D input: the MatMul path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(28, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(x).relu())  # (N, 1, 28, 28) -> (N, 1, 28, 16) -> (N, 1, 28, 4)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("make", [_Pooled, _Tokens, lambda: MLP(hidden=(32,))], ids=["pooled", "tokens", "mlp"])
+def test_qdq_export_of_other_supported_models(make: type[nn.Module], per_channel: bool) -> None:
+    """GlobalAveragePool, functional relu/flatten, Dropout, MatMul on 4-D inputs, per-tensor weights."""
+    torch.manual_seed(0)
+    q = ptq(make().eval(), [torch.randn(64, 1, 28, 28)], QuantConfig(bits=8, per_channel=per_channel))
+    x = torch.randn(16, 1, 28, 28)
+    proto = to_onnx(q, x[:1])
+    for level in LEVELS:
+        check_agreement(q, proto, x, level, top1=0.99)
+
+
+def test_layers_left_in_float_export_with_float_weights() -> None:
+    """A layer the filter skipped keeps float weights in the graph, and the outputs still agree."""
+    torch.manual_seed(0)
+    model = build_model("cnn_tiny").eval()
+    q = ptq(model, [torch.randn(64, 1, 28, 28)], QuantConfig(bits=8), filter_fn=lambda m, n: n != "classifier.fc1")
+    proto = to_onnx(q, torch.zeros(1, 1, 28, 28))
+    assert "classifier.fc1.weight" in _initializers(proto)
+    check_agreement(q, proto, torch.randn(16, 1, 28, 28), "enable_all", top1=0.99)
+
+
+# --- refusals and the file ----------------------------------------------------------------------------
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+        self.act = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x)) + x
+
+
+class _Flatten12(_Residual):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).flatten(1, 2)  # ONNX Flatten keeps exactly one leading dim: (1, 2) is not that
+
+
+def test_unsupported_operations_are_refused_by_name(tmp_path: Path) -> None:
+    """A quantized model with an op the QDQ builder does not translate raises ConfigError naming it, and
+    writes no file."""
+    q = ptq(_Residual().eval(), [torch.randn(8, 1, 28, 28)], QuantConfig(bits=8))
+    target = tmp_path / "model.onnx"
+    with pytest.raises(ConfigError, match=r"'act' \(Sigmoid\): not supported by the ONNX exporter yet"):
+        export_onnx(q, target, torch.zeros(1, 1, 28, 28))
+    assert not target.exists()
+    q.act = nn.ReLU()
+    with pytest.raises(ConfigError, match=r"'add'.*not supported by the ONNX exporter yet"):
+        to_onnx(q, torch.zeros(1, 1, 28, 28))
+    flat = ptq(_Flatten12().eval(), [torch.randn(8, 1, 28, 28)], QuantConfig(bits=8))
+    with pytest.raises(ConfigError, match=r"flatten from dim 1 to 2\): not supported"):
+        to_onnx(flat, torch.zeros(1, 1, 28, 28))
+
+
+def test_a_fake_quant_the_graph_would_drop_is_refused() -> None:
+    """An enabled fake quant that is not a weight or input quantizer of a translated layer is named, not dropped."""
+    q = ptq(build_model("cnn_tiny").eval(), [torch.randn(8, 1, 28, 28)], QuantConfig(bits=8))
+    q.stray = FakeQuant(QuantSpec(bits=8))
+    q.stray.enabled = True
+    with pytest.raises(ConfigError, match=r"fake quant 'stray'.*not supported by the ONNX exporter yet"):
+        to_onnx(q, torch.zeros(1, 1, 28, 28))
+
+
+def test_bad_example_input_is_refused() -> None:
+    with pytest.raises(ConfigError, match="example_input"):
+        to_onnx(build_model("cnn_tiny"), torch.zeros(1, 1, 28, 28, dtype=torch.float64))
+
+
+def test_export_onnx_writes_a_checked_file_and_keeps_the_mode(tmp_path: Path) -> None:
+    """The file loads, passes the checker, runs at any batch size; the model's training flag is restored."""
+    torch.manual_seed(0)
+    q = ptq(build_model("cnn_tiny"), [torch.randn(32, 1, 28, 28)], QuantConfig(bits=8)).train()
+    path = tmp_path / "sub" / "cnn.onnx"
+    export_onnx(q, path, torch.zeros(2, 1, 28, 28))
+    assert q.training
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert run_ort(proto, torch.randn(5, 1, 28, 28)).shape == (5, 10)
