@@ -97,6 +97,23 @@ def test_prune_and_quantize_commands(tmp_path, data_dir, tiny_checkpoint):
     assert (tmp_path / "q" / "codes.safetensors").is_file()
 
 
+def test_quantize_writes_an_onnx_model_that_onnxruntime_agrees_with(tmp_path, data_dir, tiny_checkpoint):
+    import json
+
+    import onnx
+
+    out = tmp_path / "q8"
+    r = run("quantize", str(tiny_checkpoint), "--bits", "8", "--onnx", "--data-dir", data_dir, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    record = json.loads((out / "quantization.json").read_text())["onnx"]
+    assert record["images"] == 10_000 and record["top1_agreement"] >= 0.999  # the whole test set
+    assert abs(record["test_accuracy"] - json.loads((out / "quantization.json").read_text())["test_accuracy"]) < 2e-3
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
+    assert "onnxruntime agrees" in r.stdout
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -43,6 +43,9 @@ def add_quant_commands(sub: Any) -> None:
         help="how activation ranges are chosen (default: %(default)s)",
     )
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write model.onnx (a QDQ graph of the integer codes) and measure onnxruntime's agreement "
+                        "with torchshrink on the whole test set")  # fmt: skip
     p.add_argument("--keep-first-last-8bit", action="store_true", help="first and last layers at 8 bits")
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument(
@@ -96,8 +99,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         "quantized_bytes": weight_bytes, "layers": [r.__dict__ | {"total_bytes": r.total_bytes} for r in rows],
     }  # fmt: skip
     state = {k: v.contiguous() for k, v in codes_state_dict(export_layers(model.cpu())).items()}
+    onnx_bytes = _onnx_with_agreement(model.cpu().eval(), data, record) if args.onnx else None
     with atomic_folder(out) as folder:  # codes and report appear together, or not at all
         atomic_write(folder / "codes.safetensors", lambda tmp: safetensors.torch.save_file(state, str(tmp)))
+        if onnx_bytes is not None:
+            atomic_write(folder / "model.onnx", lambda tmp: tmp.write_bytes(onnx_bytes))
         atomic_write_json(folder / "quantization.json", record)
     print(f"{'layer':<16} {'bits':>4} {'params':>9} {'bytes':>9}")
     for r in rows:
@@ -107,4 +113,35 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         f"weights {weight_bytes:,.0f} bytes (fp32 {record['fp32_bytes']:,}, "
         f"{record['fp32_bytes'] / weight_bytes:.1f}x)  {seconds:.0f}s  -> {out}"
     )
+    if "onnx" in record:
+        o = record["onnx"]
+        print(f"model.onnx (QDQ, {o['bytes']:,} bytes): onnxruntime agrees with torchshrink on "
+              f"{100 * o['top1_agreement']:.2f}% of the {o['images']:,} test images, test accuracy "
+              f"{100 * o['test_accuracy']:.2f}%, max logit difference {o['max_logit_difference']:.2e}")  # fmt: skip
     return 0
+
+
+def _onnx_with_agreement(model: Any, data: Any, record: dict[str, Any]) -> bytes:
+    """The QDQ ONNX model's bytes; records onnxruntime's agreement with ``model`` on the whole test set."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from torchshrink.export import to_onnx
+
+    proto = to_onnx(model, next(iter(data.test_batches()))[0][:1])
+    blob = proto.SerializeToString()
+    session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    same = correct = n = 0
+    worst = 0.0
+    with torch.no_grad():
+        for x, y in data.test_batches(batch_size=1000):
+            ours = model(x).numpy()
+            theirs = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+            same += int((ours.argmax(1) == theirs.argmax(1)).sum())
+            correct += int((theirs.argmax(1) == y.numpy()).sum())
+            worst = max(worst, float(np.abs(ours - theirs).max()))
+            n += len(y)
+    record["onnx"] = {"bytes": len(blob), "images": n, "top1_agreement": same / n, "test_accuracy": correct / n,
+                      "max_logit_difference": worst, "onnxruntime": ort.__version__}  # fmt: skip
+    return blob
