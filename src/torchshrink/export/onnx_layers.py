@@ -68,8 +68,21 @@ def _integer_zero_point(name: str, zero_point: torch.Tensor | float) -> np.ndarr
     return zp
 
 
-def emit_qdq(g: GraphBuilder, name: str, x: str, scale: float, zero_point: float, spec: QuantSpec) -> str:
-    """``QuantizeLinear -> [Clip] -> DequantizeLinear`` on ``x`` (per tensor): ``fake_quantize`` in ONNX."""
+def emit_qdq(
+    g: GraphBuilder,
+    name: str,
+    x: str,
+    scale: float,
+    zero_point: float,
+    spec: QuantSpec,
+    spread: tuple[int, int] | None = None,
+) -> str:
+    """``QuantizeLinear -> [Clip] -> DequantizeLinear`` on ``x`` (per tensor): ``fake_quantize`` in ONNX.
+
+    ``spread``: ``(axis, size)``: give the ``DequantizeLinear`` that one scale repeated ``size`` times along
+    ``axis`` instead of a scalar. The same numbers, but onnxruntime's WeightBiasQuantization only rewrites a layer
+    whose input scale is a scalar: a layer on float weights (a codebook, a layer left unquantized) fed this way
+    stays the layer it is, rather than having its weight requantized to int8 per tensor by the runtime."""
     dtype, lo, hi = _container(spec.signed)
     zp = _integer_zero_point(name, zero_point)
     s = g.const(f"{name}.scale", np.array(scale, dtype=np.float32))
@@ -80,7 +93,12 @@ def emit_qdq(g: GraphBuilder, name: str, x: str, scale: float, zero_point: float
             g.const(f"{name}.{end}", np.array(v, dtype=dtype)) for end, v in (("qmin", spec.qmin), ("qmax", spec.qmax))
         ]
         q = g.node("Clip", [q, *bounds], f"{name}.clip")
-    return g.node("DequantizeLinear", [q, s, z], f"{name}.dequantize")
+    if spread is None:
+        return g.node("DequantizeLinear", [q, s, z], f"{name}.dequantize")
+    axis, size = spread
+    s = g.const(f"{name}.spread_scale", np.full(size, scale, dtype=np.float32))
+    z = g.const(f"{name}.spread_zero_point", np.full(size, zp, dtype=dtype))
+    return g.node("DequantizeLinear", [q, s, z], f"{name}.dequantize", axis=axis)
 
 
 def _quantized_weight(g: GraphBuilder, name: str, layer: nn.Module, q: QuantizedLayer, transpose: bool) -> str:
@@ -91,7 +109,8 @@ def _quantized_weight(g: GraphBuilder, name: str, layer: nn.Module, q: Quantized
     codes = (q.codes.view(torch.uint8) if dtype is np.uint8 else q.codes).cpu()  # (out, in, kh, kw) or (out, in)
     axis = q.spec.axis
     scale = q.scale.cpu() if q.spec.per_channel else q.scale.cpu()[0]
-    zp = torch.from_numpy(_integer_zero_point(f"{name}.weight", weight_quantizer(layer).zero_point))
+    fq = weight_quantizer(layer)  # None for codes decoded from a file, which are symmetric (zero point 0)
+    zp = torch.from_numpy(_integer_zero_point(f"{name}.weight", fq.zero_point if fq is not None else q.scale * 0))
     zp = zp if q.spec.per_channel else zp[0]
     deq = (codes.to(torch.float32) - broadcast_to_axis(zp, codes, axis)) * broadcast_to_axis(scale, codes, axis)
     if not torch.allclose(deq, layer.weight.detach().cpu(), rtol=1e-6, atol=0.0):
@@ -113,18 +132,59 @@ def _weight(g: GraphBuilder, name: str, layer: nn.Module, q: QuantizedLayer | No
     return g.const(f"{name}.weight", w.T if transpose else w)
 
 
-def _add_bias(g: GraphBuilder, name: str, layer: nn.Module, y: str, channel_dims: int) -> str:
-    """``y + bias`` as its own float ``Add`` rather than the layer's bias input: given a bias input, onnxruntime's
-    optimizer (WeightBiasQuantization) rounds it to int32 codes of ``input_scale * weight_scale``, which is not
-    the model torchshrink runs. ``channel_dims`` trailing singleton dims broadcast it over a conv's map."""
+def _int32_bias(
+    g: GraphBuilder, name: str, layer: nn.Module, q: QuantizedLayer, input_scale: float
+) -> list[str] | None:
+    """The bias as int32 codes of ``input_scale * weight_scale`` -> ``DequantizeLinear``: the layout onnxruntime
+    fuses with the layer into one integer kernel (``QLinearConv``, ``QGemm``). It differs from torchshrink's
+    float bias by at most half that product per output, far below one step of the next activation
+    (:func:`tests.test_export.check_agreement` bounds it); ``None`` when a code would not fit in int32."""
     if layer.bias is None:
-        return y
+        return []
+    weight_scale = q.scale.detach().cpu().numpy().astype(np.float32)
+    scale = np.float32(input_scale) * (weight_scale if q.spec.per_channel else weight_scale[:1])
+    codes = np.rint(layer.bias.detach().cpu().numpy().astype(np.float64) / scale.astype(np.float64))
+    if not np.all(np.abs(codes) < 2**31 - 1):
+        return None
+    c = g.const(f"{name}.bias_codes", codes.astype(np.int32))
+    s = g.const(f"{name}.bias_scale", scale if q.spec.per_channel else scale[0])
+    z = g.const(f"{name}.bias_zero_point", np.zeros(scale.shape if q.spec.per_channel else (), dtype=np.int32))
+    attrs = {"axis": 0} if q.spec.per_channel else {}
+    return [g.node("DequantizeLinear", [c, s, z], f"{name}.bias", **attrs)]
+
+
+def _bias_and_add(
+    g: GraphBuilder, name: str, layer: nn.Module, q: QuantizedLayer | None, input_scale: float | None
+) -> tuple[list[str], bool]:
+    """The layer's bias input, and whether the bias must rather be added after it in float.
+
+    Quantized weight and input: int32 codes (see :func:`_int32_bias`). Otherwise its own float ``Add``: given as
+    the layer's bias input, onnxruntime's optimizer (WeightBiasQuantization) would round it to int32 codes of a
+    scale of its choosing, and it quantizes a float weight on a quantized input to int8 per tensor when the
+    layer's output goes (through ReLU or Clip only) to a ``QuantizeLinear``; an ``Add`` in between prevents
+    both. That makes a different model, which is not what the graph says."""
+    if q is None:
+        return [], layer.bias is not None
+    if input_scale is not None:
+        bias = _int32_bias(g, name, layer, q, input_scale)
+        if bias is not None:
+            return bias, False
+    return [], layer.bias is not None
+
+
+def _add_bias(g: GraphBuilder, name: str, layer: nn.Module, y: str, channel_dims: int) -> str:
+    """``y + bias`` in float; ``channel_dims`` trailing singleton dims broadcast it over a conv's map."""
     b = layer.bias.detach().cpu().numpy().astype(np.float32).reshape(-1, *([1] * channel_dims))  # (C, 1, 1) for conv
     return g.node("Add", [y, g.const(f"{name}.bias", b)], name)
 
 
-def emit_conv(g: GraphBuilder, name: str, layer: nn.Conv2d, x: str, q: QuantizedLayer | None) -> str:
-    """``Conv`` on the (dequantized) weight, then its bias added in float."""
+def emit_conv(
+    g: GraphBuilder, name: str, layer: nn.Conv2d, x: str, q: QuantizedLayer | None, input_scale: float | None = None
+) -> str:
+    """``Conv`` on the (dequantized) weight with its bias (see :func:`_bias_and_add`).
+
+    ``input_scale``: the scale of the quantized input ``x`` to store the bias as int32 codes of ``input_scale *
+    weight_scale``; ``None`` keeps it float."""
     if layer.padding_mode != "zeros":
         raise ConfigError(f"{name}: Conv2d padding_mode={layer.padding_mode!r} not supported by the ONNX exporter yet")
     if isinstance(layer.padding, str):
@@ -134,15 +194,27 @@ def emit_conv(g: GraphBuilder, name: str, layer: nn.Conv2d, x: str, q: Quantized
         pad = (0, 0)
     else:
         pad = tuple(layer.padding)
-    y = g.node("Conv", [x, _weight(g, name, layer, q)], f"{name}.conv", kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-                  pads=[*pad, *pad], dilations=list(layer.dilation), group=layer.groups)  # fmt: skip
-    return _add_bias(g, name, layer, y, channel_dims=2)
+    weight = _weight(g, name, layer, q)
+    bias, add = _bias_and_add(g, name, layer, q, input_scale)
+    y = g.node("Conv", [x, weight, *bias], f"{name}.conv" if add else name, kernel_shape=list(layer.kernel_size),
+               strides=list(layer.stride), pads=[*pad, *pad], dilations=list(layer.dilation), group=layer.groups)  # fmt: skip
+    return _add_bias(g, name, layer, y, channel_dims=2) if add else y
 
 
-def emit_linear(g: GraphBuilder, name: str, layer: nn.Linear, x: str, q: QuantizedLayer | None, rank: int) -> str:
-    """``Gemm`` on a (batch, features) input, ``MatMul`` on inputs of any other rank; then the bias in float."""
+def emit_linear(
+    g: GraphBuilder,
+    name: str,
+    layer: nn.Linear,
+    x: str,
+    q: QuantizedLayer | None,
+    rank: int,
+    input_scale: float | None = None,
+) -> str:
+    """``Gemm`` on a (batch, features) input, ``MatMul`` (bias added after it) on inputs of any other rank."""
     if rank == 2:
-        y = g.node("Gemm", [x, _weight(g, name, layer, q)], f"{name}.gemm", transB=1)
+        weight = _weight(g, name, layer, q)
+        bias, add = _bias_and_add(g, name, layer, q, input_scale)
+        y = g.node("Gemm", [x, weight, *bias], f"{name}.gemm" if add else name, transB=1)
     else:
-        y = g.node("MatMul", [x, _weight(g, name, layer, q, transpose=True)], f"{name}.matmul")
-    return _add_bias(g, name, layer, y, channel_dims=0)
+        y, add = g.node("MatMul", [x, _weight(g, name, layer, q, transpose=True)], f"{name}.matmul"), True
+    return _add_bias(g, name, layer, y, channel_dims=0) if add and layer.bias is not None else y

@@ -42,7 +42,8 @@ from torchshrink.quant.apply import attach_input_quant_
 from torchshrink.quant.fake_quant import FakeQuant, QuantSpec
 from torchshrink.quant.fold import fold_batchnorm
 
-__all__ = ["read_header", "read_compressed", "decode_tensor", "load_compressed", "architecture_shapes", "check_fits"]
+__all__ = ["read_header", "read_compressed", "decode_tensor", "load_compressed", "open_compressed", "architecture_shapes",
+           "check_fits"]  # fmt: skip
 
 UNCHECKED = "no check of this reader caught it: please report the file"
 _SLIPPED = (ValueError, TypeError, KeyError, IndexError, RuntimeError, OverflowError, AttributeError)
@@ -230,6 +231,14 @@ def load_compressed(path: str | os.PathLike[str], model: nn.Module | None = None
         net = load_compressed("net.tshrink", model=MyNet())  # saved without a registered name
         cnn = load_compressed("cnn.tshrink")  # saved as "cnn"
     """
+    return open_compressed(path, model)[0]
+
+
+def open_compressed(
+    path: str | os.PathLike[str], model: nn.Module | None = None
+) -> tuple[nn.Module, dict[str, Any], list[TensorRecord]]:
+    """:func:`load_compressed`, also returning the checked header and the tensor records the model was filled
+    from (one read of the file: what an exporter needs to get the integer codes behind the weights)."""
     if model is not None:
         fold_batchnorm(model)  # outside the file's errors below: a failure here is about the model
 
@@ -254,4 +263,4 @@ def load_compressed(path: str | os.PathLike[str], model: nn.Module | None = None
             info = header["model"]
             model = fold_batchnorm(build_model(info["name"], **info.get("args", {})))
         _fill(model.eval(), header, records)
-        return model
+        return model, header, records

@@ -23,7 +23,7 @@ from torchshrink.pack.format import FormatError, TensorRecord, float_values
 from torchshrink.pack.sparse import decode_positions
 from torchshrink.pack.streams import decode_stream
 
-__all__ = ["Codes", "decode_codes", "decode_tensor", "zero_fraction"]
+__all__ = ["Codes", "decode_codes", "decode_tensor", "uniform_codes", "zero_fraction"]
 
 
 @dataclass(frozen=True)
@@ -99,17 +99,37 @@ def decode_tensor(rec: TensorRecord) -> torch.Tensor:
     codes = decode_codes(rec)
     if meta["encoding"] == "float":
         return torch.from_numpy(codes.values.copy()).reshape(shape)
-    offset = meta["code_offset"]
-    if codes.positions is None:
-        q = codes.values + np.int16(offset)  # int16: codes are 0..255 and offsets -128..0
-    else:
-        q = np.zeros(codes.numel, dtype=np.int16)  # an omitted element is q == 0 (uniform) / k == 0 (codebook)
-        q[codes.positions] = codes.values + np.int16(offset)
+    q = _laid_out(rec, codes)
     if meta["encoding"] == "codebook":
         return torch.from_numpy(codes.table[q]).reshape(shape)
     scales = torch.from_numpy(codes.table)
     view = scales.reshape(-1, *[1] * (len(shape) - 1)) if scales.numel() > 1 else scales[0]
     return torch.from_numpy(q).reshape(shape).float() * view  # the same product the fake quant computes
+
+
+def _laid_out(rec: TensorRecord, codes: Codes) -> np.ndarray:
+    """The flat codes ``q`` (uniform) or codebook indices ``k`` of every element, as int16."""
+    offset = rec.meta["code_offset"]
+    if codes.positions is None:
+        return codes.values + np.int16(offset)  # int16: codes are 0..255 and offsets -128..0
+    q = np.zeros(codes.numel, dtype=np.int16)  # an omitted element is q == 0 (uniform) / k == 0 (codebook)
+    q[codes.positions] = codes.values + np.int16(offset)
+    return q
+
+
+def uniform_codes(rec: TensorRecord) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A uniform record's integer codes ``q`` (int8, the tensor's shape; zero point 0) and its scales (one per
+    output channel, or one): ``decode_tensor(rec) == q * scales`` along axis 0. ``None`` for other encodings,
+    and for codes beyond int8 (unsigned 8-bit codes).
+
+    Allocates ``prod(shape)`` elements, like :func:`decode_tensor`."""
+    if rec.meta["encoding"] != "uniform":
+        return None
+    codes = decode_codes(rec)
+    q = _laid_out(rec, codes)
+    if q.size and (int(q.min()) < -128 or int(q.max()) > 127):
+        return None
+    return torch.from_numpy(q.astype(np.int8)).reshape(rec.meta["shape"]), torch.from_numpy(codes.table.copy())
 
 
 def zero_fraction(rec: TensorRecord) -> float:

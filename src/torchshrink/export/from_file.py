@@ -1,0 +1,60 @@
+"""A ``.tshrink`` file back to a model and the integer codes behind its weights, ready for the QDQ exporter.
+
+:func:`~torchshrink.pack.load_compressed` gives a model on float weights (codes times scales) with its input
+quantizers; the exporter needs the codes themselves to store INT8 weights. They come from the same read of the
+file, so the graph holds exactly what the file holds. Codebook (weight-sharing) tensors have no uniform codes:
+their layers export on float weights, named by :func:`load_for_export`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from torchshrink.pack.decode import open_compressed
+from torchshrink.pack.records import uniform_codes
+from torchshrink.quant.export import QuantizedLayer
+from torchshrink.quant.fake_quant import QuantSpec
+
+__all__ = ["load_for_export"]
+
+
+def load_for_export(
+    path: str | os.PathLike[str], model: nn.Module | None = None
+) -> tuple[nn.Module, dict[str, QuantizedLayer], list[str]]:
+    """The model a ``.tshrink`` file holds, the integer codes of its uniformly quantized conv and linear
+    weights by layer name, and the layers whose stored weights have no int8 codes (codebook tensors), which
+    export on float weights.
+
+    Args:
+        path: a ``.tshrink`` file.
+        model: an instance of its architecture when it was saved without a registered name (see
+            :func:`~torchshrink.pack.load_compressed`).
+
+    Raises:
+        FormatError: the file is invalid or does not fit the model.
+    """
+    model, header, records = open_compressed(path, model)
+    by_name = {rec.name: rec for rec in records}
+    aliases = header.get("aliases", {})
+    weights: dict[str, QuantizedLayer] = {}
+    float_layers: list[str] = []
+    for name, layer in model.named_modules():
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            continue
+        key = f"{name}.weight"
+        rec = by_name.get(aliases.get(key, key))
+        if rec is None:
+            continue
+        found = uniform_codes(rec)
+        if found is None:
+            if rec.meta["encoding"] != "float":
+                float_layers.append(name)
+            continue
+        codes, scales = found
+        bias = layer.bias.detach().clone() if layer.bias is not None else None
+        # signed: the codes go into an int8 container whatever their width (1-bit codes are counted as 2)
+        spec = QuantSpec(bits=max(2, rec.meta["bits"]), signed=True, symmetric=True, per_channel=scales.numel() > 1)
+        weights[name] = QuantizedLayer(name, codes, scales, spec, bias, None, None, None)
+    return model, weights, float_layers
