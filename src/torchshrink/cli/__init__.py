@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from torchshrink.cli.args import Parser
 from torchshrink.cli.compress import add_compress_commands
+from torchshrink.cli.export import add_export_command
 from torchshrink.cli.prune import add_pruning_commands
 from torchshrink.cli.quantize import add_quant_commands
 from torchshrink.cli.study import add_study_command
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pruning_commands(sub)
     add_quant_commands(sub)
     add_compress_commands(sub)
+    add_export_command(sub)
     add_study_command(sub)
     return parser
 

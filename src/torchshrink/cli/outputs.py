@@ -33,6 +33,7 @@ __all__ = [
     "CHECKPOINT",
     "QUANTIZED",
     "COMPRESSED",
+    "ONNX",
     "RECORD",
     "STUDY",
     "check_output",
@@ -67,6 +68,17 @@ def _is_compressed(file: Path) -> bool:
         return False
 
 
+def _is_onnx(file: Path) -> bool:
+    """An ONNX model: a protobuf ``ModelProto`` with an IR version and a graph (parsed, never executed)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(file), load_external_data=False)
+    except Exception:  # protobuf raises its own DecodeError, and OSError for unreadable files
+        return False
+    return proto.ir_version > 0 and proto.HasField("graph")
+
+
 @dataclass(frozen=True)
 class OutputKind:
     """What a command writes at its output path, and how to recognise an earlier result of the same kind."""
@@ -90,6 +102,7 @@ QUANTIZED = OutputKind(
     frozenset({"quantization.json", "codes.safetensors"}), example="runs/w4a4",
 )  # fmt: skip
 COMPRESSED = OutputKind("compressed file", False, _is_compressed, example="model.tshrink")
+ONNX = OutputKind("ONNX file", False, lambda p: p.suffix == ".onnx" and _is_onnx(p), example="model.onnx")
 RECORD = OutputKind(
     "JSON record", False, lambda p: _json_object(p) is not None, in_checkpoint=True, example="record.json"
 )
