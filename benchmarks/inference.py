@@ -102,7 +102,9 @@ def main() -> None:
     small = copy.deepcopy(base)
     structured_prune_(small, args.amount)
     torch.manual_seed(0)
-    fit(small, data.task(), TrainConfig(epochs=args.finetune_epochs, lr=args.lr, seed=0), log=print)  # the study's recipe
+    fit(
+        small, data.task(), TrainConfig(epochs=args.finetune_epochs, lr=args.lr, seed=0), log=print
+    )  # the study's recipe
     small.eval()
     calib = data.calibration_batches()
     example = next(iter(data.test_batches()))[0][:1]
@@ -147,8 +149,7 @@ def main() -> None:
         print(f"{name:<36} {100 * r['val_accuracy']:>6.2f} {100 * r['test_accuracy']:>6.2f} "
               f"{r['images_per_second_256']:>11,.0f} {r['ratio_256']:>7.2f}x {r['images_per_second_1']:>9,.0f} "
               f"{r['ratio_1']:>7.2f}x")  # fmt: skip
-    profiles = {name: _profile(blobs[name], threads, inputs[256]) for name in
-                ("onnxruntime fp32", "onnxruntime W8A8, float bias", "onnxruntime W8A8")}  # fmt: skip
+    profiles = {name: _profile(blob, threads, inputs[256]) for name, blob in blobs.items()}
     for name, shares in profiles.items():
         top = ", ".join(f"{op} {100 * s:.0f}%" for op, s in list(shares.items())[:5])
         print(f"profile at batch 256, {name}: {top}")

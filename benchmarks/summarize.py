@@ -119,6 +119,39 @@ def main() -> None:
         print(table(["point", "pruned model", "fine-tune epochs", "widths", "file B", "ratio", "val (%)", "val loss",
                      "test (%)", "vs fp32 (points)", "run"], rows))  # fmt: skip
     families()
+    inference()
+    distributed()
+
+
+def inference() -> None:
+    """torch and onnxruntime, fp32 and W8A8, dense and channel-removed (benchmarks/inference.py)."""
+    d = load("inference")
+    if not d or "profiles_batch_256" not in d:
+        return
+    rows = [[name, pct(r["val_accuracy"]), pct(r["test_accuracy"]), f"{r['images_per_second_256']:,.0f}",
+             f"{r['ratio_256']:.2f}x", f"{r['images_per_second_1']:,.0f}", f"{r['ratio_1']:.2f}x"]
+            for name, r in d["rows"].items()]  # fmt: skip
+    c = d["channels_removed"]
+    print(f"\nInference ({host(d)}, {d['threads']} threads, onnxruntime {d['onnxruntime']}; medians of interleaved "
+          f"rounds; channels removed: {100 * c['amount']:.0f}% of every conv's, then {c['finetune_epochs']} epochs "
+          "of fine-tuning):\n")  # fmt: skip
+    print(table(["model", "val (%)", "test (%)", "images/s, batch 256", "vs torch fp32", "images/s, batch 1",
+                 "vs torch fp32"], rows))  # fmt: skip
+    print("\nonnxruntime's profile at batch 256 (share of kernel time):\n")
+    for name, shares in d["profiles_batch_256"].items():
+        print(f"- {name}: " + ", ".join(f"{op} {100 * v:.0f}%" for op, v in list(shares.items())[:5]))
+
+
+def distributed() -> None:
+    """Training images/s for 1 and 2 CPU processes (benchmarks/distributed.py)."""
+    d = load("distributed")
+    if not d:
+        return
+    rows = [[r["processes"], r["threads_per_process"], f"{max(r['images_per_second']):,.0f}", pct(r["val_accuracy"])]
+            for r in d["runs"]]  # fmt: skip
+    print(f"\nDistributed training ({host(d)}, {d['backend']}, {d['config']['images']:,} images, "
+          f"{d['config']['epochs']} epoch, batch {d['config']['batch_size']}):\n")
+    print(table(["processes", "threads each", "images/s", "val (%)"], rows))
 
 
 def families() -> None:

@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["TorchshrinkError", "DataError", "CheckpointError", "ConfigError", "check_finite", "show_value", "first_line"]
+__all__ = [
+    "TorchshrinkError",
+    "DataError",
+    "CheckpointError",
+    "ConfigError",
+    "DistributedError",
+    "check_finite",
+    "show_value",
+    "first_line",
+]
 
 
 class TorchshrinkError(Exception):
@@ -24,6 +33,10 @@ class CheckpointError(TorchshrinkError):
 
 class ConfigError(TorchshrinkError):
     """A setting has an impossible value."""
+
+
+class DistributedError(TorchshrinkError):
+    """Ranks of a multi-process run disagree (masks, quantizer ranges) or cannot reach each other."""
 
 
 def check_finite(config: object, *fields: str) -> None:
@@ -62,4 +75,3 @@ def first_line(text: str, limit: int = 160) -> str:
     """
     line = text.splitlines()[0] if text else ""
     return line if len(line) <= limit else f"{line[: limit - 3]}..."
-

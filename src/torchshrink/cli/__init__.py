@@ -15,6 +15,7 @@ from torchshrink.cli.compress import add_compress_commands
 from torchshrink.cli.export import add_export_command
 from torchshrink.cli.prune import add_pruning_commands
 from torchshrink.cli.quantize import add_quant_commands
+from torchshrink.cli.ranks import run_on_ranks
 from torchshrink.cli.study import add_study_command
 from torchshrink.cli.train import add_train_commands
 from torchshrink.errors import TorchshrinkError
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args))
+        return run_on_ranks(args.func, args)
     except TorchshrinkError as exc:
         print(f"torchshrink: error: {exc}", file=sys.stderr)
         return 1

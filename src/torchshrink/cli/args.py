@@ -108,4 +108,6 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
 
 
 def add_device(p: argparse.ArgumentParser, what: str = "run") -> None:
-    p.add_argument("--device", choices=("cpu", "cuda"), help=f"where to {what} (default: cuda when present, else cpu)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help=f"where to {what} (default: auto, cuda when present, else cpu; under torchrun, cuda is "
+                   "each rank's cuda:LOCAL_RANK)")  # fmt: skip

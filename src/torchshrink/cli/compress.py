@@ -8,6 +8,7 @@ from typing import Any
 
 from torchshrink.cli.args import (
     add_data_dir,
+    add_device,
     bits,
     fraction,
     non_negative_int,
@@ -69,7 +70,7 @@ def add_compress_commands(sub: Any) -> None:
     p.add_argument(
         "--train-subset", type=positive_int, metavar="N", help="fine-tune on the first N training images only"
     )
-    p.add_argument("--device", choices=("cpu", "cuda"))
+    add_device(p, "prune and fine-tune")
     p.add_argument("--out", metavar="FILE", help="output file, and FILE.json beside it (default: "
                    "CHECKPOINT-sS-wB.tshrink); an existing file is replaced only if it is a .tshrink file")  # fmt: skip
     add_force(p)
@@ -91,6 +92,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from torchshrink._io import atomic_file, atomic_write_json
     from torchshrink.checkpoint import load_checkpoint
     from torchshrink.cli.inputs import check_fits_fashion_mnist
+    from torchshrink.cli.ranks import main_writes
     from torchshrink.data import load_fashion_mnist
     from torchshrink.recipes.compress import CompressConfig, compress_model, write_and_verify
     from torchshrink.recipes.train import evaluate, pick_device
@@ -118,6 +120,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     model_args = ckpt.meta.get("model_args", {})
     torch.manual_seed(0)  # no --seed here: every random draw of the fine-tuning repeats from run to run
     model, record = compress_model(ckpt.model, data, cfg, device, model_name=ckpt.meta["model"], model_args=model_args)
+    if not main_writes():
+        return 0
     # written and verified under a temporary name: a file that fails its own check never appears at --out
     wrote_record = False
     try:

@@ -88,6 +88,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     from torchshrink._io import atomic_file, atomic_write_json
     from torchshrink.cli.inputs import IMAGE_SHAPE, NUM_CLASSES
+    from torchshrink.cli.ranks import main_writes
     from torchshrink.export import is_fake_quantized, onnx_agreement, to_onnx
 
     source = Path(args.model)
@@ -115,6 +116,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             batches = [torch.randn(64, *args.input_shape, generator=generator) for _ in range(4)]
             record["check_inputs"] = "256 random normal inputs"
         record["agreement"] = onnx_agreement(model, blob, batches)
+    if not main_writes():  # under torchrun every rank exported and checked the same model; rank 0 writes it
+        return 0
     with atomic_file(out) as tmp:
         tmp.write_bytes(blob)
         atomic_write_json(summary, record)  # the record first: an ONNX file at --out always has its record

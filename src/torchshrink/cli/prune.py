@@ -10,6 +10,7 @@ from typing import Any
 
 from torchshrink.cli.args import (
     add_data_dir,
+    add_device,
     fraction,
     non_negative_int,
     positive_float,
@@ -84,7 +85,7 @@ def add_pruning_commands(sub: Any) -> None:
         action="store_true",
         help="iterative: reset surviving weights to their values after epoch 1 (lottery ticket)",
     )
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when present, else cpu")
+    add_device(p, "prune and retrain")
     p.add_argument("--out", metavar="DIR", help="output checkpoint folder, replaced whole once pruning is done "
                    "(default: CHECKPOINT-pruned-METHOD-S)")  # fmt: skip
     add_force(p)
@@ -98,7 +99,7 @@ def add_pruning_commands(sub: Any) -> None:
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("--sparsities", type=sparsity_list, default=None, help="comma-separated, e.g. 0.1,0.5,0.9")
-    p.add_argument("--device", choices=("cpu", "cuda"))
+    add_device(p, "evaluate")
     p.add_argument("--out", metavar="DIR", help="folder for sensitivity.json (default: the checkpoint folder)")
     add_force(p)
     add_data_dir(p)
@@ -111,6 +112,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from torchshrink._io import atomic_folder, atomic_write_json
     from torchshrink.checkpoint import load_checkpoint, load_rewind, save_checkpoint
     from torchshrink.cli.inputs import check_fits_fashion_mnist
+    from torchshrink.cli.ranks import main_writes
     from torchshrink.data import load_fashion_mnist
     from torchshrink.measure import count_macs
     from torchshrink.models import parameter_count
@@ -178,6 +180,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     params = sum(r["params"] for r in record["layers"])
     record["sparsity_achieved"] = 1 - sum(r["nonzeros"] for r in record["layers"]) / params
     model_args = model.arguments() if hasattr(model, "arguments") else ckpt.meta.get("model_args", {})
+    if not main_writes():
+        return 0
     with atomic_folder(out) as folder:  # record and weights appear together, or not at all
         atomic_write_json(folder / "pruning.json", record)
         save_checkpoint(
@@ -194,6 +198,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from torchshrink._io import atomic_write_json
     from torchshrink.checkpoint import load_checkpoint
     from torchshrink.cli.inputs import check_fits_fashion_mnist
+    from torchshrink.cli.ranks import main_writes
     from torchshrink.data import load_fashion_mnist
     from torchshrink.recipes.sensitivity import DEFAULT_SPARSITIES, layer_sensitivity, sensitivity_table
     from torchshrink.recipes.train import pick_device
@@ -209,6 +214,8 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     curves = layer_sensitivity(ckpt.model, data, args.sparsities or DEFAULT_SPARSITIES, device)
     print("validation accuracy (%) with one layer pruned, no retraining")
     print(sensitivity_table(curves))
+    if not main_writes():
+        return 0
     atomic_write_json(target, {n: {str(s): a for s, a in c.items()} for n, c in curves.items()})
     print(f"-> {target}")
     return 0

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torchshrink.cli.args import add_data_dir, bits, positive_float, positive_int
+from torchshrink.cli.args import add_data_dir, add_device, bits, positive_float, positive_int
 from torchshrink.cli.outputs import QUANTIZED, add_force, check_output
 from torchshrink.quant.apply import QuantConfig
 from torchshrink.quant.fake_quant import CALIBRATIONS
@@ -47,7 +47,7 @@ def add_quant_commands(sub: Any) -> None:
                    help="also write model.onnx (a QDQ graph of the integer codes) and measure onnxruntime's agreement "
                         "with torchshrink on the whole test set")  # fmt: skip
     p.add_argument("--keep-first-last-8bit", action="store_true", help="first and last layers at 8 bits")
-    p.add_argument("--device", choices=("cpu", "cuda"))
+    add_device(p, "run QAT and evaluate")
     p.add_argument(
         "--out", metavar="DIR", help="output folder, replaced whole once done (default: CHECKPOINT-wBaA-MODE)"
     )
@@ -63,6 +63,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from torchshrink._io import atomic_folder, atomic_write, atomic_write_json
     from torchshrink.checkpoint import load_checkpoint
     from torchshrink.cli.inputs import check_fits_fashion_mnist
+    from torchshrink.cli.ranks import main_writes
     from torchshrink.data import load_fashion_mnist
     from torchshrink.models import fp32_bytes
     from torchshrink.quant import QuantConfig, storage_report
@@ -98,6 +99,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         "test_accuracy": acc, "test_loss": loss, "seconds": seconds, "fp32_bytes": fp32_bytes(ckpt.model),
         "quantized_bytes": weight_bytes, "layers": [r.__dict__ | {"total_bytes": r.total_bytes} for r in rows],
     }  # fmt: skip
+    if not main_writes():
+        return 0
     state = {k: v.contiguous() for k, v in codes_state_dict(export_layers(model.cpu())).items()}
     onnx_bytes = _onnx_with_agreement(model.cpu().eval(), data, record) if args.onnx else None
     with atomic_folder(out) as folder:  # codes and report appear together, or not at all

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from torchshrink.cli.args import add_data_dir
+from torchshrink.cli.args import add_data_dir, add_device
 from torchshrink.cli.outputs import STUDY, add_force, check_output
 
 __all__ = ["add_study_command"]
@@ -20,16 +20,21 @@ def add_study_command(sub: Any) -> None:
     p.add_argument("--quick", action="store_true", help="small data, single epochs, every stage (a few minutes)")
     p.add_argument("--out", metavar="DIR", help="output folder, one study at a time (default: runs/study, or "
                    "runs/study-quick)")  # fmt: skip
-    p.add_argument("--device", choices=("cpu", "cuda"))
+    add_device(p)
     add_force(p)
     add_data_dir(p)
     p.set_defaults(func=_cmd_study)
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
+    from torchshrink import distributed as dist
+    from torchshrink.errors import ConfigError
     from torchshrink.study import load_config, quick_config, run_study
     from torchshrink.study.report import summary_rows
 
+    if dist.world_size() > 1:  # its stage cache is one process's: concurrent ranks would race on it
+        raise ConfigError("study runs in one process: start it without torchrun (train, prune, quantize and "
+                          "compress run under torchrun)")  # fmt: skip
     cfg = load_config(args.config)  # validated before any work starts
     if args.quick:
         cfg = quick_config(cfg)

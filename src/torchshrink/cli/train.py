@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchshrink.cli.args import add_data_dir, positive_float, positive_int, seed_int
+from torchshrink.cli.args import add_data_dir, add_device, positive_float, positive_int, seed_int
 from torchshrink.cli.outputs import CHECKPOINT, add_force, check_output
 from torchshrink.errors import ConfigError, TorchshrinkError
 
@@ -59,7 +59,7 @@ def add_train_commands(sub: Any) -> None:
         metavar="N",
         help="train on the first N training images only (quick checks)",
     )
-    p.add_argument("--device", choices=("cpu", "cuda"), help="where to train (default: cuda when present, else cpu)")
+    add_device(p, "train")
     p.add_argument(
         "--out", default="runs/baseline", metavar="DIR",
         help="checkpoint folder to write, replaced whole once training is done (default: %(default)s)",
@@ -78,7 +78,7 @@ def add_train_commands(sub: Any) -> None:
         metavar="CHECKPOINT",
         help="checkpoint folder written by `torchshrink train`, or a .tshrink file",
     )
-    p.add_argument("--device", choices=("cpu", "cuda"), help="where to evaluate (default: cuda when present, else cpu)")
+    add_device(p, "evaluate")
     p.add_argument(
         "--model-factory",
         type=factory_spec,
@@ -182,6 +182,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from torchshrink._io import atomic_folder
     from torchshrink.checkpoint import save_checkpoint
     from torchshrink.cli.inputs import check_fits_fashion_mnist
+    from torchshrink.cli.ranks import main_writes, ranks_note
     from torchshrink.data import load_fashion_mnist
     from torchshrink.models import build_model
     from torchshrink.recipes.train import TrainConfig, evaluate, fit, pick_device
@@ -200,7 +201,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise TorchshrinkError(str(exc.args[0])) from None
     check_fits_fashion_mnist(model, f"--model {args.model}")  # eval mode, blank images: draws no random numbers
     _print_layers(model)
-    print(f"training {args.model} on {len(data.train_y):,} images ({data.source}), device {device}")
+    print(f"training {args.model} on {len(data.train_y):,} images ({data.source}), device {device}{ranks_note()}")
     start = time.perf_counter()
     rewind: dict = {}
 
@@ -211,6 +212,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     history = fit(model, data.task(batch_size=args.batch_size), cfg, device, after_epoch=keep_rewind_point)
     wall = time.perf_counter() - start
     test_acc, test_loss = evaluate(model, data.test_batches(), device=device)
+    if not main_writes():
+        return 0
     with atomic_folder(out) as folder:  # a kill leaves the previous checkpoint, never a mix of two
         save_checkpoint(
             folder, model, args.model, model.arguments() if hasattr(model, "arguments") else {}, rewind=rewind,

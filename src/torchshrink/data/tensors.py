@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from torchshrink.distributed.shard import slice_bounds
+
 __all__ = ["Transform", "TensorBatches"]
 
 # (raw inputs of one batch, generator) -> model inputs; the generator draws any random augmentation
@@ -21,6 +23,10 @@ class TensorBatches:
     epochs (epoch 2 continues its stream), and ``transform`` draws from the same one. ``seeded(seed)`` returns
     a copy with a fresh generator, which is what ``fit`` calls with its config's seed.
 
+    ``shard(rank, world)`` gives one rank of a multi-process run its share: the same global batches in the same
+    order, each transformed whole (so the augmentation draws match one process's) and then cut to the rank's
+    contiguous slice; a last batch with fewer samples than ranks is skipped on every rank.
+
     Args:
         x: inputs, first dimension the samples.
         y: targets, same first dimension.
@@ -28,6 +34,8 @@ class TensorBatches:
         shuffle: a new random order every epoch.
         transform: applied to each batch (normalisation, augmentation).
         seed: seeds the generator.
+        rank: which slice of each batch this copy yields (see ``shard``) ...
+        world: ... out of how many (1: whole batches).
     """
 
     def __init__(
@@ -39,21 +47,37 @@ class TensorBatches:
         shuffle: bool = False,
         transform: Transform | None = None,
         seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
     ):
         if len(x) != len(y):
             raise ValueError(f"{len(x)} inputs but {len(y)} targets")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be at least 1")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank={rank}, world={world}: need 0 <= rank < world")
+        if world > batch_size:
+            raise ValueError(f"batch_size={batch_size} is smaller than the {world} ranks sharing each batch")
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.transform, self.seed = shuffle, transform, seed
+        self.rank, self.world = rank, world
         self.generator = torch.Generator().manual_seed(seed)
 
     def seeded(self, seed: int) -> TensorBatches:
         """The same batches with a generator seeded by ``seed``."""
-        return TensorBatches(self.x, self.y, self.batch_size, shuffle=self.shuffle, transform=self.transform, seed=seed)
+        return TensorBatches(self.x, self.y, self.batch_size, shuffle=self.shuffle, transform=self.transform, seed=seed,
+                             rank=self.rank, world=self.world)  # fmt: skip
+
+    def shard(self, rank: int, world: int) -> TensorBatches:
+        """Rank ``rank``'s share of these batches out of ``world`` ranks, with a fresh generator."""
+        return TensorBatches(self.x, self.y, self.batch_size, shuffle=self.shuffle, transform=self.transform,
+                             seed=self.seed, rank=rank, world=world)  # fmt: skip
 
     def __len__(self) -> int:
-        return math.ceil(len(self.y) / self.batch_size)
+        if self.world == 1:
+            return math.ceil(len(self.y) / self.batch_size)
+        full, last = divmod(len(self.y), self.batch_size)
+        return full + (1 if last >= self.world else 0)
 
     @property
     def samples(self) -> int:
@@ -70,4 +94,9 @@ class TensorBatches:
                 xb, yb = self.x[idx], self.y[idx]
             if self.transform is not None:
                 xb = self.transform(xb, self.generator)
+            if self.world > 1:
+                if len(yb) < self.world:
+                    continue  # a rank would get no sample: every rank skips it
+                lo, hi = slice_bounds(len(yb), self.rank, self.world)
+                xb, yb = xb[lo:hi], yb[lo:hi]
             yield xb, yb

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from torchshrink import distributed as dist
 from torchshrink.errors import ConfigError
 from torchshrink.layers import FilterFn, default_filter, find_parametrization, prunable_layers, warn_skipped
 from torchshrink.pruning.masks import MASKS, check_amount, check_density, min_density_masks
@@ -142,7 +143,16 @@ def prune_(
             for name, mask in zip(names, masks, strict=True):
                 _set_mask(layers[name], mask)
         _warn_nearly_empty(layers)
-    return {name: get_mask(module) for name, module in layers.items() if get_mask(module) is not None}
+    masks = {name: get_mask(module) for name, module in layers.items() if get_mask(module) is not None}
+    _check_ranks_agree(masks)
+    return masks
+
+
+def _check_ranks_agree(masks: dict[str, torch.Tensor]) -> None:
+    # under torchrun each rank computes its masks from its own copy of the weights, which DDP keeps identical;
+    # a rank that drifted would silently train another network, so it is an error naming the layers
+    if dist.is_distributed():
+        dist.check_same_on_all_ranks(masks, "pruning masks")
 
 
 @torch.no_grad()
@@ -151,7 +161,9 @@ def prune_from_zeros_(model: nn.Module, filter_fn: FilterFn = default_filter) ->
     layers = prunable_layers(model, filter_fn)
     for module in layers.values():
         _set_mask(module, (_weight(module) != 0).float())
-    return {name: get_mask(module) for name, module in layers.items()}
+    masks = {name: get_mask(module) for name, module in layers.items()}
+    _check_ranks_agree(masks)
+    return masks
 
 
 @torch.no_grad()

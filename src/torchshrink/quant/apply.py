@@ -30,9 +30,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from torchshrink import distributed as dist
 from torchshrink.errors import ConfigError
 from torchshrink.layers import FilterFn, default_filter, find_parametrization, prunable_layers, warn_skipped
 from torchshrink.quant.fake_quant import CALIBRATIONS, FakeQuant, QuantSpec
+from torchshrink.quant.observe_sync import merge_observations_
 from torchshrink.quant.primitives import check_bits
 
 __all__ = [
@@ -154,6 +156,10 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = defau
         act = 8 if first or (config.keep_first_last_8bit and last) else config.activation_bits
         attach_input_quant_(layer, act)
     warn_skipped(model, filter_fn, "quantize_", extra=unquantized_inputs)
+    if dist.is_distributed():  # calibrated from each rank's own copy of the weights: they must agree
+        dist.check_same_on_all_ranks(
+            {n: weight_quantizer(m).scale for n, m in layers.items()}, "weight quantizer scales"
+        )
     return model
 
 
@@ -179,6 +185,11 @@ def calibrate_(model: nn.Module, batches: Iterable[Any], method: str | None = No
     Weight quantization stays on while observing, so each range reflects the quantized weights upstream;
     all inputs are observed in one pass (upstream activations not yet quantized).
 
+    Under torchrun every rank calls it with the same batches: each rank observes its slice of every batch and
+    the observations are merged (:func:`torchshrink.quant.observe_sync.merge_observations_`), so all ranks
+    set the ranges one process sets from all the batches. (Batches already split by a ``DistributedSampler``
+    would be split again: pass the same calibration batches to every rank.)
+
     Args:
         batches: input tensors or ``(inputs, targets)`` tuples/lists (a ``DataLoader`` works); each is moved
             to the model's device.
@@ -196,10 +207,18 @@ def calibrate_(model: nn.Module, batches: Iterable[Any], method: str | None = No
     for fq in quantizers.values():
         fq.observing = True
     seen = 0
+    distributed = dist.is_distributed()
     try:
         for batch in batches:
-            model(_inputs(batch).to(device))
+            inputs = _inputs(batch)
             seen += 1
+            if distributed:
+                inputs = dist.shard_batch(inputs, dist.rank(), dist.world_size())
+                if not len(inputs):
+                    continue  # fewer samples than ranks: the other ranks observe them
+            model(inputs.to(device))
+        if distributed:
+            merge_observations_(quantizers)
         if not seen:
             raise ConfigError("calibration batches are empty: pass at least one batch of inputs")
         unseen = [name for name, fq in quantizers.items() if not fq.has_observed]
@@ -219,6 +238,8 @@ def calibrate_(model: nn.Module, batches: Iterable[Any], method: str | None = No
     for fq in quantizers.values():
         fq.finish_observing(method or "percentile")
         fq.enabled = True
+    if distributed:
+        dist.check_same_on_all_ranks({n: fq.scale for n, fq in quantizers.items()}, "activation quantizer scales")
     return model
 
 

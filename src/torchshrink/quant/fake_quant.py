@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from torchshrink import distributed as dist
 from torchshrink.errors import ConfigError
 from torchshrink.quant.primitives import check_bits, fake_quantize, minmax_qparams, mse_scale_search, qrange, scale_grad
 
@@ -123,6 +124,18 @@ class FakeQuant(nn.Module):
         self._sample_keys = torch.empty(0)  # their random keys: the sample is the max_samples smallest keys
         self._generator: torch.Generator | None = None
 
+    def observed_sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept sample of observed values and their random keys (CPU), e.g. to merge ranks' samples."""
+        if not self._samples:
+            return torch.empty(0), torch.empty(0)
+        return torch.cat(self._samples), self._sample_keys
+
+    def set_observed_sample(self, values: torch.Tensor, keys: torch.Tensor) -> None:
+        """Replace the kept sample (values and their keys, same length) by a merged one."""
+        if values.shape != keys.shape:
+            raise ValueError(f"{values.numel()} values but {keys.numel()} keys")
+        self._samples, self._sample_keys = ([values] if values.numel() else []), keys
+
     @property
     def has_observed(self) -> bool:
         """Whether any value was observed since observing started."""
@@ -142,7 +155,8 @@ class FakeQuant(nn.Module):
         # generator makes calibration deterministic. (A strided subsample would alias with the feature
         # map's layout, e.g. always hit the same pixel of every channel.)
         if self._generator is None or self._generator.device != x.device:
-            self._generator = torch.Generator(device=x.device).manual_seed(SAMPLE_SEED)
+            # one stream per rank (rank 0's is a single process's): ranks' keys must be independent to merge
+            self._generator = torch.Generator(device=x.device).manual_seed(SAMPLE_SEED + dist.rank())
         flat = x.detach().flatten()
         keys = torch.rand(flat.numel(), generator=self._generator, device=x.device)
         if self._sample_keys.numel() >= self.max_samples:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from torchshrink import distributed as dist
 from torchshrink.data.task import Task, as_task
 from torchshrink.errors import ConfigError, check_finite
 from torchshrink.pruning.apply import FilterFn, default_filter, prunable_layers, prune_, prune_from_zeros_
@@ -99,7 +100,7 @@ class GradualPruner:
 def _batches_per_epoch(task: Task) -> int:
     train = task.need("train", "gradual pruning")
     try:
-        return len(train)
+        return len(dist.training_shard(train))  # what fit steps through: this rank's share under torchrun
     except TypeError:
         raise ConfigError("gradual pruning needs training batches with a len(): pass a DataLoader or a list") from None
 

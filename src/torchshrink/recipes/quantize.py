@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchshrink import distributed as dist
 from torchshrink.data.task import Task, as_task, calibration_inputs
 from torchshrink.errors import ConfigError
 from torchshrink.layers import FilterFn, default_filter
@@ -111,6 +112,8 @@ def codebook(
     q = _plain_copy(model)
     fold_batchnorm(q)
     codebook_quantize_(q, bits, filter_fn)
+    if dist.is_distributed():  # k-means on each rank's copy of the weights: the assignments must agree
+        dist.check_same_on_all_ranks({n: cb.indices for n, cb in codebook_layers(q).items()}, "codebook assignments")
     if act_bits is not None:
         layers = list(codebook_layers(q))
         modules = dict(q.named_modules())

@@ -2,6 +2,12 @@
 
 ``fit`` is deterministic for a given seed on CPU when the training batches are seedable (the Fashion-MNIST
 adapter's are): their shuffles and augmentations draw from one generator seeded by the config's seed.
+
+Under ``torchrun`` (a process group of several ranks, see :mod:`torchshrink.distributed`) ``fit`` trains
+through DistributedDataParallel on each rank's share of every batch, and :func:`validate` reduces the metric
+over the ranks' shares of the validation batches; :func:`evaluate` on batches given explicitly stays local to
+the process that calls it (so rank 0 alone may evaluate what it writes). In a single process nothing of this
+runs: no collective, no extra sync, the same random draws.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from torchshrink import distributed as dist
 from torchshrink.data.task import Batches, LossFn, MetricFn, Seedable, Task, as_task
 from torchshrink.errors import ConfigError, check_finite
 
@@ -88,12 +95,13 @@ class EpochStats:
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """``device`` if given, else CUDA when present, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` if given, else (``None`` or ``"auto"``) CUDA when present, else CPU. Under torchrun, ``cuda``
+    is this rank's own GPU, ``cuda:LOCAL_RANK``."""
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(device)
+    return dist.rank_device(device)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -147,7 +155,24 @@ def evaluate(
     channels_last: bool = False,
 ) -> tuple[float, float]:
     """The metric (top-1 accuracy by default, 0..1) and mean loss (cross-entropy by default) of ``model`` in
-    eval mode over ``batches`` of ``(inputs, targets)``, on ``device`` (default: the model's)."""
+    eval mode over ``batches`` of ``(inputs, targets)``, on ``device`` (default: the model's).
+
+    Local to the calling process, even under torchrun (see :func:`validate` for the reduced one)."""
+    score, loss_sum, n = _sums(model, batches, loss, metric, device, channels_last)
+    n = max(n, 1)
+    return score / n, loss_sum / n
+
+
+@torch.no_grad()
+def _sums(
+    model: nn.Module,
+    batches: Batches,
+    loss: LossFn | None,
+    metric: MetricFn | None,
+    device: torch.device | str | None,
+    channels_last: bool,
+) -> tuple[float, float, int]:
+    """Summed metric, summed loss and sample count of ``model`` over ``batches``."""
     device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
@@ -163,18 +188,27 @@ def evaluate(
         score += float(metric(outputs, yb) if metric is not None else (outputs.argmax(1) == yb).sum())
         n += count
     model.train(was_training)
-    n = max(n, 1)
-    return score / n, loss_sum / n
+    return score, loss_sum, n
 
 
 def validate(
     model: nn.Module, task: Task, device: torch.device | str | None = None, channels_last: bool = False
 ) -> tuple[float, float] | None:
-    """:func:`evaluate` on the task's validation batches with its loss and metric; ``None`` without them."""
+    """:func:`evaluate` on the task's validation batches with its loss and metric; ``None`` without them.
+
+    Under torchrun every rank must call it: each evaluates its share of the batches and the sums are reduced,
+    so all ranks get the same figures, those of the whole validation set (and take the same decisions on them).
+    """
     task = as_task(task)
     if task.val is None:
         return None
-    return evaluate(model, task.val, loss=task.loss, metric=task.metric, device=device, channels_last=channels_last)
+    if not dist.is_distributed():
+        return evaluate(model, task.val, loss=task.loss, metric=task.metric, device=device,
+                        channels_last=channels_last)  # fmt: skip
+    sums = _sums(model, dist.evaluation_shard(task.val), task.loss, task.metric, device, channels_last)
+    score, loss_sum, n = dist.all_reduce_(torch.tensor(sums, dtype=torch.float64)).tolist()
+    n = max(n, 1)
+    return score / n, loss_sum / n
 
 
 def val_metric(model: nn.Module, task: Task, device: torch.device | str | None = None) -> float | None:
@@ -217,6 +251,21 @@ def _epoch_batches(train: Batches, seed: int) -> Batches:
     return train.seeded(seed) if isinstance(train, Seedable) else train
 
 
+def _end_epoch_on_ranks(model: nn.Module, loss_sum: torch.Tensor, seen: int) -> tuple[torch.Tensor, int]:
+    """Average BatchNorm statistics over the ranks; the summed training loss and sample count of all ranks."""
+    dist.average_batchnorm_stats_(model)
+    totals = dist.all_reduce_(torch.stack([loss_sum.double(), loss_sum.new_tensor(seen, dtype=torch.float64)]))
+    return totals[0], int(totals[1])
+
+
+def _share(local: int, device: torch.device) -> torch.Tensor:
+    """The factor ``local * world / global`` on this rank's mean loss: DDP averages the ranks' gradients,
+    which is the gradient of the global batch's mean loss only when every rank holds as many samples; with
+    this factor it is that gradient whatever the split (a last batch of 5 on 2 ranks: 3 and 2)."""
+    counts = dist.all_reduce_(torch.tensor(float(local), device=device))
+    return local * dist.world_size() / counts
+
+
 def fit(
     model: nn.Module,
     task: Task,
@@ -241,12 +290,22 @@ def fit(
             evaluated in eval mode and never updated. Its outputs and the model's must be logits ``(N, C, ...)``.
         progress: show a tqdm bar per epoch (hidden automatically when stderr is not a terminal).
         log: receives the one-line summary of each epoch; ``None`` to stay silent.
+
+    Under torchrun every rank calls ``fit`` with the same arguments: the model is wrapped in
+    DistributedDataParallel (after its masks and quantizers are attached, which is why the caller attaches
+    them first), each rank trains on its share of every batch (:func:`torchshrink.distributed.training_shard`),
+    the loss is weighted so that the averaged gradient is the gradient over the whole global batch, and
+    BatchNorm statistics are averaged at the end of every epoch. Hooks run on every rank with the unwrapped
+    model; only rank 0 shows progress and logs. The statistics returned are over all ranks.
     """
     task = as_task(task)
     device = pick_device(str(device)) if device is not None else model_device(model)
     if cfg.distill > 0 and teacher is None:
         raise ConfigError(f"distill={cfg.distill} needs a teacher model")
+    distributed = dist.is_distributed()
     train = task.need("train", "training")
+    if distributed:
+        train = dist.training_shard(train)
     try:
         steps_per_epoch = len(train)  # type: ignore[arg-type]
     except TypeError:
@@ -269,43 +328,50 @@ def fit(
     batches = _epoch_batches(train, cfg.seed)
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, cfg.epochs * steps_per_epoch)
+    net = dist.wrap_ddp(model, device) if distributed else model  # the forward that reduces gradients
+    show = progress and dist.is_main()
     history: list[EpochStats] = []
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        start = time.perf_counter()
-        loss_sum, seen = torch.zeros((), device=device), 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=None if progress else True)  # fmt: skip
-        for i, (xb, yb) in enumerate(batches):
-            xb, yb = _to(xb, device, cfg.channels_last), yb.to(device, non_blocking=True)
-            if teacher is None:
-                loss = loss_fn(model(xb), yb)
-            else:
-                with torch.no_grad():
-                    teacher_logits = teacher(xb)
-                loss = distillation_loss(model(xb), teacher_logits, yb, cfg, loss_fn)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if after_step is not None:
-                after_step(model)
-            loss_sum += loss.detach() * len(yb)  # stays on device: no sync per step
-            seen += len(yb)
-            bar.update()
-            if i % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar.close()
-        seconds = time.perf_counter() - start
-        val = validate(model, task, device, cfg.channels_last)
-        val_acc = val[0] if val is not None else float("nan")
-        stats = EpochStats(epoch, float(loss_sum) / max(seen, 1), val_acc, seconds, seen / seconds)
-        history.append(stats)
-        if after_epoch is not None:
-            after_epoch(epoch, model)
-        if log is not None:
-            log(
-                f"epoch {epoch:>3}/{cfg.epochs}  train loss {stats.train_loss:.4f}  val {100 * val_acc:6.2f}%  "
-                f"{seconds:5.1f}s  {stats.images_per_second:6.0f} samples/s"
-            )
+    with dist.failures_as_errors("training"):  # a dead rank: one clear error, not a bare gloo/NCCL one
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            if distributed:
+                dist.set_epoch(batches, epoch)
+            start = time.perf_counter()
+            loss_sum, seen = torch.zeros((), device=device), 0
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                       disable=None if show else True)  # fmt: skip
+            for i, (xb, yb) in enumerate(batches):
+                xb, yb = _to(xb, device, cfg.channels_last), yb.to(device, non_blocking=True)
+                if teacher is None:
+                    loss = loss_fn(net(xb), yb)
+                else:
+                    with torch.no_grad():
+                        teacher_logits = teacher(xb)
+                    loss = distillation_loss(net(xb), teacher_logits, yb, cfg, loss_fn)
+                opt.zero_grad(set_to_none=True)
+                (loss * _share(len(yb), device) if distributed else loss).backward()
+                opt.step()
+                sched.step()
+                if after_step is not None:
+                    after_step(model)
+                loss_sum += loss.detach() * len(yb)  # stays on device: no sync per step
+                seen += len(yb)
+                bar.update()
+                if i % 20 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.close()
+            if distributed:
+                loss_sum, seen = _end_epoch_on_ranks(model, loss_sum, seen)
+            seconds = time.perf_counter() - start
+            val = validate(model, task, device, cfg.channels_last)
+            val_acc = val[0] if val is not None else float("nan")
+            stats = EpochStats(epoch, float(loss_sum) / max(seen, 1), val_acc, seconds, seen / seconds)
+            history.append(stats)
+            if after_epoch is not None:
+                after_epoch(epoch, model)
+            if log is not None and dist.is_main():
+                log(
+                    f"epoch {epoch:>3}/{cfg.epochs}  train loss {stats.train_loss:.4f}  val {100 * val_acc:6.2f}%  "
+                    f"{seconds:5.1f}s  {stats.images_per_second:6.0f} samples/s"
+                )
     return history
