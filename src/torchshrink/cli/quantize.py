@@ -126,25 +126,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 def _onnx_with_agreement(model: Any, data: Any, record: dict[str, Any]) -> bytes:
     """The QDQ ONNX model's bytes; records onnxruntime's agreement with ``model`` on the whole test set."""
-    import numpy as np
-    import onnxruntime as ort
-    import torch
+    from torchshrink.export import onnx_agreement, to_onnx
 
-    from torchshrink.export import to_onnx
-
-    proto = to_onnx(model, next(iter(data.test_batches()))[0][:1])
-    blob = proto.SerializeToString()
-    session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
-    same = correct = n = 0
-    worst = 0.0
-    with torch.no_grad():
-        for x, y in data.test_batches(batch_size=1000):
-            ours = model(x).numpy()
-            theirs = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-            same += int((ours.argmax(1) == theirs.argmax(1)).sum())
-            correct += int((theirs.argmax(1) == y.numpy()).sum())
-            worst = max(worst, float(np.abs(ours - theirs).max()))
-            n += len(y)
-    record["onnx"] = {"bytes": len(blob), "images": n, "top1_agreement": same / n, "test_accuracy": correct / n,
-                      "max_logit_difference": worst, "onnxruntime": ort.__version__}  # fmt: skip
+    blob = to_onnx(model, next(iter(data.test_batches()))[0][:1]).SerializeToString()
+    record["onnx"] = {"bytes": len(blob), **onnx_agreement(model, blob, data.test_batches(batch_size=1000))}
     return blob
