@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
 from torchshrink.data import FashionMNIST, Task, find_data_dir, load_fashion_mnist
+from torchshrink.models import build_model
+from torchshrink.recipes.train import TrainConfig, fit
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +31,13 @@ def small(fmnist: FashionMNIST) -> FashionMNIST:
 def small_task(small: FashionMNIST) -> Task:
     """The small subset as a task: batches of 64, no augmentation (fast, and enough to learn)."""
     return small.task(batch_size=64, augment=False)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(small_task: Task) -> nn.Module:
+    """A ``cnn_tiny`` trained for two epochs on the small subset, in eval mode: logits with real margins.
+    Shared: copy it before changing it."""
+    torch.manual_seed(0)
+    model = build_model("cnn_tiny")
+    fit(model, small_task, TrainConfig(epochs=2, channels_last=False), log=None, progress=False)
+    return model.eval()

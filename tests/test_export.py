@@ -14,13 +14,12 @@ import torch
 from onnx import TensorProto, numpy_helper
 from torch import nn
 
-from torchshrink.data import FashionMNIST, Task
+from torchshrink.data import FashionMNIST
 from torchshrink.errors import ConfigError
 from torchshrink.export import export_onnx, to_onnx
 from torchshrink.models import MLP, build_model
 from torchshrink.quant import FakeQuant, QuantConfig, QuantSpec, input_quantizer, quantized_layers, weight_quantizer
 from torchshrink.recipes import ptq
-from torchshrink.recipes.train import TrainConfig, fit
 
 LEVELS = {
     "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -79,12 +78,8 @@ def check_agreement(
 
 
 @pytest.fixture(scope="module")
-def trained(small_task: Task) -> nn.Module:
-    """A ``cnn_tiny`` trained for two epochs on 2,000 real images: logits with real margins."""
-    torch.manual_seed(0)
-    model = build_model("cnn_tiny")
-    fit(model, small_task, TrainConfig(epochs=2, channels_last=False), log=None, progress=False)
-    return model.eval()
+def trained(trained_tiny: nn.Module) -> nn.Module:
+    return trained_tiny
 
 
 @pytest.fixture(scope="module")

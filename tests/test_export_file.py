@@ -19,21 +19,17 @@ from test_export import check_agreement, run_ort
 from torchshrink.cli import main
 from torchshrink.data import FashionMNIST, Task
 from torchshrink.export import load_for_export, to_onnx
-from torchshrink.models import build_model
 from torchshrink.pack import save_compressed
 from torchshrink.pruning import make_permanent, prune_
 from torchshrink.quant import QuantConfig, quantized_layers
 from torchshrink.quant.export import export_layers
 from torchshrink.recipes import codebook, ptq
-from torchshrink.recipes.train import TrainConfig, fit
+from torchshrink.recipes.train import TrainConfig
 
 
 @pytest.fixture(scope="module")
-def trained(small_task: Task) -> nn.Module:
-    torch.manual_seed(0)
-    model = build_model("cnn_tiny")
-    fit(model, small_task, TrainConfig(epochs=2, channels_last=False), log=None, progress=False)
-    return model.eval()
+def trained(trained_tiny: nn.Module) -> nn.Module:
+    return trained_tiny
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +132,24 @@ def test_export_command_refuses_bad_outputs_and_inputs(
     bogus.write_bytes(b"not a file of ours")
     assert main(["export", str(bogus), "--out", str(tmp_path / "b.onnx"), "--no-check"]) == 1
     assert not (tmp_path / "b.onnx").exists() and not (tmp_path / "b.onnx.json").exists()
+
+
+def test_channels_removed_by_structured_pruning_are_absent_from_the_graph(
+    trained: nn.Module, small_task: Task, images: torch.Tensor
+) -> None:
+    """A channel-pruned model exports with the smaller layers it now has (fp32 and W8A8), and still agrees."""
+    from torchshrink.pruning import structured_prune_
+
+    small = copy.deepcopy(trained)
+    structured_prune_(small, 0.5)
+    widths = {name: m.out_channels for name, m in small.named_modules() if isinstance(m, nn.Conv2d)}
+    assert widths != {name: m.out_channels for name, m in trained.named_modules() if isinstance(m, nn.Conv2d)}
+    fp32 = to_onnx(small.eval(), images[:1])
+    with torch.no_grad():
+        np.testing.assert_allclose(run_ort(fp32, images), small(images).numpy(), rtol=1e-4, atol=1e-4)
+    q = ptq(small, small_task, QuantConfig(bits=8))
+    proto = to_onnx(q, images[:1])
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for name, out in widths.items():
+        assert inits[f"{name}.weight_codes"].shape[0] == out
+    check_agreement(q, proto, images, "enable_all")

@@ -1,0 +1,74 @@
+"""QAT recipes for 2-bit weights and activations (W2A2) on the study's baseline: epochs, distillation from the
+fp32 model, and the first and last layers at 8 bits; validation and test accuracy of each, so the recipe is
+chosen on validation and the test figure only reports.
+
+    python benchmarks/low_bit.py CHECKPOINT          # e.g. runs/study/cache/baseline-*/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from _common import write_result
+from torchshrink.checkpoint import load_checkpoint
+from torchshrink.data import load_fashion_mnist
+from torchshrink.quant import QuantConfig, storage_report
+from torchshrink.recipes import TrainConfig, evaluate, qat
+
+
+@dataclass(frozen=True)
+class Recipe:
+    label: str
+    epochs: int
+    distill: float = 0.0
+    edges_8bit: bool = False
+    lr: float = 0.01
+
+
+RECIPES = [
+    Recipe("1 epoch (the study's)", 1),
+    Recipe("6 epochs", 6),
+    Recipe("6 epochs, distilled", 6, distill=0.7),
+    Recipe("6 epochs, distilled, first/last 8-bit", 6, distill=0.7, edges_8bit=True),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--bits", type=int, default=2)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    data = load_fashion_mnist()
+    base = load_checkpoint(args.checkpoint).model.eval()
+    base_test = evaluate(base, data.test_batches())[0]
+    base_val = evaluate(base, data.val_batches())[0]
+    rows = []
+    for r in RECIPES:
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        config = QuantConfig(bits=args.bits, keep_first_last_8bit=r.edges_8bit)
+        train = TrainConfig(epochs=r.epochs, lr=r.lr, distill=r.distill, seed=0)
+        q, history = qat(base, data.task(), config, train, teacher=base if r.distill else None, log=None)
+        seconds = time.perf_counter() - start
+        val, test = evaluate(q, data.val_batches())[0], evaluate(q, data.test_batches())[0]
+        weight_bytes = sum(row.total_bytes for row in storage_report(q))
+        rows.append({"label": r.label, "epochs": r.epochs, "distill": r.distill, "first_last_8bit": r.edges_8bit,
+                     "lr": r.lr, "val_accuracy": val, "test_accuracy": test, "delta_points": 100 * (test - base_test),
+                     "weight_bytes": weight_bytes, "seconds": seconds,
+                     "val_history": [h.val_accuracy for h in history]})  # fmt: skip
+        print(f"{r.label:<42} val {100 * val:6.2f}%  test {100 * test:6.2f}% ({100 * (test - base_test):+.2f})  "
+              f"{weight_bytes:,.0f} B  {seconds:.0f}s", flush=True)  # fmt: skip
+    best = max(rows, key=lambda row: row["val_accuracy"])
+    print(f"chosen on validation: {best['label']} -> test {100 * best['test_accuracy']:.2f}%")
+    write_result(f"low_bit_w{args.bits}a{args.bits}", {"baseline_test_accuracy": base_test,
+                 "baseline_val_accuracy": base_val, "rows": rows, "chosen": best["label"]})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
