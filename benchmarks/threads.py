@@ -43,6 +43,7 @@ print(256 * STEPS / (time.perf_counter() - start), torch.get_num_threads())
 BUSY = "while True: pass"  # one core at 100%, as a CPU-bound neighbour does
 
 SETTINGS: dict[str, dict[str, str]] = {
+    "torchshrink's default (nothing set)": {},
     "2 threads (torch default here)": {"OMP_NUM_THREADS": "2"},
     "1 thread": {"OMP_NUM_THREADS": "1"},
     "2 threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"},
@@ -52,8 +53,11 @@ SETTINGS: dict[str, dict[str, str]] = {
 
 def _run(env: dict[str, str], steps: int) -> float:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_", "KMP_", "MKL_"))}
-    out = subprocess.run([sys.executable, "-c", STEP.replace("STEPS", str(steps))], env={**clean, **env},
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    # the explicit settings import torch first, so that torchshrink's own default (set on its import, when
+    # torch is not loaded yet) does not apply; "nothing set" imports torchshrink first, as its command line does
+    code = ("import torchshrink\n" if not env else "") + STEP.replace("STEPS", str(steps))
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                         check=True)  # fmt: skip
     return float(out.stdout.split()[0])
 
 

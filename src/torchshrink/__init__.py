@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from torchshrink import _threads  # noqa: F401  (first: before anything loads torch)
 from torchshrink._version import __version__
 from torchshrink.checkpoint import load_checkpoint, save_checkpoint
 from torchshrink.data import FashionMNIST, Task, TensorBatches, load_fashion_mnist
