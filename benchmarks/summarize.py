@@ -121,6 +121,8 @@ def main() -> None:
     families()
     inference()
     distributed()
+    threads()
+    low_bit()
 
 
 def inference() -> None:
@@ -152,6 +154,29 @@ def distributed() -> None:
     print(f"\nDistributed training ({host(d)}, {d['backend']}, {d['config']['images']:,} images, "
           f"{d['config']['epochs']} epoch, batch {d['config']['batch_size']}):\n")
     print(table(["processes", "threads each", "images/s", "val (%)"], rows))
+
+
+def threads() -> None:
+    """Training images/s idle and beside a busy process per thread setting (benchmarks/threads.py)."""
+    d = load("threads")
+    if not d:
+        return
+    rows = [[name, f"{r['idle_images_per_second']:,.0f}", f"{r['busy_images_per_second']:,.0f}",
+             f"{r['busy_over_idle']:.2f}", f"{r['idle_over_default']:.2f}"] for name, r in d["rows"].items()]  # fmt: skip
+    print(f"\nTraining step beside a busy process ({host(d)}; medians of {d['rounds']} interleaved rounds):\n")
+    print(table(["setting", "idle images/s", "busy images/s", "busy / idle", "idle vs torch default"], rows))
+
+
+def low_bit() -> None:
+    """W2A2 QAT recipes (benchmarks/low_bit.py)."""
+    d = load("low_bit_w2a2")
+    if not d:
+        return
+    rows = [[r["label"], pct(r["val_accuracy"]), pct(r["test_accuracy"]), f"{r['delta_points']:+.2f}",
+             f"{r['weight_bytes']:,.0f}", f"{r['seconds']:.0f}"] for r in d["rows"]]  # fmt: skip
+    print(f"\nW2A2 QAT recipes ({host(d)}; baseline {pct(d['baseline_test_accuracy'])}% test; chosen on validation: "
+          f"{d['chosen']}):\n")  # fmt: skip
+    print(table(["recipe", "val (%)", "test (%)", "vs fp32 (points)", "weight bytes", "seconds"], rows))
 
 
 def families() -> None:
