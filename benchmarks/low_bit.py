@@ -3,18 +3,20 @@ fp32 model, and the first and last layers at 8 bits; validation and test accurac
 chosen on validation and the test figure only reports.
 
     python benchmarks/low_bit.py CHECKPOINT          # e.g. runs/study/cache/baseline-*/model
+    python benchmarks/low_bit.py CHECKPOINT --resume # only the recipes not yet in the results
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import warnings
 from dataclasses import dataclass
 
 import torch
 
-from _common import write_result
+from _common import RESULTS, write_result
 from torchshrink.checkpoint import load_checkpoint
 from torchshrink.data import load_fashion_mnist
 from torchshrink.quant import QuantConfig, storage_report
@@ -35,6 +37,7 @@ RECIPES = [
     Recipe("6 epochs", 6),
     Recipe("6 epochs, distilled", 6, distill=0.7),
     Recipe("6 epochs, distilled, first/last 8-bit", 6, distill=0.7, edges_8bit=True),
+    Recipe("15 epochs, distilled, first/last 8-bit", 15, distill=0.7, edges_8bit=True),
 ]
 
 
@@ -42,7 +45,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--bits", type=int, default=2)
+    parser.add_argument("--resume", action="store_true", help="keep the recipes already in the results, run the rest")
     args = parser.parse_args()
+    name = f"low_bit_w{args.bits}a{args.bits}"
+    done = {}
+    if args.resume and (RESULTS / f"{name}.json").is_file():
+        done = {row["label"]: row for row in json.loads((RESULTS / f"{name}.json").read_text())["rows"]}
     warnings.simplefilter("ignore")
     data = load_fashion_mnist()
     base = load_checkpoint(args.checkpoint).model.eval()
@@ -50,6 +58,9 @@ def main() -> None:
     base_val = evaluate(base, data.val_batches())[0]
     rows = []
     for r in RECIPES:
+        if r.label in done:
+            rows.append(done[r.label])
+            continue
         torch.manual_seed(0)
         start = time.perf_counter()
         config = QuantConfig(bits=args.bits, keep_first_last_8bit=r.edges_8bit)
@@ -66,7 +77,7 @@ def main() -> None:
               f"{weight_bytes:,.0f} B  {seconds:.0f}s", flush=True)  # fmt: skip
     best = max(rows, key=lambda row: row["val_accuracy"])
     print(f"chosen on validation: {best['label']} -> test {100 * best['test_accuracy']:.2f}%")
-    write_result(f"low_bit_w{args.bits}a{args.bits}", {"baseline_test_accuracy": base_test,
+    write_result(name, {"baseline_test_accuracy": base_test,
                  "baseline_val_accuracy": base_val, "rows": rows, "chosen": best["label"]})  # fmt: skip
 
 

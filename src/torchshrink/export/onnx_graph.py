@@ -148,10 +148,13 @@ def _emit_module(
     raise _unsupported(f"layer {name!r} ({type(module).__name__})")
 
 
+_RELUS = (torch.relu, torch.nn.functional.relu, "relu", "relu_")
+
+
 def _emit_call(g: GraphBuilder, node: fx.Node, x: str) -> str:
     """``torch.relu`` / ``F.relu`` / ``x.relu()`` and ``torch.flatten`` / ``x.flatten()``."""
     target = node.target
-    if target in (torch.relu, torch.nn.functional.relu, "relu", "relu_"):
+    if target in _RELUS:
         return g.node("Relu", [x], node.name)
     if target in (torch.flatten, "flatten"):
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
@@ -160,9 +163,6 @@ def _emit_call(g: GraphBuilder, node: fx.Node, x: str) -> str:
         return g.node("Flatten", [x], node.name, axis=1)
     what = getattr(target, "__name__", str(target))
     raise _unsupported(f"operation {node.name!r} ({node.op} {what})")
-
-
-_RELUS = (torch.relu, torch.nn.functional.relu, "relu", "relu_")
 
 
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -199,7 +199,7 @@ def _early_quantizers(
     quantize/dequantize pairs."""
     early: dict[str, tuple[str, FakeQuant]] = {}
     for node in graph_module.graph.nodes:
-        if node.op != "call_module" or str(node.target) not in layers:  # float weights: see emit_qdq's channels
+        if node.op != "call_module" or str(node.target) not in layers:  # float weights: see emit_qdq's spread
             continue
         iq = input_quantizer(modules[str(node.target)])
         if iq is None or not iq.enabled or iq.spec.per_channel or not isinstance(node.args[0], fx.Node):
