@@ -123,6 +123,7 @@ def main() -> None:
     distributed()
     threads()
     low_bit()
+    structured_recipes()
 
 
 def inference() -> None:
@@ -177,6 +178,19 @@ def low_bit() -> None:
     print(f"\nW2A2 QAT recipes ({host(d)}; baseline {pct(d['baseline_test_accuracy'])}% test; chosen on validation: "
           f"{d['chosen']}):\n")  # fmt: skip
     print(table(["recipe", "val (%)", "test (%)", "vs fp32 (points)", "weight bytes", "seconds"], rows))
+
+
+def structured_recipes() -> None:
+    """Channel pruning recipes: accuracy and torch speedup at batch 256 (benchmarks/structured_recipes.py)."""
+    d = load("structured_recipes")
+    if not d:
+        return
+    rows = [[r["label"], pct(r["val_accuracy"]), pct(r["test_accuracy"]), f"{r['delta_points']:+.2f}",
+             f"{r['speedup_256']:.2f}x", f"{r['seconds']:.0f}"] for r in d["rows"]]  # fmt: skip
+    speeds = ", ".join(f"{100 * float(a):.0f}% {v:.2f}x" for a, v in d.get("speedup_by_amount", {}).items())
+    print(f"\nChannel pruning recipes ({host(d)}; baseline {pct(d['baseline_test_accuracy'])}% test; speedup per "
+          f"amount, median of its runs: {speeds}; chosen: {d.get('chosen')}):\n")  # fmt: skip
+    print(table(["recipe", "val (%)", "test (%)", "vs fp32 (points)", "torch speedup, batch 256", "seconds"], rows))
 
 
 def families() -> None:

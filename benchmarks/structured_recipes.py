@@ -1,0 +1,104 @@
+"""Channel pruning recipes on the study's baseline: how many channels to remove, how long to fine-tune, with or
+without distillation from the dense model; validation and test accuracy and the torch CPU speedup at batch 256
+(dense and pruned timed interleaved). The amount is chosen by speed (>= 2.5x, else the fastest), then the recipe
+by validation accuracy; the test figure only reports.
+
+    python benchmarks/structured_recipes.py CHECKPOINT            # e.g. runs/study/cache/baseline-*/model
+    python benchmarks/structured_recipes.py CHECKPOINT --resume   # only the recipes not yet in the results
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from _common import RESULTS, write_result
+from torchshrink.checkpoint import load_checkpoint
+from torchshrink.data import load_fashion_mnist
+from torchshrink.measure import latency
+from torchshrink.pruning import structured_prune_
+from torchshrink.recipes import TrainConfig, evaluate, fit
+
+
+@dataclass(frozen=True)
+class Recipe:
+    label: str
+    amount: float
+    epochs: int
+    distill: float = 0.0
+    lr: float = 0.04
+
+
+RECIPES = [
+    Recipe("50%, 3 epochs (the study's)", 0.5, 3),
+    Recipe("50%, 10 epochs, distilled", 0.5, 10, distill=0.7),
+    Recipe("40%, 10 epochs, distilled", 0.4, 10, distill=0.7),
+    Recipe("60%, 10 epochs, distilled", 0.6, 10, distill=0.7),
+    Recipe("50%, 20 epochs, distilled", 0.5, 20, distill=0.7),
+]
+
+
+def _speedup(dense: torch.nn.Module, small: torch.nn.Module, rounds: int = 5) -> float:
+    dense_t, small_t = [], []
+    for _ in range(rounds):  # interleaved: both see the same machine load
+        dense_t.append(latency(dense, 256, repeats=5))
+        small_t.append(latency(small, 256, repeats=5))
+    return statistics.median(dense_t) / statistics.median(small_t)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--resume", action="store_true", help="keep the recipes already in the results, run the rest")
+    args = parser.parse_args()
+    done = {}
+    if args.resume and (RESULTS / "structured_recipes.json").is_file():
+        done = {row["label"]: row for row in json.loads((RESULTS / "structured_recipes.json").read_text())["rows"]}
+    warnings.simplefilter("ignore")
+    data = load_fashion_mnist()
+    base = load_checkpoint(args.checkpoint).model.eval()
+    base_test = evaluate(base, data.test_batches())[0]
+    rows = []
+    for r in RECIPES:
+        if r.label in done:
+            rows.append(done[r.label])
+            continue
+        small = copy.deepcopy(base)
+        structured_prune_(small, r.amount)
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        fit(small, data.task(), TrainConfig(epochs=r.epochs, lr=r.lr, distill=r.distill, seed=0),
+            teacher=base if r.distill else None, log=None)  # fmt: skip
+        seconds = time.perf_counter() - start
+        small.eval()
+        val, test = evaluate(small, data.val_batches())[0], evaluate(small, data.test_batches())[0]
+        speedup = _speedup(copy.deepcopy(base).cpu(), copy.deepcopy(small).cpu())
+        rows.append({"label": r.label, "amount": r.amount, "epochs": r.epochs, "distill": r.distill, "lr": r.lr,
+                     "val_accuracy": val, "test_accuracy": test, "delta_points": 100 * (test - base_test),
+                     "speedup_256": speedup, "seconds": seconds})  # fmt: skip
+        print(f"{r.label:<32} val {100 * val:6.2f}%  test {100 * test:6.2f}% ({100 * (test - base_test):+.2f})  "
+              f"{speedup:.2f}x at batch 256  {seconds:.0f}s", flush=True)  # fmt: skip
+    speeds = _speed_by_amount(rows)
+    fast = [a for a, v in speeds.items() if v >= 2.5] or [max(speeds, key=speeds.__getitem__)]
+    chosen = max((row for row in rows if row["amount"] in fast), key=lambda row: row["val_accuracy"])["label"]
+    print(f"speedup by amount (median of its runs): {speeds}; chosen on validation: {chosen}")
+    write_result("structured_recipes", {"baseline_test_accuracy": base_test, "rows": rows, "chosen": chosen,
+                                        "speedup_by_amount": speeds})  # fmt: skip
+
+
+def _speed_by_amount(rows: list[dict]) -> dict[float, float]:
+    """The speedup of each amount of removed channels: the median over its recipes, which all build the same
+    architecture (their spread, +-5% here, is the machine's noise, not the recipe's doing)."""
+    amounts = sorted({row["amount"] for row in rows})
+    return {a: statistics.median(row["speedup_256"] for row in rows if row["amount"] == a) for a in amounts}
+
+
+if __name__ == "__main__":
+    main()
