@@ -38,6 +38,7 @@ RECIPES = [
     Recipe("6 epochs, distilled", 6, distill=0.7),
     Recipe("6 epochs, distilled, first/last 8-bit", 6, distill=0.7, edges_8bit=True),
     Recipe("15 epochs, distilled, first/last 8-bit", 15, distill=0.7, edges_8bit=True),
+    Recipe("25 epochs, distilled, first/last 8-bit", 25, distill=0.7, edges_8bit=True),
 ]
 
 

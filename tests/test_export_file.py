@@ -153,3 +153,13 @@ def test_channels_removed_by_structured_pruning_are_absent_from_the_graph(
     for name, out in widths.items():
         assert inits[f"{name}.weight_codes"].shape[0] == out
     check_agreement(q, proto, images, "enable_all")
+
+
+def test_export_command_times_onnxruntime_beside_torch(sparse_w8a8: tuple[nn.Module, Path], tmp_path: Path) -> None:
+    """``--speed``: images/s of onnxruntime and of the model in torch at batches 1 and 256, in the record."""
+    _, path = sparse_w8a8
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(path), "--out", str(out), "--no-check", "--speed"]) == 0
+    speed = json.loads(out.with_name("m.onnx.json").read_text())["images_per_second"]
+    assert set(speed) == {"1", "256"}
+    assert all(v[k] > 0 for v in speed.values() for k in ("onnxruntime", "torch"))

@@ -61,6 +61,9 @@ def add_export_command(sub: Any) -> None:
                         "the 8-bit layers as float convs (by default their biases are int32 codes, which lets it "
                         "fuse them into integer kernels)")  # fmt: skip
     p.add_argument("--no-check", action="store_true", help="skip running the ONNX model against torchshrink's")
+    p.add_argument("--speed", action="store_true",
+                   help="also time onnxruntime and torchshrink's model in torch on batches of 1 and 256 (images/s, "
+                        "median of 5 interleaved rounds), into FILE.json")  # fmt: skip
     add_force(p)
     add_data_dir(p)
     p.set_defaults(func=_cmd_export)
@@ -116,6 +119,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
             batches = [torch.randn(64, *args.input_shape, generator=generator) for _ in range(4)]
             record["check_inputs"] = "256 random normal inputs"
         record["agreement"] = onnx_agreement(model, blob, batches)
+    if args.speed:
+        from torchshrink.export import onnx_speed
+
+        record["images_per_second"] = onnx_speed(model, blob, tuple(args.input_shape))
     if not main_writes():  # under torchrun every rank exported and checked the same model; rank 0 writes it
         return 0
     with atomic_file(out) as tmp:
@@ -133,4 +140,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"onnxruntime {a['onnxruntime']} vs torchshrink on {a['images']:,} {record['check_inputs']}: same "
               f"top-1 on {100 * a['top1_agreement']:.2f}%{accuracy}, max logit difference "
               f"{a['max_logit_difference']:.2e}")  # fmt: skip
+    for batch, speed in record.get("images_per_second", {}).items():
+        print(f"batch {batch}: onnxruntime {speed['onnxruntime']:,.0f} images/s, torchshrink's model in torch "
+              f"{speed['torch']:,.0f} ({speed['onnxruntime'] / speed['torch']:.2f}x)")  # fmt: skip
     return 0

@@ -1,4 +1,5 @@
-"""How closely onnxruntime reproduces torchshrink's own model: top-1 agreement, accuracy, logit differences."""
+"""How closely onnxruntime reproduces torchshrink's own model (top-1 agreement, accuracy, logit differences),
+and how fast it runs it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["onnx_agreement"]
+__all__ = ["onnx_agreement", "onnx_speed"]
 
 
 @torch.no_grad()
@@ -54,3 +55,54 @@ def onnx_agreement(model: nn.Module, onnx_bytes: bytes, batches: Iterable[Any], 
         model.train(was_training)
     return {"images": n, "top1_agreement": same / max(n, 1), "max_logit_difference": worst,
             "test_accuracy": correct / max(n, 1) if labelled and n else None, "onnxruntime": ort.__version__}  # fmt: skip
+
+
+def onnx_speed(
+    model: nn.Module,
+    onnx_bytes: bytes,
+    sample_shape: tuple[int, ...],
+    batches: tuple[int, ...] = (1, 256),
+    rounds: int = 5,
+    threads: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Images/s of the ONNX model in onnxruntime and of ``model`` in torch (eval, CPU), per batch size: the
+    median of ``rounds`` timings, the two interleaved so that both see the same machine load.
+
+    Returns:
+        ``{str(batch): {"onnxruntime": images/s, "torch": images/s}}``.
+    """
+    import statistics
+    import time
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    was_training = model.training
+    model.eval()
+
+    runners = {"onnxruntime": lambda x: session.run(None, {name: x.numpy()}), "torch": model}
+
+    def per_second(run: Any, x: torch.Tensor) -> float:
+        repeats = max(3, 256 // len(x))
+        run(x)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run(x)
+        return len(x) * repeats / (time.perf_counter() - start)
+
+    result: dict[str, dict[str, float]] = {}
+    try:
+        for batch in batches:
+            x = torch.randn(batch, *sample_shape, generator=torch.Generator().manual_seed(0))
+            times: dict[str, list[float]] = {key: [] for key in runners}
+            with torch.no_grad():
+                for _ in range(rounds):
+                    for key, run in runners.items():
+                        times[key].append(per_second(run, x))
+            result[str(batch)] = {key: statistics.median(v) for key, v in times.items()}
+    finally:
+        model.train(was_training)
+    return result
