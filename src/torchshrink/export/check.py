@@ -13,6 +13,15 @@ from torch import nn
 __all__ = ["onnx_agreement", "onnx_speed"]
 
 
+def _session(onnx_bytes: bytes, threads: int) -> Any:
+    """An onnxruntime CPU session with every graph optimisation (its default) and ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
 @torch.no_grad()
 def onnx_agreement(model: nn.Module, onnx_bytes: bytes, batches: Iterable[Any], threads: int = 0) -> dict[str, Any]:
     """Run ``model`` (in eval mode, on CPU) and the ONNX model on the same inputs and compare.
@@ -30,9 +39,7 @@ def onnx_agreement(model: nn.Module, onnx_bytes: bytes, batches: Iterable[Any], 
     """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    session = _session(onnx_bytes, threads)
     name = session.get_inputs()[0].name
     was_training = model.training
     model.eval()
@@ -74,11 +81,7 @@ def onnx_speed(
     import statistics
     import time
 
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    session = _session(onnx_bytes, threads)
     name = session.get_inputs()[0].name
     was_training = model.training
     model.eval()
