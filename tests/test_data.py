@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchshrink.data import FILES, TensorBatches, augment, find_data_dir, load_fashion_mnist, normalize, read_idx
+from torchshrink.data import (
+    FILES,
+    TensorBatches,
+    augment,
+    find_data_dir,
+    load_fashion_mnist,
+    normalize,
+    random_erase,
+    read_idx,
+)
 from torchshrink.data.fashion_mnist import idx_bytes
 from torchshrink.errors import DataError
 
@@ -111,6 +120,32 @@ def test_augment_is_a_shifted_or_flipped_copy():
         for image in (padded, flipped):
             candidates += [image[:, dy : dy + 28, dx : dx + 28] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out[i], c) for c in candidates)
+
+
+def test_random_erase_replaces_one_rectangle_in_the_chosen_share():
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((400, 1, 28, 28), 100.0)  # noise never lands on 100 exactly
+    out = random_erase(x, g, share=0.5, area=(0.02, 0.25))
+    changed = out != x
+    erased = changed.flatten(1).any(1)
+    assert 0.4 < float(erased.float().mean()) < 0.6
+    for i in torch.nonzero(erased).flatten().tolist():
+        rows = torch.nonzero(changed[i, 0].any(1)).flatten()
+        cols = torch.nonzero(changed[i, 0].any(0)).flatten()
+        # the changed pixels fill exactly the box they span, of an area in the range asked (after rounding)
+        box = changed[i, 0, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert bool(box.all()) and int(changed[i].sum()) == box.numel()
+        assert 1 <= box.numel() <= 0.25 * 784 * 1.6
+    assert torch.equal(random_erase(x, torch.Generator().manual_seed(1), share=0.0), x)
+
+
+def test_training_batches_with_erasing_differ_only_where_erased(small):
+    plain = next(iter(small.train_batches(64, seed=3).seeded(3)))[0]
+    erased = next(iter(small.train_batches(64, seed=3, erase=1.0).seeded(3)))[0]
+    assert not torch.equal(plain, erased)
+    assert float((plain != erased).float().mean()) < 0.3  # rectangles, not whole images
+    with pytest.raises(DataError, match="erase=1.5"):
+        small.train_batches(64, erase=1.5)
 
 
 def test_batches_cover_every_item_once():

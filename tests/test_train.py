@@ -63,3 +63,45 @@ def test_layer_table_counts_every_parameter():
     assert conv / parameter_count(model) > 0.2  # conv layers hold a real share of the weights
     buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
     assert fp32_bytes(model) == 4 * (parameter_count(model) + buffers)
+
+
+def test_ema_leaves_the_documented_average_and_validates_it(small):
+    """The weights after ``fit`` with ``ema`` are the moving average of the weights after every step (computed
+    here from the recorded steps), and each epoch's validation figure is that of the average."""
+    torch.manual_seed(0)
+    model = build_model("cnn_tiny")
+    decay = 0.9
+    task = small.subset(train=512, val=256).task(batch_size=64)
+    steps: list[torch.Tensor] = []
+    record = lambda m: steps.append(m.classifier.fc1.weight.detach().clone())  # noqa: E731
+    start = model.classifier.fc1.weight.detach().clone()
+    history = fit(model, task, TrainConfig(epochs=2, lr=0.05, ema=decay), "cpu", after_step=record,
+                  progress=False, log=None)  # fmt: skip
+    average = start
+    for t, w in enumerate(steps, start=1):
+        d = min(decay, (1 + t) / (10 + t))
+        average = d * average + (1 - d) * w
+    assert not torch.allclose(steps[-1], average, atol=1e-4)  # the average is not the last step's weights
+    torch.testing.assert_close(model.classifier.fc1.weight.detach(), average, rtol=1e-4, atol=1e-6)
+    assert history[-1].val_accuracy == evaluate(model, task.val)[0]
+
+
+def test_ema_never_averages_pruning_masks(small):
+    from torchshrink.pruning import get_mask, prune_
+
+    torch.manual_seed(0)
+    model = build_model("cnn_tiny")
+    prune_(model, 0.5)
+    before = get_mask(model.features.conv1).clone()
+    fit(model, small.subset(train=256).task(batch_size=64), TrainConfig(epochs=1, lr=0.05, ema=0.9), "cpu",
+        progress=False, log=None)  # fmt: skip
+    mask = get_mask(model.features.conv1)
+    assert torch.equal(mask, before)  # still the same 0/1 mask, not a blend of masks
+    assert before.min() == 0 and bool((model.features.conv1.weight[mask == 0] == 0).all())
+
+
+def test_ema_decay_must_be_below_one():
+    with pytest.raises(ConfigError, match="ema=1"):
+        TrainConfig(ema=1.0)
+    with pytest.raises(ConfigError, match="ema=-0.1"):
+        TrainConfig(ema=-0.1)

@@ -11,6 +11,7 @@ from torchshrink.data.fashion_mnist import (
     find_data_dir,
     load_fashion_mnist,
     normalize,
+    random_erase,
     read_idx,
 )
 from torchshrink.data.task import (
@@ -53,6 +54,7 @@ __all__ = [
     "read_idx",
     "normalize",
     "augment",
+    "random_erase",
     "FILES",
     "CLASSES",
     "MEAN",

@@ -13,6 +13,7 @@ Everything is held as ``uint8`` tensors and normalised per batch.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import struct
 import urllib.request
@@ -42,6 +43,7 @@ __all__ = [
     "load_fashion_mnist",
     "normalize",
     "augment",
+    "random_erase",
 ]
 
 IMAGES, LABELS = 2051, 2049  # IDX magic numbers: unsigned bytes in 3 dimensions, in 1
@@ -280,11 +282,14 @@ class FashionMNIST:
     # --- the adapter to torchshrink's data interface (``Task``) ------------------------------------------
 
     def train_batches(
-        self, batch_size: int = 256, augment: bool = True, crop_padding: int = 0, seed: int = 0
+        self, batch_size: int = 256, augment: bool = True, crop_padding: int = 0, seed: int = 0, erase: float = 0.0
     ) -> TensorBatches:
-        """Shuffled, normalised (and augmented: random crop after ``crop_padding`` and horizontal flip)
-        training batches; ``fit`` re-seeds them with its own seed."""
-        transform = _train_transform(crop_padding) if augment else _eval_transform
+        """Shuffled, normalised (and augmented: random crop after ``crop_padding``, horizontal flip, and a
+        random rectangle erased from a share ``erase`` of the images) training batches; ``fit`` re-seeds them
+        with its own seed."""
+        if not 0 <= erase <= 1:
+            raise DataError(f"erase={erase}: the share of erased images must be in [0, 1]")
+        transform = _train_transform(crop_padding, erase) if augment else _eval_transform
         return TensorBatches(self.train_x, self.train_y, batch_size, shuffle=True, transform=transform, seed=seed)
 
     def val_batches(self, batch_size: int = EVAL_BATCH) -> TensorBatches:
@@ -308,11 +313,12 @@ class FashionMNIST:
         augment: bool = True,
         crop_padding: int = 0,
         calibration_images: int = DEFAULT_CALIBRATION_SAMPLES,
+        erase: float = 0.0,
     ) -> Task:
         """Training, validation and calibration batches of this dataset as a :class:`Task` (top-1 accuracy,
         cross-entropy). The test split is not part of it: evaluate on :meth:`test_batches` to report."""
         return Task(
-            train=self.train_batches(batch_size, augment, crop_padding),
+            train=self.train_batches(batch_size, augment, crop_padding, erase=erase),
             val=self.val_batches(),
             calibration=self.calibration_batches(calibration_images),
         )
@@ -363,9 +369,41 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.
     return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
+def random_erase(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    share: float,
+    area: tuple[float, float] = (0.02, 0.25),
+    aspect: tuple[float, float] = (0.3, 3.3),
+) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2020): in a share ``share`` of the images, one rectangle of ``area``
+    (fraction of the image) and ``aspect`` (height / width, log-uniform) is replaced by standard normal noise,
+    the statistics of a normalised pixel. Drawn per image for a whole batch at once."""
+    n, _, h, w = x.shape
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=generator, device="cpu")
+
+    chosen = torch.rand(n, generator=generator, device="cpu") < share
+    size = uniform(*area) * h * w
+    ratio = torch.exp(uniform(math.log(aspect[0]), math.log(aspect[1])))
+    eh = torch.sqrt(size * ratio).round().clamp(1, h)
+    ew = torch.sqrt(size / ratio).round().clamp(1, w)
+    top = (torch.rand(n, generator=generator, device="cpu") * (h - eh + 1)).floor()
+    left = (torch.rand(n, generator=generator, device="cpu") * (w - ew + 1)).floor()
+    rows, cols = torch.arange(h), torch.arange(w)
+    inside_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])  # (N, H)
+    inside_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])  # (N, W)
+    mask = (chosen[:, None, None] & inside_rows[:, :, None] & inside_cols[:, None, :]).unsqueeze(1).to(x.device)
+    noise = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
+    return torch.where(mask, noise, x)
+
+
 def _eval_transform(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return normalize(x)
 
 
-def _train_transform(pad: int) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+def _train_transform(pad: int, erase: float = 0.0) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    if erase > 0:
+        return lambda x, generator: random_erase(augment(normalize(x), generator, pad), generator, erase)
     return lambda x, generator: augment(normalize(x), generator, pad)

@@ -12,6 +12,7 @@ runs: no collective, no extra sync, the same random draws.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from torchshrink import distributed as dist
 from torchshrink.data.task import Batches, LossFn, MetricFn, Seedable, Task, as_task
 from torchshrink.errors import ConfigError, check_finite
+from torchshrink.recipes.ema import WeightAverage
 
 __all__ = [
     "TrainConfig",
@@ -57,9 +59,12 @@ class TrainConfig:
     channels_last: bool = True  # 4-D inputs and weights in channels-last memory order: measured faster on CPU
     distill: float = 0.0  # weight of the teacher's soft targets in the loss (0: plain labels); needs a teacher
     temperature: float = 4.0  # softmax temperature of the distillation targets
+    ema: float = 0.0  # decay of a moving average of the weights, validated and kept at the end (0: off)
 
     def __post_init__(self) -> None:
-        check_finite(self, "lr", "weight_decay", "momentum", "warmup", "label_smoothing", "distill", "temperature")
+        check_finite(
+            self, "lr", "weight_decay", "momentum", "warmup", "label_smoothing", "distill", "temperature", "ema"
+        )
         if self.epochs < 1:
             raise ConfigError(f"epochs={self.epochs}: must be at least 1")
         if not self.lr > 0:
@@ -74,6 +79,8 @@ class TrainConfig:
             raise ConfigError(f"distill={self.distill}: must be in [0, 1]")
         if not self.temperature > 0:
             raise ConfigError(f"temperature={self.temperature}: must be positive")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema={self.ema}: the decay must be in [0, 1) (0: no average)")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 < self.warmup < 1:
             raise ConfigError(f"weight_decay={self.weight_decay}, momentum={self.momentum}, warmup={self.warmup}: "
                               "need weight_decay >= 0, 0 <= momentum < 1, 0 < warmup < 1")  # fmt: skip
@@ -329,6 +336,8 @@ def fit(
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, cfg.epochs * steps_per_epoch)
     net = dist.wrap_ddp(model, device) if distributed else model  # the forward that reduces gradients
+    # after the memory-format change above, which replaces buffers the average must follow
+    average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
     show = progress and dist.is_main()
     history: list[EpochStats] = []
     with dist.failures_as_errors("training"):  # a dead rank: one clear error, not a bare gloo/NCCL one
@@ -352,6 +361,8 @@ def fit(
                 (loss * _share(len(yb), device) if distributed else loss).backward()
                 opt.step()
                 sched.step()
+                if average is not None:
+                    average.update()
                 if after_step is not None:
                     after_step(model)
                 loss_sum += loss.detach() * len(yb)  # stays on device: no sync per step
@@ -363,7 +374,8 @@ def fit(
             if distributed:
                 loss_sum, seen = _end_epoch_on_ranks(model, loss_sum, seen)
             seconds = time.perf_counter() - start
-            val = validate(model, task, device, cfg.channels_last)
+            with average.applied() if average is not None else contextlib.nullcontext():
+                val = validate(model, task, device, cfg.channels_last)
             val_acc = val[0] if val is not None else float("nan")
             stats = EpochStats(epoch, float(loss_sum) / max(seen, 1), val_acc, seconds, seen / seconds)
             history.append(stats)
@@ -374,4 +386,6 @@ def fit(
                     f"epoch {epoch:>3}/{cfg.epochs}  train loss {stats.train_loss:.4f}  val {100 * val_acc:6.2f}%  "
                     f"{seconds:5.1f}s  {stats.images_per_second:6.0f} samples/s"
                 )
+    if average is not None:
+        average.copy_to_model()
     return history

@@ -1,0 +1,94 @@
+"""Baseline training recipes: epochs, moving average of the weights (EMA), random erasing and random crop,
+each trained from the same seed on the full training split; validation and test accuracy and wall time of
+each, so the recipe is chosen on validation (within the time limit) and the test figure only reports.
+
+    python benchmarks/baseline_recipes.py            # every recipe, the results file rewritten after each
+    python benchmarks/baseline_recipes.py --resume   # only the recipes not yet in the results
+    python benchmarks/baseline_recipes.py --only "22 epochs"   # the recipes whose label starts so
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+
+from _common import RESULTS, write_result
+from torchshrink.checkpoint import save_checkpoint
+from torchshrink.data import load_fashion_mnist
+from torchshrink.models import build_model, parameter_count
+from torchshrink.recipes.train import TrainConfig, evaluate, fit
+
+NAME = "baseline_recipes"
+LIMIT_SECONDS = 600  # the training time the default recipe must fit in on this 2-core CPU
+
+
+@dataclass(frozen=True)
+class Recipe:
+    label: str
+    epochs: int = 15
+    ema: float = 0.0
+    erase: float = 0.0
+    crop_padding: int = 0
+
+
+RECIPES = [
+    Recipe("15 epochs, EMA 0.998", ema=0.998),
+    Recipe("15 epochs, erasing 0.25", erase=0.25),
+    Recipe("22 epochs", epochs=22),
+    Recipe("22 epochs, EMA 0.998, erasing 0.25", epochs=22, ema=0.998, erase=0.25),
+    Recipe("22 epochs, crop 2", epochs=22, crop_padding=2),
+    Recipe("15 epochs (the current default)"),
+]
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--resume", action="store_true", help="keep the recipes already in the results, run the rest")
+    parser.add_argument("--only", help="run only the recipes whose label starts with this")
+    parser.add_argument("--out", default="runs/baseline_recipes", help="folder for each recipe's checkpoint")
+    args = parser.parse_args()
+    done: dict[str, dict] = {}
+    if args.resume and (RESULTS / f"{NAME}.json").is_file():
+        done = {row["label"]: row for row in json.loads((RESULTS / f"{NAME}.json").read_text())["rows"]}
+    data = load_fashion_mnist()
+    rows = list(done.values())
+    for r in RECIPES:
+        if r.label in done or (args.only and not r.label.startswith(args.only)):
+            continue
+        cfg = TrainConfig(epochs=r.epochs, ema=r.ema, seed=0)
+        torch.manual_seed(cfg.seed)
+        model = build_model("cnn")
+        start = time.perf_counter()
+        history = fit(model, data.task(crop_padding=r.crop_padding, erase=r.erase), cfg, "cpu", progress=False)
+        seconds = time.perf_counter() - start
+        val_acc, val_loss = evaluate(model, data.val_batches())
+        test_acc, test_loss = evaluate(model, data.test_batches())
+        save_checkpoint(f"{args.out}/{slug(r.label)}", model, "cnn", {}, device="cpu",
+                        train_config={**cfg.to_dict(), "crop_padding": r.crop_padding, "erase": r.erase},
+                        metrics={"test_accuracy": test_acc, "val_accuracy": val_acc, "train_seconds": seconds})  # fmt: skip
+        rows.append({"label": r.label, "epochs": r.epochs, "ema": r.ema, "erase": r.erase,
+                     "crop_padding": r.crop_padding, "val_accuracy": val_acc, "val_loss": val_loss,
+                     "test_accuracy": test_acc, "test_loss": test_loss, "train_seconds": seconds,
+                     "parameters": parameter_count(model), "val_history": [h.val_accuracy for h in history]})  # fmt: skip
+        print(f"{r.label:<40} val {100 * val_acc:6.2f}%  test {100 * test_acc:6.2f}%  {seconds:5.0f}s", flush=True)
+        write_result(NAME, {"limit_seconds": LIMIT_SECONDS, "rows": rows})
+    within = [row for row in rows if row["train_seconds"] <= LIMIT_SECONDS]
+    if within:
+        best = max(within, key=lambda row: row["val_accuracy"])
+        print(
+            f"chosen on validation (within {LIMIT_SECONDS}s): {best['label']} -> test {100 * best['test_accuracy']:.2f}%"
+        )
+        write_result(NAME, {"limit_seconds": LIMIT_SECONDS, "rows": rows, "chosen": best["label"]})
+
+
+if __name__ == "__main__":
+    main()
