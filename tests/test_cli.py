@@ -175,7 +175,9 @@ def test_compress_gradual_distilled_mixed_precision_under_a_budget(tmp_path, dat
     "args, message",
     [
         (("compress", "X", "--sparsity", "0.5", "--bits", "4", "--budget", "1000"), "--codebook"),
-        (("prune", "X", "--sparsity", "0.5", "--method", "structured", "--distill", "0.5"), "--distill"),
+        (("prune", "X", "--sparsity", "0.5", "--method", "structured", "--distill", "0.5", "--finetune-epochs", "0"),
+         "--distill"),
+        (("prune", "X", "--sparsity", "0.5", "--multiple-of", "8"), "--multiple-of"),
     ],
 )
 def test_options_that_do_not_combine_are_one_line_errors(tmp_path, data_dir, tiny_checkpoint, args, message):

@@ -426,3 +426,28 @@ def test_rebuilt_layers_keep_dtype_and_frozen_weights():
     _assert_prunes_like_masking(model, torch.randn(2, 3, 16, 16, dtype=torch.float64))
     assert all(p.dtype == torch.float64 for p in model.parameters())
     assert not model.stem[0].weight.requires_grad and model.layer2.conv1.weight.requires_grad
+
+
+@pytest.mark.parametrize(
+    "before, amount, multiple, kept",
+    [(32, 0.6, 1, 13), (32, 0.6, 8, 16), (64, 0.6, 8, 24), (128, 0.6, 16, 48), (128, 0.6, 8, 48), (64, 0.6, 16, 32),
+     (20, 0.9, 8, 8), (12, 0.0, 8, 12), (32, 0.5, 16, 16)],
+)  # fmt: skip
+def test_kept_channels_rounds_to_the_nearest_multiple(before, amount, multiple, kept):
+    from torchshrink.pruning import kept_channels
+
+    assert kept_channels(before, amount, multiple_of=multiple) == kept
+
+
+def test_structured_prune_keeps_multiples_and_stays_exact():
+    torch.manual_seed(0)
+    model = _randomised_cnn()
+    x = torch.randn(4, 1, 28, 28)
+    original = copy.deepcopy(model)
+    changes = structured_prune_(model, 0.6, multiple_of=8)
+    assert all(after % 8 == 0 for _, after in changes.values()), changes
+    assert any(after < before for before, after in changes.values()), changes
+    with torch.no_grad():
+        assert torch.allclose(model(x), _masked_like(original, model)(x), atol=1e-5)
+    with pytest.raises(ConfigError, match="multiple_of=0"):
+        structured_prune_(copy.deepcopy(original), 0.5, multiple_of=0)

@@ -28,6 +28,7 @@ from torchshrink.pruning.structured import (
     ChannelGroup,
     filter_scores,
     group_scores,
+    kept_channels,
     structured_prune_,
     structured_report,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "structured_report",
     "group_scores",
     "filter_scores",
+    "kept_channels",
     "structured_prune_",
 ]
 

@@ -25,7 +25,7 @@ from torchshrink.pruning.dependency import channel_graph
 from torchshrink.pruning.groups import ChannelGraph, ChannelGroup
 from torchshrink.pruning.rebuild import kept_positions, replace_layer, shrink_layer
 
-__all__ = ["ChannelGroup", "filter_scores", "group_scores", "structured_report", "structured_prune_"]
+__all__ = ["ChannelGroup", "filter_scores", "group_scores", "structured_report", "kept_channels", "structured_prune_"]
 
 
 @torch.no_grad()
@@ -71,13 +71,30 @@ def structured_report(model: nn.Module) -> list[ChannelGroup]:
     return channel_graph(model).groups
 
 
-def structured_prune_(model: nn.Module, amount: float, min_channels: int = 1) -> dict[str, tuple[int, int]]:
+def kept_channels(before: int, amount: float, min_channels: int = 1, multiple_of: int = 1) -> int:
+    """How many of ``before`` channels stay: ``before - round(amount * before)``, then rounded to the nearest
+    multiple of ``multiple_of`` (halves up), at least ``max(min_channels, multiple_of)`` and at most ``before``.
+
+    Rounding to a multiple of the CPU's vector width (16 fp32 lanes with AVX-512, 8 with AVX2) matters more
+    for speed than a few channels: oneDNN's convolutions work on channel blocks of that size, and a last,
+    partial block costs nearly a whole one.
+    """
+    n = before - round(amount * before)
+    if multiple_of > 1:
+        n = max(multiple_of, multiple_of * int(n / multiple_of + 0.5))
+    return min(before, max(min_channels, n))
+
+
+def structured_prune_(
+    model: nn.Module, amount: float, min_channels: int = 1, multiple_of: int = 1
+) -> dict[str, tuple[int, int]]:
     """Remove ``round(amount * C)`` of the C channels of every prunable group, lowest scores first.
 
     Args:
         model: changed in place: the affected layers are replaced by smaller ones of the same type.
         amount: fraction of channels to remove, in ``[0, 1)``.
         min_channels: no group is pruned below this many channels.
+        multiple_of: keep a multiple of this many channels in every group (nearest; see :func:`kept_channels`).
 
     Returns:
         ``{label: (channels_before, channels_after)}`` for each pruned group, labelled by its first
@@ -89,6 +106,8 @@ def structured_prune_(model: nn.Module, amount: float, min_channels: int = 1) ->
     """
     if not 0.0 <= amount < 1.0:
         raise ConfigError(f"sparsity {amount}: the fraction of channels to remove must be in [0, 1)")
+    if not isinstance(multiple_of, int) or multiple_of < 1:
+        raise ConfigError(f"multiple_of={multiple_of!r}: give a positive whole number of channels")
     graph = channel_graph(model)
     if not graph.groups:
         raise ConfigError("structured pruning found no Conv1d/Conv2d/Conv3d layer (groups=1) in the model")
@@ -105,7 +124,7 @@ def structured_prune_(model: nn.Module, amount: float, min_channels: int = 1) ->
         if not group.prunable:
             continue
         before = sizes[group.index]
-        n_keep = min(before, max(min_channels, before - round(amount * before)))
+        n_keep = kept_channels(before, amount, min_channels, multiple_of)
         changes[group.label] = (before, n_keep)
         if n_keep == before:
             continue
