@@ -174,7 +174,9 @@ def test_compress_gradual_distilled_mixed_precision_under_a_budget(tmp_path, dat
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("compress", "X", "--sparsity", "0.5", "--bits", "4", "--budget", "1000"), "--codebook"),
+        (("compress", "X", "--sparsity", "0.5", "--bits", "4", "--act-budget", "1000", "--codebook"), "--codebook"),
+        (("compress", "X", "--sparsity", "0.5", "--bits", "4", "--budget", "1000", "--keep-first-last-8bit"),
+         "--keep-first-last-8bit"),
         (("prune", "X", "--sparsity", "0.5", "--method", "structured", "--distill", "0.5", "--finetune-epochs", "0"),
          "--distill"),
         (("prune", "X", "--sparsity", "0.5", "--multiple-of", "8"), "--multiple-of"),

@@ -39,6 +39,14 @@ TINY = {
                 "budget_bytes": 10000,
             },
             {"sparsity": 0.85, "bits": 4, "act_bits": 8, "codebook": True, "label": "more", "source": "continued"},
+            {
+                "sparsity": 0.7,
+                "bits": 3,
+                "act_bits": 8,
+                "label": "mixed uniform",
+                "source": "gradual",
+                "budget_bytes": 6000,
+            },
         ],
         "qat_epochs": 1,
     },
@@ -101,6 +109,9 @@ def test_study_produces_every_artifact_and_resumes(tiny_config, tmp_path, data_d
         assert after["nonzeros"] <= before["nonzeros"]
     assert results["combined"][3]["sparsity"] > 0.85 - 1e-3 and results["combined"][3]["source"] == "continued"
     assert set(results["combined"][2]["mixed_precision"]["bits"].values()) <= {2, 3}
+    uniform = results["combined"][4]  # mixed precision of uniform codes: planned, and the file within budget
+    assert set(uniform["mixed_precision"]["bits"].values()) <= {2, 3} and uniform["file_bytes"] <= 6000
+    assert "mixed uniform" in (out / "report.md").read_text()
     for point in results["combined"]:
         assert (out / "compressed" / point["file"]).is_file()
         assert point["file_bytes"] == (out / "compressed" / point["file"]).stat().st_size

@@ -22,7 +22,9 @@ from torchshrink.recipes import (
     gradual_prune,
     iterative_prune,
     oneshot_prune,
+    plan_activation_widths,
     plan_mixed_precision,
+    plan_uniform_mixed_precision,
     ptq,
     qat,
 )
@@ -66,6 +68,8 @@ __all__ = [
     "qat",
     "codebook",
     "plan_mixed_precision",
+    "plan_uniform_mixed_precision",
+    "plan_activation_widths",
     "snap_floats_",
     # compressed files
     "CompressConfig",

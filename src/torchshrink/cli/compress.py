@@ -51,7 +51,13 @@ def add_compress_commands(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument(
         "--budget", type=positive_int, metavar="BYTES",
-        help="with --codebook: choose a width per layer (2..--bits) so the file fits BYTES (mixed precision)",
+        help="choose a weight width per layer (2..--bits; uniform codes, or codebooks with --codebook) so the file "
+             "fits BYTES (mixed precision)",
+    )  # fmt: skip
+    p.add_argument(
+        "--act-budget", type=positive_int, metavar="BYTES",
+        help="uniform only: choose an input width per layer (2..--act-bits) so one image's quantized layer inputs "
+             "take at most BYTES (the first layer's stays 8-bit)",
     )  # fmt: skip
     p.add_argument(
         "--qat-epochs",
@@ -98,8 +104,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from torchshrink.recipes.train import evaluate, pick_device
 
     device = pick_device(args.device)
-    if args.budget is not None and not args.codebook:
-        raise TorchshrinkError("--budget chooses codebook widths per layer: add --codebook")
+    if args.act_budget is not None and args.codebook:
+        raise TorchshrinkError("--act-budget chooses the input widths of uniform codes: drop --codebook")
+    if args.budget is not None and args.keep_first_last_8bit and not args.codebook:
+        raise TorchshrinkError("--budget chooses every layer's weight width: drop --keep-first-last-8bit")
     ckpt = load_checkpoint(args.checkpoint)
     gradual = args.prune_method == "gradual"
     prune_epochs = args.prune_epochs or (GradualConfig.epochs if gradual else 1)
@@ -108,6 +116,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         steps=args.steps, prune_epochs=prune_epochs, prune_lr=GradualConfig.lr if gradual else CompressConfig.prune_lr,
         qat_epochs=args.qat_epochs, codebook=args.codebook, keep_first_last_8bit=args.keep_first_last_8bit,
         distill=args.distill, temperature=args.temperature, budget_bytes=args.budget,
+        act_budget_bytes=args.act_budget,
     )  # fmt: skip
     out = Path(args.out) if args.out else Path(f"{ckpt.path}-s{args.sparsity:g}-w{args.bits}.tshrink")
     out = check_output(out, COMPRESSED, force=args.force, inputs=[ckpt.path])

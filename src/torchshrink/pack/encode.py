@@ -33,7 +33,7 @@ from torchshrink.quant.fake_quant import FakeQuant
 from torchshrink.quant.fold import fold_batchnorm
 from torchshrink.quant.sharing import codebook_layers
 
-__all__ = ["save_compressed", "encode_compressed", "encoded_weight_bytes"]
+__all__ = ["save_compressed", "encode_compressed", "encoded_weight_bytes", "encoded_uniform_bytes"]
 
 
 def _codes_record(name: str, codes: np.ndarray, shape: list[int], bits: int, offset: int,
@@ -60,6 +60,30 @@ def _codes_record(name: str, codes: np.ndarray, shape: list[int], bits: int, off
 def encoded_weight_bytes(codes: np.ndarray, bits: int, entropy: bool = True) -> int:
     """Bytes the file spends on these weight codes (0 = zero weight): codes and positions, as written."""
     record = _codes_record("w", codes, list(codes.shape), bits, 0, {}, {}, entropy)
+    return sum(len(b) for b in record.sections.values())
+
+
+def _uniform_record(
+    name: str, codes: np.ndarray, scale: np.ndarray, bits: int, qmin: int, entropy: bool
+) -> TensorRecord:
+    """Uniform codes (signed, stored as ``codes - qmin``) and their scales, float16 where that is exact."""
+    dtype = _float_dtype(scale)
+    return _codes_record(
+        name, codes, list(codes.shape), bits, qmin,
+        {"encoding": "uniform", "scale_count": scale.size, "scale_dtype": dtype},
+        {"scales": float_bytes(scale, dtype)}, entropy,
+    )  # fmt: skip
+
+
+def encoded_uniform_bytes(codes: np.ndarray, scale: np.ndarray, bits: int, qmin: int, entropy: bool = True) -> int:
+    """Bytes the file spends on a uniform weight: codes, positions and scales, as written.
+
+    Example::
+
+        codes = quantize(w, scale, zero, -7, 7, axis=0)  # 4-bit symmetric codes
+        encoded_uniform_bytes(codes.numpy(), scale.numpy(), 4, -7)
+    """
+    record = _uniform_record("w", codes, np.asarray(scale, dtype=np.float32), bits, qmin, entropy)
     return sum(len(b) for b in record.sections.values())
 
 
@@ -253,12 +277,7 @@ def encode_compressed(
         leaf = key.rpartition(".")[2]
         if leaf == "weight" and id(module) in exported:
             q = exported[id(module)]
-            dtype = _float_dtype(q.scale.numpy())
-            rec = _codes_record(
-                key, q.codes.numpy(), list(q.codes.shape), q.spec.bits, q.spec.qmin,
-                {"encoding": "uniform", "scale_count": q.scale.numel(), "scale_dtype": dtype},
-                {"scales": float_bytes(q.scale.numpy(), dtype)}, entropy,
-            )  # fmt: skip
+            rec = _uniform_record(key, q.codes.numpy(), q.scale.numpy(), q.spec.bits, q.spec.qmin, entropy)
         elif leaf == "weight" and id(module) in shared:
             values, indices = shared[id(module)].export()
             # stored index 0 is a pruned zero; centroid k is stored as k + 1

@@ -13,6 +13,8 @@ Inputs of quantized layers (activations): calibrated on training images. An inpu
 * the logits (the last layer's output) stay in float: only their argmax is used.
 
 With ``keep_first_last_8bit`` the first and last layers' weights and the last layer's input are 8-bit too.
+Per-layer widths (``layer_bits``, ``layer_act_bits``: mixed precision) override all of the above for the
+layers they name, the first layer's input included.
 
 Layers are chosen by :mod:`torchshrink.layers` (any convolution or linear layer by default). The ``out_proj``
 of an ``nn.MultiheadAttention`` gets a weight quantizer but no input quantizer: attention calls it through
@@ -22,7 +24,7 @@ calls the module, so no input hook would run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -40,6 +42,7 @@ from torchshrink.quant.primitives import check_bits
 __all__ = [
     "QuantConfig",
     "quantize_",
+    "calibrated_weight_quantizer",
     "attach_input_quant_",
     "input_skip_reason",
     "quantized_layers",
@@ -55,7 +58,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """What to quantize and how."""
+    """What to quantize and how.
+
+    Example::
+
+        QuantConfig(bits=4, act_bits=8)  # W4A8 everywhere
+        QuantConfig(bits=4, layer_bits={"features.conv1": 8, "classifier.fc2": 2})  # mixed precision
+    """
 
     bits: int = 8  # weight code width, 2..8
     act_bits: int | None = None  # input code width of each quantized layer (None: same as bits)
@@ -64,6 +73,8 @@ class QuantConfig:
     act_calibration: str = "percentile"  # "minmax", "percentile" (99.99th) or "mse"
     keep_first_last_8bit: bool = False  # first/last layers at 8 bits (report both variants)
     quantize_inputs: bool = True  # fake-quantize activations (False: weight-only)
+    layer_bits: Mapping[str, int] | None = None  # weight width per layer name, overriding bits (mixed precision)
+    layer_act_bits: Mapping[str, int] | None = None  # input width per layer name, overriding act_bits
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -73,10 +84,51 @@ class QuantConfig:
             raise ConfigError(f"weight calibration {self.weight_calibration!r}: choose 'minmax' or 'mse'")
         if self.act_calibration not in CALIBRATIONS:
             raise ConfigError(f"calibration {self.act_calibration!r}: choose one of {', '.join(CALIBRATIONS)}")
+        for field in ("layer_bits", "layer_act_bits"):
+            widths = getattr(self, field)
+            if widths is None:
+                continue
+            if not isinstance(widths, Mapping):
+                raise ConfigError(f"{field}: expected a mapping of layer name -> bits, got {type(widths).__name__}")
+            for name, bits in widths.items():
+                if not isinstance(name, str):
+                    raise ConfigError(f"{field}: layer name {name!r} is not a string")
+                try:
+                    check_bits(bits)
+                except ConfigError as exc:
+                    raise ConfigError(f"{field}[{name!r}]: {exc}") from None
+            # a copy: a caller's later change to its dict must not change a frozen config
+            object.__setattr__(self, field, dict(widths))
+        if self.layer_act_bits and not self.quantize_inputs:
+            raise ConfigError("layer_act_bits sets input widths, but quantize_inputs=False quantizes no input: "
+                              "drop one of them")  # fmt: skip
+
+    def __hash__(self) -> int:
+        # the per-layer dicts are unhashable: hash them as sorted pairs (equal dicts give equal pairs)
+        def pairs(widths: Mapping[str, int] | None) -> tuple[tuple[str, int], ...] | None:
+            return None if widths is None else tuple(sorted(widths.items()))
+
+        plain = tuple(getattr(self, f) for f in self.__dataclass_fields__ if f not in ("layer_bits", "layer_act_bits"))
+        return hash((plain, pairs(self.layer_bits), pairs(self.layer_act_bits)))
 
     @property
     def activation_bits(self) -> int:
         return self.act_bits if self.act_bits is not None else self.bits
+
+    def weight_bits_of(self, name: str, edge: bool = False) -> int:
+        """Weight width of layer ``name``; ``edge``: it is the first or the last quantized layer."""
+        if self.layer_bits and name in self.layer_bits:
+            return self.layer_bits[name]
+        return 8 if (self.keep_first_last_8bit and edge) else self.bits
+
+    def input_bits_of(self, name: str, first: bool = False, last: bool = False) -> int:
+        """Input width of layer ``name``; ``first``/``last``: its place among the quantized layers.
+
+        The first layer's input is the model's input (8-bit data by nature): 8 bits unless named explicitly.
+        """
+        if self.layer_act_bits and name in self.layer_act_bits:
+            return self.layer_act_bits[name]
+        return 8 if first or (self.keep_first_last_8bit and last) else self.activation_bits
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,31 +188,49 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = defau
     """
     layers = prunable_layers(model, filter_fn)
     names = list(layers)
+    for field in ("layer_bits", "layer_act_bits"):
+        unknown = [n for n in getattr(config, field) or {} if n not in layers]
+        if unknown:
+            raise ConfigError(f"QuantConfig.{field} names {', '.join(map(repr, unknown))}: not a layer quantized "
+                              f"here; the layers are {', '.join(names)}")  # fmt: skip
     unquantized_inputs = {}
     for i, (name, layer) in enumerate(layers.items()):
         if weight_quantizer(layer) is not None:
             raise ConfigError(f"{name}: already quantized")
-        edge = name in (names[0], names[-1])
-        bits = 8 if (config.keep_first_last_8bit and edge) else config.bits
-        spec = QuantSpec(bits=bits, signed=True, symmetric=True, per_channel=config.per_channel)
-        fq = FakeQuant(spec, channels=layer.weight.shape[0])
-        fq.calibrate_from(layer.weight, config.weight_calibration)  # the weight as masked, if pruned
-        fq.enabled = True
+        first, last = i == 0, i == len(names) - 1
+        bits = config.weight_bits_of(name, edge=first or last)
+        fq = calibrated_weight_quantizer(layer.weight, bits, config.per_channel, config.weight_calibration)
         parametrize.register_parametrization(layer, "weight", fq)
         if not config.quantize_inputs:
             continue
         if (reason := input_skip_reason(model, name)) is not None:
             unquantized_inputs[name] = reason
             continue
-        first, last = i == 0, i == len(names) - 1
-        act = 8 if first or (config.keep_first_last_8bit and last) else config.activation_bits
-        attach_input_quant_(layer, act)
+        attach_input_quant_(layer, config.input_bits_of(name, first, last))
     warn_skipped(model, filter_fn, "quantize_", extra=unquantized_inputs)
     if dist.is_distributed():  # calibrated from each rank's own copy of the weights: they must agree
         dist.check_same_on_all_ranks(
             {n: weight_quantizer(m).scale for n, m in layers.items()}, "weight quantizer scales"
         )
     return model
+
+
+@torch.no_grad()
+def calibrated_weight_quantizer(weight: torch.Tensor, bits: int, per_channel: bool = True,
+                                method: str = "mse") -> FakeQuant:  # fmt: skip
+    """An enabled, signed, symmetric weight quantizer calibrated on ``weight`` (as masked, if pruned): what
+    :func:`quantize_` attaches. Symmetric, so a pruned zero stays an exact zero code.
+
+    Example::
+
+        fq = calibrated_weight_quantizer(conv.weight, 4)
+        w4 = fq(conv.weight)  # at most 15 levels per output channel
+    """
+    spec = QuantSpec(bits=bits, signed=True, symmetric=True, per_channel=per_channel)
+    fq = FakeQuant(spec, channels=weight.shape[0])
+    fq.calibrate_from(weight, method)
+    fq.enabled = True
+    return fq
 
 
 def _inputs(batch: Any) -> torch.Tensor:

@@ -4,6 +4,7 @@ the pure layers below (``pruning``, ``quant``, ``pack``), which never import fro
 
 from torchshrink.recipes.compress import CompressConfig, compress_model, write_and_verify
 from torchshrink.recipes.gradual import GradualConfig, GradualPruner, gradual_prune
+from torchshrink.recipes.mixed_activations import activation_width_table, plan_activation_widths
 from torchshrink.recipes.mixed_precision import (
     LayerWidth,
     MixedPlan,
@@ -12,6 +13,7 @@ from torchshrink.recipes.mixed_precision import (
     fit_plan_to_file,
     plan_mixed_precision,
 )
+from torchshrink.recipes.mixed_uniform import plan_uniform_mixed_precision, uniform_width_table
 from torchshrink.recipes.prune import PruneStep, achieved_sparsity, iterative_prune, oneshot_prune, rewind_
 from torchshrink.recipes.quantize import Calibration, codebook, prepare_quantized, ptq, qat
 from torchshrink.recipes.sensitivity import layer_sensitivity, sensitivity_table, sparsities_for_tolerance
@@ -62,6 +64,10 @@ __all__ = [
     "allocate_bits",
     "plan_mixed_precision",
     "fit_plan_to_file",
+    "uniform_width_table",
+    "plan_uniform_mixed_precision",
+    "activation_width_table",
+    "plan_activation_widths",
     # the pipeline
     "CompressConfig",
     "compress_model",

@@ -6,6 +6,10 @@ The allocation is exact for that additive model: a multiple-choice knapsack (one
 small byte units rounded up, so the choice always fits) that minimises the summed loss increase. Validation
 loss rather than accuracy, because at these sizes a layer's accuracy changes by a handful of images: noise
 that a greedy narrowing follows into bad choices.
+
+The allocation (:func:`allocate_bits`, :func:`plan_from_table`) and the fitting to the real file
+(:func:`fit_plan_to_file`) take any such table: uniform weight widths (:mod:`.mixed_uniform`) and activation
+widths (:mod:`.mixed_activations`) reuse them.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ __all__ = [
     "MixedPlan",
     "codebook_width_table",
     "allocate_bits",
+    "folded_copy",
+    "fixed_bytes_estimate",
+    "measured_fixed_bytes",
+    "plan_from_table",
     "plan_mixed_precision",
     "fit_plan_to_file",
 ]
@@ -72,7 +80,9 @@ class MixedPlan:
         return asdict(self)
 
 
-def _folded(model: nn.Module) -> nn.Module:
+def folded_copy(model: nn.Module) -> nn.Module:
+    """A plain float copy of ``model`` on the CPU with masks made permanent and BatchNorm folded: the model
+    whose layers the width tables quantize one at a time."""
     q = permanent_copy(model).cpu().eval().to(memory_format=torch.contiguous_format)
     return fold_batchnorm(q)
 
@@ -90,7 +100,7 @@ def codebook_width_table(
     clustered, and the layer's encoded bytes (codes, positions, float16 codebook). Returns the float model's
     metric and loss, and the table."""
     task = as_task(task)
-    return _width_table(_folded(model), task, candidates, val_images, progress, filter_fn)
+    return _width_table(folded_copy(model), task, candidates, val_images, progress, filter_fn)
 
 
 def _width_table(
@@ -181,20 +191,54 @@ def plan_mixed_precision(
 ) -> MixedPlan:
     """Measure the width table of a (pruned) model and allocate widths so the file fits ``budget_bytes``."""
     task = as_task(task)
-    folded = _folded(model)
+    folded = folded_copy(model)
     float_acc, float_loss, table = _width_table(folded, task, candidates, val_images, progress, filter_fn)
+    return plan_from_table(table, budget_bytes, fixed_bytes_estimate(folded, filter_fn), float_acc, float_loss, log)
+
+
+def fixed_bytes_estimate(folded: nn.Module, filter_fn: FilterFn) -> int:
+    """What no width changes, before the real file is measured: float16 biases and a typical header."""
     layers = prunable_layers(folded, filter_fn)
     biases = sum(m.bias.numel() for m in layers.values() if getattr(m, "bias", None) is not None)
-    fixed = 2 * biases + HEADER_ESTIMATE
+    return 2 * biases + HEADER_ESTIMATE
+
+
+def measured_fixed_bytes(table: list[LayerWidth], file_bytes: Callable[[dict[str, int]], int]) -> int:
+    """What no width changes, measured: the real file of the narrowest widths less its weights' table bytes.
+
+    On a small model the typical header of :func:`fixed_bytes_estimate` is most of the file; a budget the
+    real file meets would be refused on it."""
+    narrowest: dict[str, LayerWidth] = {}
+    for row in table:
+        if row.layer not in narrowest or row.bytes < narrowest[row.layer].bytes:
+            narrowest[row.layer] = row
+    return file_bytes({n: r.bits for n, r in narrowest.items()}) - sum(r.bytes for r in narrowest.values())
+
+
+def plan_from_table(
+    table: list[LayerWidth],
+    budget_bytes: int,
+    fixed: int,
+    float_val_accuracy: float,
+    float_val_loss: float,
+    log: Callable[[str], None] | None = print,
+    what: str = "mixed precision",
+) -> MixedPlan:
+    """Allocate widths from a measured table (:func:`allocate_bits`) and sum the estimates of the choice.
+
+    Args:
+        fixed: the bytes of the budget no width changes (header, biases).
+        what: how the log line names the plan.
+    """
     bits = allocate_bits(table, budget_bytes, fixed)
     rows = {(r.layer, r.bits): r for r in table}
     estimated = fixed + sum(rows[(n, b)].bytes for n, b in bits.items())
-    drop = sum(max(float_acc - rows[(n, b)].val_accuracy, 0.0) for n, b in bits.items())
-    loss_up = sum(rows[(n, b)].val_loss - float_loss for n, b in bits.items())
+    drop = sum(max(float_val_accuracy - rows[(n, b)].val_accuracy, 0.0) for n, b in bits.items())
+    loss_up = sum(rows[(n, b)].val_loss - float_val_loss for n, b in bits.items())
     if log is not None:
-        log(f"mixed precision under {budget_bytes:,} bytes: " + ", ".join(f"{n} {b}b" for n, b in bits.items())
+        log(f"{what} under {budget_bytes:,} bytes: " + ", ".join(f"{n} {b}b" for n, b in bits.items())
             + f" (estimated {estimated:,} bytes)")  # fmt: skip
-    return MixedPlan(bits, budget_bytes, estimated, fixed, float_acc, drop, table, float_loss, loss_up)
+    return MixedPlan(bits, budget_bytes, estimated, fixed, float_val_accuracy, drop, table, float_val_loss, loss_up)
 
 
 def fit_plan_to_file(
