@@ -359,6 +359,9 @@ def test_the_same_seed_gives_the_same_weights(tmp_path, data_dir):
         ("train", "--seed", "-1"),
         ("train", "--lr", "inf"),
         ("train", "--lr", "nan"),
+        ("train", "--ema", "1"),
+        ("train", "--erase", "1.5"),
+        ("train", "--crop-padding", "-1"),
         ("prune", "X", "--sparsity", "0.5", "--temperature", "inf"),
         ("prune", "X", "--sparsity", "nan"),
         ("compress", "X", "--sparsity", "0.5", "--bits", "4", "--temperature", "nan"),
@@ -506,3 +509,14 @@ def test_a_model_that_does_not_fit_the_data_is_a_one_line_error(tmp_path, data_d
     stderr = _one_line_error(run(*args, "--data-dir", data_dir, *extra))
     assert str(ckpt) in stderr and found in stderr and "Fashion-MNIST" in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_records_its_augmentation_and_weight_average(tmp_path, data_dir):
+    import json
+
+    out = tmp_path / "m"
+    r = run("train", "--model", "cnn_tiny", "--epochs", "1", "--train-subset", "300", "--ema", "0.5", "--erase",
+            "0.25", "--crop-padding", "2", "--data-dir", data_dir, "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    config = json.loads((out / "model.json").read_text())["train_config"]
+    assert (config["ema"], config["erase"], config["crop_padding"]) == (0.5, 0.25, 2)

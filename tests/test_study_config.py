@@ -47,6 +47,8 @@ def _load(tmp_path: Path, data: bytes | str) -> StudyConfig:
         ("seed: 1" + "0" * 5000, "line 1: an integer of 5001 digits is out of range"),
         ("seed: 2001-13-01", "not valid YAML \\(month must be in 1..12\\)"),
         ("baseline: {lr: .inf}", "baseline.lr: expected a finite number, got inf"),
+        ("baseline: {ema: 1.0}", "baseline.ema: 1.0 must be in \\[0, 1\\)"),
+        ("baseline: {erase: 1.5}", "baseline.erase: 1.5 must be in \\[0, 1\\]"),
         ("gradual: {temperature: .nan}", "gradual.temperature: expected a finite number, got nan"),
         ("quantization: {lr: -.inf}", "quantization.lr: expected a finite number, got -inf"),
         ("seed: 10000000000000000000", "seed: 10000000000000000000 is out of range"),

@@ -17,6 +17,7 @@ __all__ = [
     "finite_float",
     "positive_float",
     "fraction",
+    "ema_decay",
     "sparsity",
     "sparsity_list",
     "bits",
@@ -92,6 +93,13 @@ def sparsity(text: str) -> float:
 
 def sparsity_list(text: str) -> list[float]:
     return [sparsity(part) for part in text.split(",") if part.strip()]
+
+
+def ema_decay(text: str) -> float:
+    value = finite_float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1), e.g. 0.998 (0: no average)")
+    return value
 
 
 def bits(text: str) -> int:

@@ -7,7 +7,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchshrink.cli.args import add_data_dir, add_device, positive_float, positive_int, seed_int
+from torchshrink.cli.args import (
+    add_data_dir,
+    add_device,
+    ema_decay,
+    fraction,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from torchshrink.cli.outputs import CHECKPOINT, add_force, check_output
 from torchshrink.errors import ConfigError, TorchshrinkError
 
@@ -19,9 +28,11 @@ __all__ = ["add_train_commands"]
 
 def add_train_commands(sub: Any) -> None:
     from torchshrink.recipes.train import TrainConfig
+    from torchshrink.study.config import BaselineSection
 
     defaults = TrainConfig()
-    default_batch = 256
+    baseline = BaselineSection()  # the study's baseline recipe: what `train` runs by default
+    default_batch = baseline.batch_size
 
     p = sub.add_parser(
         "train", help="train the baseline CNN on Fashion-MNIST", description="Train a model and save a checkpoint."
@@ -53,6 +64,19 @@ def add_train_commands(sub: Any) -> None:
         default=defaults.schedule,
         help="learning-rate schedule (default: %(default)s)",
     )
+    p.add_argument(
+        "--ema", type=ema_decay, default=baseline.ema, metavar="DECAY",
+        help="keep a moving average of the weights with this decay per step, in [0, 1) (0: the last weights; "
+        "default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--erase", type=fraction, default=baseline.erase, metavar="SHARE",
+        help="share of training images with a random rectangle erased, in [0, 1] (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--crop-padding", type=non_negative_int, default=baseline.crop_padding, metavar="PIXELS",
+        help="random crop after padding by this many pixels (0: horizontal flip only; default: %(default)s)",
+    )  # fmt: skip
     p.add_argument(
         "--train-subset",
         type=positive_int,
@@ -189,7 +213,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     out = check_output(args.out, CHECKPOINT, force=args.force)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, optimizer=args.optimizer,
-                      schedule=args.schedule)  # fmt: skip
+                      schedule=args.schedule, ema=args.ema)  # fmt: skip
     device = pick_device(args.device)
     data = load_fashion_mnist(args.data_dir)
     if args.train_subset:
@@ -209,7 +233,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if epoch == 1:  # weights after one epoch: the rewind point for lottery-ticket pruning
             rewind.update({k: v.detach().clone() for k, v in trained.state_dict().items()})  # type: ignore[attr-defined]
 
-    history = fit(model, data.task(batch_size=args.batch_size), cfg, device, after_epoch=keep_rewind_point)
+    task = data.task(batch_size=args.batch_size, crop_padding=args.crop_padding, erase=args.erase)
+    history = fit(model, task, cfg, device, after_epoch=keep_rewind_point)
     wall = time.perf_counter() - start
     test_acc, test_loss = evaluate(model, data.test_batches(), device=device)
     if not main_writes():
@@ -217,7 +242,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     with atomic_folder(out) as folder:  # a kill leaves the previous checkpoint, never a mix of two
         save_checkpoint(
             folder, model, args.model, model.arguments() if hasattr(model, "arguments") else {}, rewind=rewind,
-            train_config={**cfg.to_dict(), "batch_size": args.batch_size},
+            train_config={**cfg.to_dict(), "batch_size": args.batch_size, "crop_padding": args.crop_padding,
+                          "erase": args.erase},
             metrics={
                 "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": history[-1].val_accuracy,
                 "train_seconds": wall, "images_per_second": sum(h.images_per_second for h in history) / len(history),

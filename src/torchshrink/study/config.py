@@ -46,6 +46,8 @@ class BaselineSection:
     lr: float = TrainConfig.lr  # peak learning rate (one-cycle, SGD Nesterov)
     batch_size: int = 256  # images per step
     crop_padding: int = 0  # random-crop padding in pixels (0: horizontal flip only)
+    ema: float = 0.0  # decay of the moving average of the weights kept at the end (0: the last weights)
+    erase: float = 0.0  # share of training images with a random rectangle erased (0: none)
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,8 @@ def _check(cfg: StudyConfig) -> None:
                          ("structured.finetune_epochs", cfg.structured.finetune_epochs),
                          ("baseline.crop_padding", cfg.baseline.crop_padding)]:  # fmt: skip
         need(value >= 0, where, value, "must not be negative")
+    need(0 <= cfg.baseline.ema < 1, "baseline.ema", cfg.baseline.ema, "must be in [0, 1) (0: no average)")
+    need(0 <= cfg.baseline.erase <= 1, "baseline.erase", cfg.baseline.erase, "must be in [0, 1]")
     for where, value in [("baseline.lr", cfg.baseline.lr), ("iterative.lr", cfg.iterative.lr),
                          ("quantization.lr", cfg.quantization.lr), ("combined.lr", cfg.combined.lr),
                          ("structured.lr", cfg.structured.lr), ("gradual.lr", cfg.gradual.lr),

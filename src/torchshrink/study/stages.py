@@ -64,18 +64,19 @@ def baseline(ctx: Context, folder: Path) -> dict[str, Any]:
     b = ctx.cfg.baseline
     torch.manual_seed(ctx.cfg.seed)
     model = build_model(b.model)
-    train = TrainConfig(epochs=b.epochs, lr=b.lr, seed=ctx.cfg.seed)
-    task = ctx.data.task(batch_size=b.batch_size, crop_padding=b.crop_padding)
+    train = TrainConfig(epochs=b.epochs, lr=b.lr, seed=ctx.cfg.seed, ema=b.ema)
+    task = ctx.data.task(batch_size=b.batch_size, crop_padding=b.crop_padding, erase=b.erase)
     start = time.perf_counter()
     history = fit(model, task, train, ctx.device, log=ctx.log)
     seconds = time.perf_counter() - start
     acc = ctx.test(model)
     save_checkpoint(folder / "model", model, b.model, _model_args(model), metrics={"test_accuracy": acc})
     return {
-        "test_accuracy": acc, "train_seconds": seconds, "parameters": parameter_count(model),
+        "test_accuracy": acc, "val_accuracy": history[-1].val_accuracy, "train_seconds": seconds, "parameters": parameter_count(model),
         "fp32_bytes": fp32_bytes(model), "layers": [r.__dict__ for r in layer_table(model)],
         "history": [h.__dict__ for h in history],
-        "train_config": {**train.to_dict(), "batch_size": b.batch_size, "crop_padding": b.crop_padding},
+        "train_config": {**train.to_dict(), "batch_size": b.batch_size, "crop_padding": b.crop_padding,
+                         "erase": b.erase},
     }  # fmt: skip
 
 
