@@ -78,7 +78,8 @@ def main() -> None:
         rows.append({"label": r.label, "epochs": r.epochs, "ema": r.ema, "erase": r.erase,
                      "crop_padding": r.crop_padding, "val_accuracy": val_acc, "val_loss": val_loss,
                      "test_accuracy": test_acc, "test_loss": test_loss, "train_seconds": seconds,
-                     "parameters": parameter_count(model), "val_history": [h.val_accuracy for h in history]})  # fmt: skip
+                     "parameters": parameter_count(model), "val_history": [h.val_accuracy for h in history],
+                     "epoch_seconds": [h.seconds for h in history]})  # fmt: skip
         print(f"{r.label:<40} val {100 * val_acc:6.2f}%  test {100 * test_acc:6.2f}%  {seconds:5.0f}s", flush=True)
         write_result(NAME, {"limit_seconds": LIMIT_SECONDS, "rows": rows})
     within = [row for row in rows if row["train_seconds"] <= LIMIT_SECONDS]

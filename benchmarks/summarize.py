@@ -124,6 +124,19 @@ def main() -> None:
     threads()
     low_bit()
     structured_recipes()
+    baseline_recipes()
+
+
+def baseline_recipes() -> None:
+    """Baseline training recipes (benchmarks/baseline_recipes.py)."""
+    d = load("baseline_recipes")
+    if not d:
+        return
+    rows = [[r["label"], pct(r["val_accuracy"]), f"{r['val_loss']:.4f}", pct(r["test_accuracy"]),
+             f"{r['train_seconds']:.0f}"] for r in d["rows"]]  # fmt: skip
+    print(f"\nBaseline recipes ({host(d)}; same seed; chosen on validation within {d['limit_seconds']} s: "
+          f"{d.get('chosen')}):\n")  # fmt: skip
+    print(table(["recipe", "val (%)", "val loss", "test (%)", "train seconds"], rows))
 
 
 def inference() -> None:
