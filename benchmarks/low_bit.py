@@ -30,6 +30,7 @@ class Recipe:
     distill: float = 0.0
     edges_8bit: bool = False
     lr: float = 0.01
+    ema: float = 0.0  # moving average of the QAT weights (and step sizes)
 
 
 RECIPES = [
@@ -39,6 +40,7 @@ RECIPES = [
     Recipe("6 epochs, distilled, first/last 8-bit", 6, distill=0.7, edges_8bit=True),
     Recipe("15 epochs, distilled, first/last 8-bit", 15, distill=0.7, edges_8bit=True),
     Recipe("25 epochs, distilled, first/last 8-bit", 25, distill=0.7, edges_8bit=True),
+    Recipe("15 epochs, distilled, first/last 8-bit, EMA", 15, distill=0.7, edges_8bit=True, ema=0.998),
 ]
 
 
@@ -47,8 +49,10 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--bits", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="keep the recipes already in the results, run the rest")
+    parser.add_argument("--name", help="results file name (default: low_bit_wBaB; one per baseline)")
+    parser.add_argument("--only", help="run only the recipes whose label starts with this")
     args = parser.parse_args()
-    name = f"low_bit_w{args.bits}a{args.bits}"
+    name = args.name or f"low_bit_w{args.bits}a{args.bits}"
     done = {}
     if args.resume and (RESULTS / f"{name}.json").is_file():
         done = {row["label"]: row for row in json.loads((RESULTS / f"{name}.json").read_text())["rows"]}
@@ -62,24 +66,32 @@ def main() -> None:
         if r.label in done:
             rows.append(done[r.label])
             continue
+        if args.only and not r.label.startswith(args.only):
+            continue
         torch.manual_seed(0)
         start = time.perf_counter()
         config = QuantConfig(bits=args.bits, keep_first_last_8bit=r.edges_8bit)
-        train = TrainConfig(epochs=r.epochs, lr=r.lr, distill=r.distill, seed=0)
+        train = TrainConfig(epochs=r.epochs, lr=r.lr, distill=r.distill, seed=0, ema=r.ema)
         q, history = qat(base, data.task(), config, train, teacher=base if r.distill else None, log=None)
         seconds = time.perf_counter() - start
         val, test = evaluate(q, data.val_batches())[0], evaluate(q, data.test_batches())[0]
         weight_bytes = sum(row.total_bytes for row in storage_report(q))
         rows.append({"label": r.label, "epochs": r.epochs, "distill": r.distill, "first_last_8bit": r.edges_8bit,
-                     "lr": r.lr, "val_accuracy": val, "test_accuracy": test, "delta_points": 100 * (test - base_test),
+                     "ema": r.ema, "lr": r.lr, "val_accuracy": val, "test_accuracy": test, "delta_points": 100 * (test - base_test),
                      "weight_bytes": weight_bytes, "seconds": seconds,
                      "val_history": [h.val_accuracy for h in history]})  # fmt: skip
         print(f"{r.label:<42} val {100 * val:6.2f}%  test {100 * test:6.2f}% ({100 * (test - base_test):+.2f})  "
               f"{weight_bytes:,.0f} B  {seconds:.0f}s", flush=True)  # fmt: skip
-    best = max(rows, key=lambda row: row["val_accuracy"])
+        _write(name, base_test, base_val, rows)  # after each recipe: an interrupted run keeps what it measured
+    best = _write(name, base_test, base_val, rows)
     print(f"chosen on validation: {best['label']} -> test {100 * best['test_accuracy']:.2f}%")
+
+
+def _write(name: str, base_test: float, base_val: float, rows: list[dict]) -> dict:
+    best = max(rows, key=lambda row: row["val_accuracy"])
     write_result(name, {"baseline_test_accuracy": base_test,
                  "baseline_val_accuracy": base_val, "rows": rows, "chosen": best["label"]})  # fmt: skip
+    return best
 
 
 if __name__ == "__main__":

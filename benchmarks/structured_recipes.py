@@ -34,6 +34,9 @@ class Recipe:
     epochs: int
     distill: float = 0.0
     lr: float = 0.04
+    multiple_of: int = 1  # kept channels rounded to a multiple of this
+    ema: float = 0.0  # moving average of the fine-tuned weights
+    erase: float = 0.0  # random erasing during the fine-tuning
 
 
 RECIPES = [
@@ -42,6 +45,8 @@ RECIPES = [
     Recipe("40%, 10 epochs, distilled", 0.4, 10, distill=0.7),
     Recipe("60%, 10 epochs, distilled", 0.6, 10, distill=0.7),
     Recipe("50%, 20 epochs, distilled", 0.5, 20, distill=0.7),
+    Recipe("50% x16, 10 epochs, distilled, EMA", 0.5, 10, distill=0.7, multiple_of=16, ema=0.998),
+    Recipe("60% x16, 10 epochs, distilled, EMA", 0.6, 10, distill=0.7, multiple_of=16, ema=0.998),
 ]
 
 
@@ -57,24 +62,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--resume", action="store_true", help="keep the recipes already in the results, run the rest")
+    parser.add_argument("--name", default="structured_recipes", help="results file name (one per baseline)")
+    parser.add_argument("--only", help="run only the recipes whose label starts with this")
     args = parser.parse_args()
     done = {}
-    if args.resume and (RESULTS / "structured_recipes.json").is_file():
-        done = {row["label"]: row for row in json.loads((RESULTS / "structured_recipes.json").read_text())["rows"]}
+    if args.resume and (RESULTS / f"{args.name}.json").is_file():
+        done = {row["label"]: row for row in json.loads((RESULTS / f"{args.name}.json").read_text())["rows"]}
     warnings.simplefilter("ignore")
     data = load_fashion_mnist()
     base = load_checkpoint(args.checkpoint).model.eval()
     base_test = evaluate(base, data.test_batches())[0]
+    base_val = evaluate(base, data.val_batches())[0]
     rows = []
     for r in RECIPES:
         if r.label in done:
             rows.append(done[r.label])
             continue
+        if args.only and not r.label.startswith(args.only):
+            continue
         small = copy.deepcopy(base)
-        structured_prune_(small, r.amount)
+        channels = structured_prune_(small, r.amount, multiple_of=r.multiple_of)
         torch.manual_seed(0)
         start = time.perf_counter()
-        fit(small, data.task(), TrainConfig(epochs=r.epochs, lr=r.lr, distill=r.distill, seed=0),
+        fit(small, data.task(erase=r.erase), TrainConfig(epochs=r.epochs, lr=r.lr, distill=r.distill, seed=0, ema=r.ema),
             teacher=base if r.distill else None, log=None)  # fmt: skip
         seconds = time.perf_counter() - start
         small.eval()
@@ -82,22 +92,28 @@ def main() -> None:
         speedup = _speedup(copy.deepcopy(base).cpu(), copy.deepcopy(small).cpu())
         rows.append({"label": r.label, "amount": r.amount, "epochs": r.epochs, "distill": r.distill, "lr": r.lr,
                      "val_accuracy": val, "test_accuracy": test, "delta_points": 100 * (test - base_test),
-                     "speedup_256": speedup, "seconds": seconds})  # fmt: skip
+                     "speedup_256": speedup, "seconds": seconds, "multiple_of": r.multiple_of,
+                     "ema": r.ema, "erase": r.erase, "channels": [after for _, after in channels.values()]})  # fmt: skip
         print(f"{r.label:<32} val {100 * val:6.2f}%  test {100 * test:6.2f}% ({100 * (test - base_test):+.2f})  "
               f"{speedup:.2f}x at batch 256  {seconds:.0f}s", flush=True)  # fmt: skip
-    speeds = _speed_by_amount(rows)
-    fast = [a for a, v in speeds.items() if v >= 2.5] or [max(speeds, key=speeds.__getitem__)]
-    chosen = max((row for row in rows if row["amount"] in fast), key=lambda row: row["val_accuracy"])["label"]
-    print(f"speedup by amount (median of its runs): {speeds}; chosen on validation: {chosen}")
-    write_result("structured_recipes", {"baseline_test_accuracy": base_test, "rows": rows, "chosen": chosen,
-                                        "speedup_by_amount": speeds})  # fmt: skip
+    speeds = _speed_by_shape(rows)
+    fast = [k for k, v in speeds.items() if v >= 2.5] or [max(speeds, key=speeds.__getitem__)]
+    chosen = max((row for row in rows if _shape(row) in fast), key=lambda row: row["val_accuracy"])["label"]
+    print(f"speedup by shape (median of its runs): {speeds}; chosen on validation: {chosen}")
+    write_result(args.name, {"baseline_test_accuracy": base_test, "baseline_val_accuracy": base_val, "rows": rows,
+                             "chosen": chosen, "speedup_by_shape": speeds})  # fmt: skip
 
 
-def _speed_by_amount(rows: list[dict]) -> dict[float, float]:
-    """The speedup of each amount of removed channels: the median over its recipes, which all build the same
+def _shape(row: dict) -> str:
+    """The architecture a recipe builds: its kept channels (older results: the amount removed)."""
+    return "/".join(map(str, row["channels"])) if row.get("channels") else f"{100 * row['amount']:.0f}%"
+
+
+def _speed_by_shape(rows: list[dict]) -> dict[str, float]:
+    """The speedup of each pruned architecture: the median over its recipes, which all build the same
     architecture (their spread, +-5% here, is the machine's noise, not the recipe's doing)."""
-    amounts = sorted({row["amount"] for row in rows})
-    return {a: statistics.median(row["speedup_256"] for row in rows if row["amount"] == a) for a in amounts}
+    shapes = sorted({_shape(row) for row in rows})
+    return {k: statistics.median(row["speedup_256"] for row in rows if _shape(row) == k) for k in shapes}
 
 
 if __name__ == "__main__":

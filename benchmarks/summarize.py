@@ -165,8 +165,10 @@ def distributed() -> None:
         return
     rows = [[r["processes"], r["threads_per_process"], f"{max(r['images_per_second']):,.0f}", pct(r["val_accuracy"])]
             for r in d["runs"]]  # fmt: skip
-    print(f"\nDistributed training ({host(d)}, {d['backend']}, {d['config']['images']:,} images, "
-          f"{d['config']['epochs']} epoch, batch {d['config']['batch_size']}):\n")
+    print(
+        f"\nDistributed training ({host(d)}, {d['backend']}, {d['config']['images']:,} images, "
+        f"{d['config']['epochs']} epoch, batch {d['config']['batch_size']}):\n"
+    )
     print(table(["processes", "threads each", "images/s", "val (%)"], rows))
 
 
@@ -200,7 +202,10 @@ def structured_recipes() -> None:
         return
     rows = [[r["label"], pct(r["val_accuracy"]), pct(r["test_accuracy"]), f"{r['delta_points']:+.2f}",
              f"{r['speedup_256']:.2f}x", f"{r['seconds']:.0f}"] for r in d["rows"]]  # fmt: skip
-    speeds = ", ".join(f"{100 * float(a):.0f}% {v:.2f}x" for a, v in d.get("speedup_by_amount", {}).items())
+    by_shape = d.get("speedup_by_shape") or {
+        f"{100 * float(a):.0f}%": v for a, v in d.get("speedup_by_amount", {}).items()
+    }
+    speeds = ", ".join(f"{k} {v:.2f}x" for k, v in by_shape.items())
     print(f"\nChannel pruning recipes ({host(d)}; baseline {pct(d['baseline_test_accuracy'])}% test; speedup per "
           f"amount, median of its runs: {speeds}; chosen: {d.get('chosen')}):\n")  # fmt: skip
     print(table(["recipe", "val (%)", "test (%)", "vs fp32 (points)", "torch speedup, batch 256", "seconds"], rows))
@@ -220,8 +225,10 @@ def families() -> None:
                      f"{100 * r['w8a8']['top1_agreement']:.1f} / {100 * r['w4a4']['top1_agreement']:.1f}",
                      f"{st['speedup']:.2f}x ({st['dense_ms']:.1f} -> {st['pruned_ms']:.1f} ms)" if st else "-",
                      ", ".join(sorted(r["skipped"])) or "-"])  # fmt: skip
-    print(f"Model families ({host(d)}; random weights, synthetic inputs: fidelity is top-1 agreement with the float "
-          "model; every file loaded back into a fresh instance):\n")
+    print(
+        f"Model families ({host(d)}; random weights, synthetic inputs: fidelity is top-1 agreement with the float "
+        "model; every file loaded back into a fresh instance):\n"
+    )
     print(table(["family", "params", "fp32 B", "W8A8 file", "W4A4 file", "80% LAMP + W8A8", "80% LAMP + 4-bit codebook",
                  "agree W8A8 / W4A4 (%)", "50% channels, batch 256", "left in float"], rows))  # fmt: skip
 
