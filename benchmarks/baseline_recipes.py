@@ -53,7 +53,7 @@ def slug(label: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resume", action="store_true", help="keep the recipes already in the results, run the rest")
-    parser.add_argument("--only", help="run only the recipes whose label starts with this")
+    parser.add_argument("--only", help="run only the recipes whose label starts with one of these ('|' between)")
     parser.add_argument("--out", default="runs/baseline_recipes", help="folder for each recipe's checkpoint")
     args = parser.parse_args()
     done: dict[str, dict] = {}
@@ -62,7 +62,7 @@ def main() -> None:
     data = load_fashion_mnist()
     rows = list(done.values())
     for r in RECIPES:
-        if r.label in done or (args.only and not r.label.startswith(args.only)):
+        if r.label in done or (args.only and not r.label.startswith(tuple(args.only.split("|")))):
             continue
         cfg = TrainConfig(epochs=r.epochs, ema=r.ema, seed=0)
         torch.manual_seed(cfg.seed)

@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--bits", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="keep the recipes already in the results, run the rest")
     parser.add_argument("--name", help="results file name (default: low_bit_wBaB; one per baseline)")
-    parser.add_argument("--only", help="run only the recipes whose label starts with this")
+    parser.add_argument("--only", help="run only the recipes whose label starts with one of these ('|' between)")
     args = parser.parse_args()
     name = args.name or f"low_bit_w{args.bits}a{args.bits}"
     done = {}
@@ -66,7 +66,7 @@ def main() -> None:
         if r.label in done:
             rows.append(done[r.label])
             continue
-        if args.only and not r.label.startswith(args.only):
+        if args.only and not r.label.startswith(tuple(args.only.split("|"))):
             continue
         torch.manual_seed(0)
         start = time.perf_counter()

@@ -45,8 +45,8 @@ RECIPES = [
     Recipe("40%, 10 epochs, distilled", 0.4, 10, distill=0.7),
     Recipe("60%, 10 epochs, distilled", 0.6, 10, distill=0.7),
     Recipe("50%, 20 epochs, distilled", 0.5, 20, distill=0.7),
-    Recipe("50% x16, 10 epochs, distilled, EMA", 0.5, 10, distill=0.7, multiple_of=16, ema=0.998),
-    Recipe("60% x16, 10 epochs, distilled, EMA", 0.6, 10, distill=0.7, multiple_of=16, ema=0.998),
+    Recipe("50%, 10 epochs, distilled, EMA, erasing", 0.5, 10, distill=0.7, ema=0.998, erase=0.25),
+    Recipe("60% x16, 10 epochs, distilled, EMA, erasing", 0.6, 10, distill=0.7, multiple_of=16, ema=0.998, erase=0.25),
 ]
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--resume", action="store_true", help="keep the recipes already in the results, run the rest")
     parser.add_argument("--name", default="structured_recipes", help="results file name (one per baseline)")
-    parser.add_argument("--only", help="run only the recipes whose label starts with this")
+    parser.add_argument("--only", help="run only the recipes whose label starts with one of these ('|' between)")
     args = parser.parse_args()
     done = {}
     if args.resume and (RESULTS / f"{args.name}.json").is_file():
@@ -78,7 +78,7 @@ def main() -> None:
         if r.label in done:
             rows.append(done[r.label])
             continue
-        if args.only and not r.label.startswith(args.only):
+        if args.only and not r.label.startswith(tuple(args.only.split("|"))):
             continue
         small = copy.deepcopy(base)
         channels = structured_prune_(small, r.amount, multiple_of=r.multiple_of)
