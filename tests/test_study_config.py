@@ -129,7 +129,7 @@ def test_configs_built_in_python_are_checked_too(change, message):
 def test_the_student_point_is_named_by_its_role():
     """The report finds the point it compares with the student project by role, not by a word in its label."""
     points = StudyConfig().combined.points
-    assert [p.role for p in points] == ["student", "", "", ""]
+    assert [p.role for p in points] == ["student", "", "", "", ""]
     assert points[0].sparsity == 0.4 and points[0].bits == 8 and points[0].act_bits == 8
 
 
@@ -144,7 +144,7 @@ def test_a_uniform_point_may_have_a_budget(tmp_path):
     assert cfg.combined.points[0].budget_bytes == 30000 and not cfg.combined.points[0].codebook
     with pytest.raises(ConfigError, match="budget_bytes: 0 must be a positive size"):
         _load(tmp_path, "combined: {points: [{sparsity: 0.4, bits: 8, act_bits: 8, budget_bytes: 0}]}")
-    codebook, uniform = StudyConfig().combined.points[2:]
+    codebook, uniform = StudyConfig().combined.points[2:4]
     assert (uniform.source, uniform.sparsity, uniform.budget_bytes) == (codebook.source, codebook.sparsity, 31_286)
     assert not uniform.codebook and (uniform.bits, uniform.act_bits) == (8, 8)
     assert point_file(uniform) == "continued-s0.93-w8a8-uniform-budget31286.tshrink" != point_file(codebook)

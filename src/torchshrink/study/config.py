@@ -128,6 +128,8 @@ class CombinedSection:
             "continued",
             31_286,
         ),
+        # the same pruned model at one uniform width for every layer: what the per-layer widths above buy
+        CombinedPoint(0.93, 4, 8, False, "93% pruned (gradual, continued) + 4-bit uniform", "continued"),
     )
     qat_epochs: int = 1  # fine-tuning epochs with the masks kept
     lr: float = 0.01  # fine-tuning peak learning rate
