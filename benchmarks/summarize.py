@@ -123,7 +123,9 @@ def main() -> None:
     distributed()
     threads()
     low_bit()
+    low_bit("low_bit_w2a2_erase")
     structured_recipes()
+    structured_recipes("structured_recipes_erase")
     baseline_recipes()
 
 
@@ -183,9 +185,9 @@ def threads() -> None:
     print(table(["setting", "idle images/s", "busy images/s", "busy / idle", "idle vs torch default"], rows))
 
 
-def low_bit() -> None:
+def low_bit(name: str = "low_bit_w2a2") -> None:
     """W2A2 QAT recipes (benchmarks/low_bit.py)."""
-    d = load("low_bit_w2a2")
+    d = load(name)
     if not d:
         return
     rows = [[r["label"], pct(r["val_accuracy"]), pct(r["test_accuracy"]), f"{r['delta_points']:+.2f}",
@@ -195,9 +197,9 @@ def low_bit() -> None:
     print(table(["recipe", "val (%)", "test (%)", "vs fp32 (points)", "weight bytes", "seconds"], rows))
 
 
-def structured_recipes() -> None:
+def structured_recipes(name: str = "structured_recipes") -> None:
     """Channel pruning recipes: accuracy and torch speedup at batch 256 (benchmarks/structured_recipes.py)."""
-    d = load("structured_recipes")
+    d = load(name)
     if not d:
         return
     rows = [[r["label"], pct(r["val_accuracy"]), pct(r["test_accuracy"]), f"{r['delta_points']:+.2f}",
@@ -207,7 +209,7 @@ def structured_recipes() -> None:
     }
     speeds = ", ".join(f"{k} {v:.2f}x" for k, v in by_shape.items())
     print(f"\nChannel pruning recipes ({host(d)}; baseline {pct(d['baseline_test_accuracy'])}% test; speedup per "
-          f"amount, median of its runs: {speeds}; chosen: {d.get('chosen')}):\n")  # fmt: skip
+          f"architecture, median of its runs: {speeds}; chosen: {d.get('chosen')}):\n")  # fmt: skip
     print(table(["recipe", "val (%)", "test (%)", "vs fp32 (points)", "torch speedup, batch 256", "seconds"], rows))
 
 
