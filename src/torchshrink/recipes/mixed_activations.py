@@ -21,14 +21,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from torchshrink.data.task import Task, as_task, calibration_inputs, take_samples
+from torchshrink.data.task import Task, as_task, calibration_inputs
 from torchshrink.errors import ConfigError
 from torchshrink.layers import FilterFn, default_filter, prunable_layers
 from torchshrink.quant.apply import attach_input_quant_, calibrate_, input_skip_reason
-from torchshrink.quant.primitives import check_bits
-from torchshrink.recipes.mixed_precision import LayerWidth, MixedPlan, folded_copy, plan_from_table
+from torchshrink.recipes.mixed_precision import LayerWidth, MixedPlan, folded_copy, plan_from_table, validation_measure
 from torchshrink.recipes.mixed_uniform import UNIFORM_WIDTHS
-from torchshrink.recipes.train import evaluate
 
 __all__ = ["input_elements", "activation_width_table", "plan_activation_widths"]
 
@@ -113,13 +111,7 @@ def _width_table(
     folded: nn.Module, task: Task, names: list[str], elements: dict[str, int], calibration: list[torch.Tensor],
     candidates: tuple[int, ...], val_images: int | None, method: str, progress: bool,
 ) -> tuple[float, float, list[LayerWidth]]:  # fmt: skip
-    for b in candidates:
-        check_bits(b)
-    val = list(take_samples(task.need("val", "activation widths"), val_images))
-
-    def measure(m: nn.Module) -> tuple[float, float]:
-        return evaluate(m, val, loss=task.loss, metric=task.metric)
-
+    measure = validation_measure(task, candidates, val_images, "activation widths")
     float_acc, float_loss = measure(folded)
     rows = []
     bar = tqdm(total=len(names) * len(candidates), desc="input widths", leave=False, disable=None if progress else True)

@@ -103,17 +103,26 @@ def codebook_width_table(
     return _width_table(folded_copy(model), task, candidates, val_images, progress, filter_fn)
 
 
-def _width_table(
-    folded: nn.Module, task: Task, candidates: tuple[int, ...], val_images: int | None, progress: bool,
-    filter_fn: FilterFn = default_filter,
-) -> tuple[float, float, list[LayerWidth]]:  # fmt: skip
+def validation_measure(
+    task: Task, candidates: tuple[int, ...], val_images: int | None, what: str = "mixed precision"
+) -> Callable[[nn.Module], tuple[float, float]]:
+    """Check the candidate widths and return ``model -> (metric, loss)`` on the task's validation samples,
+    taken once here because every width table evaluates them once per layer and width."""
     for b in candidates:
         check_bits(b)
-    val = list(take_samples(task.need("val", "mixed precision"), val_images))  # evaluated once per layer and width
+    val = list(take_samples(task.need("val", what), val_images))
 
     def measure(m: nn.Module) -> tuple[float, float]:
         return evaluate(m, val, loss=task.loss, metric=task.metric)
 
+    return measure
+
+
+def _width_table(
+    folded: nn.Module, task: Task, candidates: tuple[int, ...], val_images: int | None, progress: bool,
+    filter_fn: FilterFn = default_filter,
+) -> tuple[float, float, list[LayerWidth]]:  # fmt: skip
+    measure = validation_measure(task, candidates, val_images)
     float_acc, float_loss = measure(folded)
     names = list(prunable_layers(folded, filter_fn))
     rows = []

@@ -16,12 +16,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from torchshrink.data.task import Task, as_task, take_samples
+from torchshrink.data.task import Task, as_task
 from torchshrink.layers import FilterFn, default_filter, prunable_layers
 from torchshrink.pack.encode import encoded_uniform_bytes
 from torchshrink.quant.apply import calibrated_weight_quantizer
 from torchshrink.quant.fake_quant import FakeQuant
-from torchshrink.quant.primitives import check_bits, quantize
+from torchshrink.quant.primitives import quantize
 from torchshrink.recipes.mixed_precision import (
     LayerWidth,
     MixedPlan,
@@ -29,8 +29,8 @@ from torchshrink.recipes.mixed_precision import (
     folded_copy,
     measured_fixed_bytes,
     plan_from_table,
+    validation_measure,
 )
-from torchshrink.recipes.train import evaluate
 
 __all__ = ["UNIFORM_WIDTHS", "uniform_weight_bytes", "uniform_width_table", "plan_uniform_mixed_precision"]
 
@@ -74,13 +74,7 @@ def _width_table(
     folded: nn.Module, task: Task, candidates: tuple[int, ...], val_images: int | None, progress: bool,
     filter_fn: FilterFn, per_channel: bool, calibration: str,
 ) -> tuple[float, float, list[LayerWidth]]:  # fmt: skip
-    for b in candidates:
-        check_bits(b)
-    val = list(take_samples(task.need("val", "mixed precision"), val_images))  # evaluated once per layer and width
-
-    def measure(m: nn.Module) -> tuple[float, float]:
-        return evaluate(m, val, loss=task.loss, metric=task.metric)
-
+    measure = validation_measure(task, candidates, val_images)
     float_acc, float_loss = measure(folded)
     layers = prunable_layers(folded, filter_fn)
     rows = []
