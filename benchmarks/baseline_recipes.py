@@ -10,14 +10,13 @@ each, so the recipe is chosen on validation (within the time limit) and the test
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from dataclasses import dataclass
 
 import torch
 
-from _common import RESULTS, write_result
+from _common import add_recipe_options, finished_rows, wanted, write_result
 from torchshrink.checkpoint import save_checkpoint
 from torchshrink.data import load_fashion_mnist
 from torchshrink.models import build_model, parameter_count
@@ -52,17 +51,14 @@ def slug(label: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--resume", action="store_true", help="keep the recipes already in the results, run the rest")
-    parser.add_argument("--only", help="run only the recipes whose label starts with one of these ('|' between)")
+    add_recipe_options(parser, name=False)
     parser.add_argument("--out", default="runs/baseline_recipes", help="folder for each recipe's checkpoint")
     args = parser.parse_args()
-    done: dict[str, dict] = {}
-    if args.resume and (RESULTS / f"{NAME}.json").is_file():
-        done = {row["label"]: row for row in json.loads((RESULTS / f"{NAME}.json").read_text())["rows"]}
+    done = finished_rows(args, NAME)
     data = load_fashion_mnist()
     rows = list(done.values())
     for r in RECIPES:
-        if r.label in done or (args.only and not r.label.startswith(tuple(args.only.split("|")))):
+        if r.label in done or not wanted(args, r.label):
             continue
         cfg = TrainConfig(epochs=r.epochs, ema=r.ema, seed=0)
         torch.manual_seed(cfg.seed)

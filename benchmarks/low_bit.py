@@ -9,14 +9,13 @@ chosen on validation and the test figure only reports.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 from dataclasses import dataclass
 
 import torch
 
-from _common import RESULTS, write_result
+from _common import add_recipe_options, finished_rows, wanted, write_result
 from torchshrink.checkpoint import load_checkpoint
 from torchshrink.data import load_fashion_mnist
 from torchshrink.quant import QuantConfig, storage_report
@@ -48,14 +47,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--bits", type=int, default=2)
-    parser.add_argument("--resume", action="store_true", help="keep the recipes already in the results, run the rest")
-    parser.add_argument("--name", help="results file name (default: low_bit_wBaB; one per baseline)")
-    parser.add_argument("--only", help="run only the recipes whose label starts with one of these ('|' between)")
+    add_recipe_options(parser)
     args = parser.parse_args()
     name = args.name or f"low_bit_w{args.bits}a{args.bits}"
-    done = {}
-    if args.resume and (RESULTS / f"{name}.json").is_file():
-        done = {row["label"]: row for row in json.loads((RESULTS / f"{name}.json").read_text())["rows"]}
+    done = finished_rows(args, name)
     warnings.simplefilter("ignore")
     data = load_fashion_mnist()
     base = load_checkpoint(args.checkpoint).model.eval()
@@ -66,7 +61,7 @@ def main() -> None:
         if r.label in done:
             rows.append(done[r.label])
             continue
-        if args.only and not r.label.startswith(tuple(args.only.split("|"))):
+        if not wanted(args, r.label):
             continue
         torch.manual_seed(0)
         start = time.perf_counter()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 import warnings
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from _common import RESULTS, write_result
+from _common import add_recipe_options, finished_rows, wanted, write_result
 from torchshrink.checkpoint import load_checkpoint
 from torchshrink.data import load_fashion_mnist
 from torchshrink.measure import latency
@@ -61,13 +60,10 @@ def _speedup(dense: torch.nn.Module, small: torch.nn.Module, rounds: int = 5) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
-    parser.add_argument("--resume", action="store_true", help="keep the recipes already in the results, run the rest")
-    parser.add_argument("--name", default="structured_recipes", help="results file name (one per baseline)")
-    parser.add_argument("--only", help="run only the recipes whose label starts with one of these ('|' between)")
+    add_recipe_options(parser)
     args = parser.parse_args()
-    done = {}
-    if args.resume and (RESULTS / f"{args.name}.json").is_file():
-        done = {row["label"]: row for row in json.loads((RESULTS / f"{args.name}.json").read_text())["rows"]}
+    args.name = args.name or "structured_recipes"
+    done = finished_rows(args, args.name)
     warnings.simplefilter("ignore")
     data = load_fashion_mnist()
     base = load_checkpoint(args.checkpoint).model.eval()
@@ -78,7 +74,7 @@ def main() -> None:
         if r.label in done:
             rows.append(done[r.label])
             continue
-        if args.only and not r.label.startswith(tuple(args.only.split("|"))):
+        if not wanted(args, r.label):
             continue
         small = copy.deepcopy(base)
         channels = structured_prune_(small, r.amount, multiple_of=r.multiple_of)
