@@ -33,6 +33,7 @@ class Recipe:
     ema: float = 0.0
     erase: float = 0.0
     crop_padding: int = 0
+    channels: tuple = ()  # the cnn's conv widths per stage (a tuple: several convs in a stage); (): the default
 
 
 RECIPES = [
@@ -42,6 +43,8 @@ RECIPES = [
     Recipe("22 epochs, EMA 0.998, erasing 0.25", epochs=22, ema=0.998, erase=0.25),
     Recipe("22 epochs, crop 2", epochs=22, crop_padding=2),
     Recipe("15 epochs (the current default)"),
+    Recipe("15 epochs, erasing 0.25, channels 32/64/128+128", erase=0.25, channels=(32, 64, (128, 128))),
+    Recipe("15 epochs, erasing 0.25, channels 32/64+64/128", erase=0.25, channels=(32, (64, 64), 128)),
 ]
 
 
@@ -62,17 +65,18 @@ def main() -> None:
             continue
         cfg = TrainConfig(epochs=r.epochs, ema=r.ema, seed=0)
         torch.manual_seed(cfg.seed)
-        model = build_model("cnn")
+        model_args = {"channels": r.channels} if r.channels else {}
+        model = build_model("cnn", **model_args)
         start = time.perf_counter()
         history = fit(model, data.task(crop_padding=r.crop_padding, erase=r.erase), cfg, "cpu", progress=False)
         seconds = time.perf_counter() - start
         val_acc, val_loss = evaluate(model, data.val_batches())
         test_acc, test_loss = evaluate(model, data.test_batches())
-        save_checkpoint(f"{args.out}/{slug(r.label)}", model, "cnn", {}, device="cpu",
+        save_checkpoint(f"{args.out}/{slug(r.label)}", model, "cnn", model.arguments(), device="cpu",
                         train_config={**cfg.to_dict(), "crop_padding": r.crop_padding, "erase": r.erase},
                         metrics={"test_accuracy": test_acc, "val_accuracy": val_acc, "train_seconds": seconds})  # fmt: skip
         rows.append({"label": r.label, "epochs": r.epochs, "ema": r.ema, "erase": r.erase,
-                     "crop_padding": r.crop_padding, "val_accuracy": val_acc, "val_loss": val_loss,
+                     "crop_padding": r.crop_padding, "model_args": model_args, "val_accuracy": val_acc, "val_loss": val_loss,
                      "test_accuracy": test_acc, "test_loss": test_loss, "train_seconds": seconds,
                      "parameters": parameter_count(model), "val_history": [h.val_accuracy for h in history],
                      "epoch_seconds": [h.seconds for h in history]})  # fmt: skip

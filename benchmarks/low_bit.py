@@ -30,6 +30,7 @@ class Recipe:
     edges_8bit: bool = False
     lr: float = 0.01
     ema: float = 0.0  # moving average of the QAT weights (and step sizes)
+    full_range: bool = False  # weights on every signed code (4 levels at 2 bits), not the narrow range (ternary)
 
 
 RECIPES = [
@@ -40,6 +41,8 @@ RECIPES = [
     Recipe("15 epochs, distilled, first/last 8-bit", 15, distill=0.7, edges_8bit=True),
     Recipe("25 epochs, distilled, first/last 8-bit", 25, distill=0.7, edges_8bit=True),
     Recipe("15 epochs, distilled, first/last 8-bit, EMA", 15, distill=0.7, edges_8bit=True, ema=0.998),
+    Recipe("15 epochs, distilled, first/last 8-bit, full range", 15, distill=0.7, edges_8bit=True, full_range=True),
+    Recipe("15 epochs, distilled, full range", 15, distill=0.7, full_range=True),
 ]
 
 
@@ -65,14 +68,14 @@ def main() -> None:
             continue
         torch.manual_seed(0)
         start = time.perf_counter()
-        config = QuantConfig(bits=args.bits, keep_first_last_8bit=r.edges_8bit)
+        config = QuantConfig(bits=args.bits, keep_first_last_8bit=r.edges_8bit, full_range_weights=r.full_range)
         train = TrainConfig(epochs=r.epochs, lr=r.lr, distill=r.distill, seed=0, ema=r.ema)
         q, history = qat(base, data.task(), config, train, teacher=base if r.distill else None, log=None)
         seconds = time.perf_counter() - start
         val, test = evaluate(q, data.val_batches())[0], evaluate(q, data.test_batches())[0]
         weight_bytes = sum(row.total_bytes for row in storage_report(q))
         rows.append({"label": r.label, "epochs": r.epochs, "distill": r.distill, "first_last_8bit": r.edges_8bit,
-                     "ema": r.ema, "lr": r.lr, "val_accuracy": val, "test_accuracy": test, "delta_points": 100 * (test - base_test),
+                     "ema": r.ema, "lr": r.lr, "full_range": r.full_range, "val_accuracy": val, "test_accuracy": test, "delta_points": 100 * (test - base_test),
                      "weight_bytes": weight_bytes, "seconds": seconds,
                      "val_history": [h.val_accuracy for h in history]})  # fmt: skip
         print(f"{r.label:<42} val {100 * val:6.2f}%  test {100 * test:6.2f}% ({100 * (test - base_test):+.2f})  "

@@ -180,6 +180,9 @@ def test_compress_gradual_distilled_mixed_precision_under_a_budget(tmp_path, dat
         (("prune", "X", "--sparsity", "0.5", "--method", "structured", "--distill", "0.5", "--finetune-epochs", "0"),
          "--distill"),
         (("prune", "X", "--sparsity", "0.5", "--multiple-of", "8"), "--multiple-of"),
+        (("prune", "X", "--sparsity", "0.5", "--layer-sparsity", "features.conv1=0.5"), "--layer-sparsity"),
+        (("prune", "X", "--sparsity", "0.5", "--method", "structured", "--layer-sparsity", "features.nope=0.5"),
+         "the groups are features.conv1"),
     ],
 )
 def test_options_that_do_not_combine_are_one_line_errors(tmp_path, data_dir, tiny_checkpoint, args, message):
@@ -187,6 +190,22 @@ def test_options_that_do_not_combine_are_one_line_errors(tmp_path, data_dir, tin
     r = run(*args, "--data-dir", data_dir, "--out", str(tmp_path / "out"))
     assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_structured_prune_with_an_amount_per_layer(tmp_path, data_dir, tiny_checkpoint):
+    import json
+
+    out = tmp_path / "pruned"
+    r = run("prune", str(tiny_checkpoint), "--method", "structured", "--sparsity", "0.5", "--finetune-epochs", "0",
+            "--layer-sparsity", "features.conv1=0.75, features.conv3=0.25", "--data-dir", data_dir, "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    record = json.loads((out / "pruning.json").read_text())
+    assert record["layer_sparsity"] == {"features.conv1": 0.75, "features.conv3": 0.25}
+    assert {k: v[1] for k, v in record["channels"].items()} == {"features.conv1": 1, "features.conv2": 4,
+                                                                "features.conv3": 12}  # fmt: skip
+    bad = run("prune", str(tiny_checkpoint), "--method", "structured", "--sparsity", "0.5",
+              "--layer-sparsity", "features.conv1", "--data-dir", data_dir, "--out", str(tmp_path / "bad"))  # fmt: skip
+    assert bad.returncode == 2 and "NAME=FRACTION" in bad.stderr and not (tmp_path / "bad").exists()
 
 
 # A user's own model, not in the registry: written as a module of theirs, imported only by --model-factory.

@@ -451,3 +451,28 @@ def test_structured_prune_keeps_multiples_and_stays_exact():
         assert torch.allclose(model(x), _masked_like(original, model)(x), atol=1e-5)
     with pytest.raises(ConfigError, match="multiple_of=0"):
         structured_prune_(copy.deepcopy(original), 0.5, multiple_of=0)
+
+
+def test_layer_amounts_override_the_amount_per_group_and_stay_exact():
+    torch.manual_seed(0)
+    model = _randomised_cnn()
+    x = torch.randn(4, 1, 28, 28)
+    original = copy.deepcopy(model)
+    labels = [g.label for g in structured_report(model) if g.prunable]
+    first, *rest = labels
+    changes = structured_prune_(model, 0.5, layer_amounts={first: 0.75})
+    before = changes[first][0]
+    assert changes[first][1] == before - round(0.75 * before)
+    assert all(changes[label][1] == changes[label][0] - round(0.5 * changes[label][0]) for label in rest)
+    with torch.no_grad():
+        assert torch.allclose(model(x), _masked_like(original, model)(x), atol=1e-5)
+    untouched = structured_prune_(copy.deepcopy(original), 0.0, layer_amounts={rest[-1]: 0.5})
+    assert [untouched[label][1] == untouched[label][0] for label in labels] == [True] * (len(labels) - 1) + [False]
+
+
+def test_layer_amounts_refuse_unknown_groups_and_bad_fractions():
+    model = _randomised_cnn()
+    with pytest.raises(ConfigError, match="'features.nope'.*the groups are features.conv1"):
+        structured_prune_(copy.deepcopy(model), 0.5, layer_amounts={"features.nope": 0.5})
+    with pytest.raises(ConfigError, match="sparsity 1.0"):
+        structured_prune_(copy.deepcopy(model), 0.5, layer_amounts={"features.conv1": 1.0})

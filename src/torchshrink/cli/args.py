@@ -20,9 +20,11 @@ __all__ = [
     "ema_decay",
     "sparsity",
     "sparsity_list",
+    "layer_sparsities",
     "bits",
     "add_data_dir",
     "add_device",
+    "add_full_range",
 ]
 
 SEED_MAX = 2**63 - 1  # a signed 64-bit integer: what every generator that takes a seed (torch, numpy) accepts
@@ -95,6 +97,21 @@ def sparsity_list(text: str) -> list[float]:
     return [sparsity(part) for part in text.split(",") if part.strip()]
 
 
+def layer_sparsities(text: str) -> dict[str, float]:
+    """An argparse type: ``NAME=FRACTION`` pairs, comma-separated (``features.conv1=0.75,features.conv2=0.5``)."""
+    pairs: dict[str, float] = {}
+    for part in filter(str.strip, text.split(",")):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"{part!r}: give NAME=FRACTION, e.g. features.conv1=0.75")
+        if name.strip() in pairs:
+            raise argparse.ArgumentTypeError(f"{name.strip()!r} is given twice")
+        pairs[name.strip()] = sparsity(value)
+    if not pairs:
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=FRACTION pairs, e.g. features.conv1=0.75")
+    return pairs
+
+
 def ema_decay(text: str) -> float:
     value = finite_float(text)
     if not 0 <= value < 1:
@@ -113,6 +130,12 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
         help="folder with the four Fashion-MNIST .gz files (default: $TORCHSHRINK_DATA, "
         "/usr/share/datasets/fashion-mnist, ~/.cache/torchshrink/fashion-mnist, else download)",
     )
+
+
+def add_full_range(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--full-range", action="store_true",
+                   help="weights use every signed code, e.g. 4 levels at 2 bits (-2..1) instead of 3 (ternary); "
+                        "zero stays a code")  # fmt: skip
 
 
 def add_device(p: argparse.ArgumentParser, what: str = "run") -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from torchshrink.cli.args import (
     add_data_dir,
     add_device,
+    add_full_range,
     bits,
     fraction,
     non_negative_int,
@@ -67,6 +68,7 @@ def add_compress_commands(sub: Any) -> None:
     )
     p.add_argument("--codebook", action="store_true", help="k-means weight sharing instead of uniform levels")
     p.add_argument("--keep-first-last-8bit", action="store_true", help="first and last layers at 8 bits")
+    add_full_range(p)
     p.add_argument(
         "--compression",
         choices=("auto", "none", "zlib", "lzma"),
@@ -108,6 +110,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         raise TorchshrinkError("--act-budget chooses the input widths of uniform codes: drop --codebook")
     if args.budget is not None and args.keep_first_last_8bit and not args.codebook:
         raise TorchshrinkError("--budget chooses every layer's weight width: drop --keep-first-last-8bit")
+    if args.full_range and args.codebook:
+        raise TorchshrinkError("--full-range sets the range of uniform weight codes; codebooks have none: drop one")
     ckpt = load_checkpoint(args.checkpoint)
     gradual = args.prune_method == "gradual"
     prune_epochs = args.prune_epochs or (GradualConfig.epochs if gradual else 1)
@@ -116,9 +120,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         steps=args.steps, prune_epochs=prune_epochs, prune_lr=GradualConfig.lr if gradual else CompressConfig.prune_lr,
         qat_epochs=args.qat_epochs, codebook=args.codebook, keep_first_last_8bit=args.keep_first_last_8bit,
         distill=args.distill, temperature=args.temperature, budget_bytes=args.budget,
-        act_budget_bytes=args.act_budget,
+        act_budget_bytes=args.act_budget, full_range_weights=args.full_range,
     )  # fmt: skip
-    out = Path(args.out) if args.out else Path(f"{ckpt.path}-s{args.sparsity:g}-w{args.bits}.tshrink")
+    full = "-full" if args.full_range else ""  # a full-range file must not replace the narrow one's
+    out = Path(args.out) if args.out else Path(f"{ckpt.path}-s{args.sparsity:g}-w{args.bits}{full}.tshrink")
     out = check_output(out, COMPRESSED, force=args.force, inputs=[ckpt.path])
     summary = check_output(out.with_name(out.name + ".json"), RECORD, force=args.force, option="--out (its record)")
     check_fits_fashion_mnist(ckpt.model, ckpt.path)

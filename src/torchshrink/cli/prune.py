@@ -12,6 +12,7 @@ from torchshrink.cli.args import (
     add_data_dir,
     add_device,
     fraction,
+    layer_sparsities,
     non_negative_int,
     positive_float,
     positive_int,
@@ -86,6 +87,11 @@ def add_pruning_commands(sub: Any) -> None:
         "AVX-512 CPUs, 8 AVX2; default: %(default)s, any count)",
     )  # fmt: skip
     p.add_argument(
+        "--layer-sparsity", type=layer_sparsities, default=None, metavar="NAME=F,...",
+        help="structured: the fraction of channels to remove from each named group, overriding --sparsity there (a "
+        "group is named by its first conv, e.g. features.conv1=0.75); on a CPU the convs at full image size cost most",
+    )  # fmt: skip
+    p.add_argument(
         "--rewind",
         action="store_true",
         help="iterative: reset surviving weights to their values after epoch 1 (lottery ticket)",
@@ -143,6 +149,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                           "--finetune-epochs")  # fmt: skip
     if args.multiple_of > 1 and args.method != "structured":
         raise ConfigError("--multiple-of applies to --method structured (whole channels) only")
+    if args.layer_sparsity and args.method != "structured":
+        raise ConfigError("--layer-sparsity applies to --method structured (whole channels) only")
     lr = args.lr if args.lr is not None else (GRADUAL.lr if args.method == "gradual" else CompressConfig.prune_lr)
     finetune = (TrainConfig(epochs=max(epochs, 1), lr=lr, distill=args.distill, temperature=args.temperature)
                 if epochs else None)  # fmt: skip
@@ -163,9 +171,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                 f"model {ckpt.meta['model']!r}: structured pruning needs a model that can describe its shape"
             )
         dense = copy.deepcopy(model)
-        channels = structured_prune_(model, args.sparsity, multiple_of=args.multiple_of)
+        channels = structured_prune_(model, args.sparsity, multiple_of=args.multiple_of,
+                                     layer_amounts=args.layer_sparsity)  # fmt: skip
         record["channels"] = {k: list(v) for k, v in channels.items()}
         record["multiple_of"] = args.multiple_of
+        record["layer_sparsity"] = args.layer_sparsity or {}
         record["val_accuracy_pruned"], _ = evaluate(model, data.val_batches(), device=device)
         if finetune is not None:
             fit(model, data, finetune, device, teacher=teacher)

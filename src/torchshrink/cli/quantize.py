@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torchshrink.cli.args import add_data_dir, add_device, bits, positive_float, positive_int
+from torchshrink.cli.args import add_data_dir, add_device, add_full_range, bits, positive_float, positive_int
 from torchshrink.cli.outputs import QUANTIZED, add_force, check_output
 from torchshrink.quant.apply import QuantConfig
 from torchshrink.quant.fake_quant import CALIBRATIONS
@@ -43,6 +43,7 @@ def add_quant_commands(sub: Any) -> None:
         help="how activation ranges are chosen (default: %(default)s)",
     )
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
+    add_full_range(p)
     p.add_argument("--onnx", action="store_true",
                    help="also write model.onnx (a QDQ graph of the integer codes) and measure onnxruntime's agreement "
                         "with torchshrink on the whole test set")  # fmt: skip
@@ -75,9 +76,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint, device="cpu")
     config = QuantConfig(
         bits=args.bits, act_bits=args.act_bits, per_channel=not args.per_tensor, act_calibration=args.calibration,
-        keep_first_last_8bit=args.keep_first_last_8bit,
+        keep_first_last_8bit=args.keep_first_last_8bit, full_range_weights=args.full_range,
     )  # fmt: skip
-    tag = f"w{config.bits}a{config.activation_bits}-{args.mode}"
+    # the default folder names the range too: a full-range run must not replace the narrow one's
+    tag = f"w{config.bits}a{config.activation_bits}-{args.mode}" + ("-full" if args.full_range else "")
     out = Path(args.out) if args.out else Path(f"{ckpt.path}-{tag}")
     out = check_output(out, QUANTIZED, force=args.force, inputs=[ckpt.path])
     check_fits_fashion_mnist(ckpt.model, ckpt.path)

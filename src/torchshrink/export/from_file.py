@@ -54,7 +54,11 @@ def load_for_export(
             continue
         codes, scales = found
         bias = layer.bias.detach().clone() if layer.bias is not None else None
-        # signed: the codes go into an int8 container whatever their width (1-bit codes are counted as 2)
-        spec = QuantSpec(bits=max(2, rec.meta["bits"]), signed=True, symmetric=True, per_channel=scales.numel() > 1)
+        # signed: the codes go into an int8 container whatever their width (1-bit codes are counted as 2). The
+        # range is the writer's: code_offset is its most negative code, -2^(b-1) for full-range codes
+        bits = max(2, rec.meta["bits"])
+        full = rec.meta["code_offset"] == -(1 << (bits - 1))
+        spec = QuantSpec(bits=bits, signed=True, symmetric=True, per_channel=scales.numel() > 1,
+                         narrow=False if full else None)  # fmt: skip
         weights[name] = QuantizedLayer(name, codes, scales, spec, bias, None, None, None)
     return model, weights, float_layers

@@ -29,7 +29,7 @@ from torchshrink.pack.sparse import encode_positions
 from torchshrink.pack.streams import Stream, encode_stream
 from torchshrink.quant.apply import input_quantizer, quantized_layers
 from torchshrink.quant.export import export_layers
-from torchshrink.quant.fake_quant import FakeQuant
+from torchshrink.quant.fake_quant import FakeQuant, QuantSpec
 from torchshrink.quant.fold import fold_batchnorm
 from torchshrink.quant.sharing import codebook_layers
 
@@ -78,9 +78,12 @@ def _uniform_record(
 def encoded_uniform_bytes(codes: np.ndarray, scale: np.ndarray, bits: int, qmin: int, entropy: bool = True) -> int:
     """Bytes the file spends on a uniform weight: codes, positions and scales, as written.
 
+    ``qmin`` is the quantizer's ``spec.qmin``, the most negative code of its range (stored as the record's
+    ``code_offset``): at 4 bits -7 for narrow codes, -8 for the full signed range.
+
     Example::
 
-        codes = quantize(w, scale, zero, -7, 7, axis=0)  # 4-bit symmetric codes
+        codes = quantize(w, scale, zero, -7, 7, axis=0)  # 4-bit symmetric codes, narrow range
         encoded_uniform_bytes(codes.numpy(), scale.numpy(), 4, -7)
     """
     record = _uniform_record("w", codes, np.asarray(scale, dtype=np.float32), bits, qmin, entropy)
@@ -179,6 +182,18 @@ def _tie_error(first: str, kept: TensorRecord, other: str, rec: TensorRecord) ->
     else:
         fix = "quantize both the same way, quantize neither, or untie them"
     return ValueError(f"{problem}: the file would hold a different model from the one in memory; {fix}")
+
+
+def _check_input_range(name: str, spec: QuantSpec) -> None:
+    """Refuse an input quantizer whose code range is not the one the reader derives from bits, signed and
+    symmetric (narrow when signed and symmetric): a hand-made full-range one would load clipping differently.
+    (Weights carry their own range: the record's ``code_offset``.)"""
+    stored = QuantSpec(bits=spec.bits, signed=spec.signed, symmetric=spec.symmetric)
+    if (spec.qmin, spec.qmax) != (stored.qmin, stored.qmax):
+        raise ValueError(f"{name}: its input quantizer's codes [{spec.qmin}, {spec.qmax}] are not the range the file "
+                         f"records for a {spec.bits}-bit {'signed' if spec.signed else 'unsigned'} "
+                         f"{'symmetric' if spec.symmetric else 'asymmetric'} input ([{stored.qmin}, {stored.qmax}]), "
+                         "so the loaded model would differ; use narrow=None for input quantizers")  # fmt: skip
 
 
 def _check_folded(model: nn.Module) -> None:
@@ -308,6 +323,7 @@ def encode_compressed(
             scale, zero = float(iq.effective_scale[0]), float(iq.zero_point[0])
             if not zero.is_integer():  # calibration rounds it; a hand-set fraction has no integer code to store
                 raise ValueError(f"{name}: input zero point {zero} is not an integer; the file stores integer codes")
+            _check_input_range(name, iq.spec)
             activations.append({"layer": name, "bits": iq.spec.bits, "signed": iq.spec.signed,
                                 "symmetric": iq.spec.symmetric, "scale": scale, "zero_point": int(zero)})  # fmt: skip
     extra: dict[str, Any] = {"activations": activations}

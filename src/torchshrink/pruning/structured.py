@@ -16,6 +16,7 @@ alone; :func:`structured_report` says which and why, and :func:`structured_prune
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -86,7 +87,11 @@ def kept_channels(before: int, amount: float, min_channels: int = 1, multiple_of
 
 
 def structured_prune_(
-    model: nn.Module, amount: float, min_channels: int = 1, multiple_of: int = 1
+    model: nn.Module,
+    amount: float,
+    min_channels: int = 1,
+    multiple_of: int = 1,
+    layer_amounts: Mapping[str, float] | None = None,
 ) -> dict[str, tuple[int, int]]:
     """Remove ``round(amount * C)`` of the C channels of every prunable group, lowest scores first.
 
@@ -95,6 +100,9 @@ def structured_prune_(
         amount: fraction of channels to remove, in ``[0, 1)``.
         min_channels: no group is pruned below this many channels.
         multiple_of: keep a multiple of this many channels in every group (nearest; see :func:`kept_channels`).
+        layer_amounts: a fraction per group label (``{"features.conv1": 0.75}``) overriding ``amount`` for
+            that group. Layers differ in what their channels cost and buy: on a CPU the convs at full image
+            resolution cost most time per channel, so a per-layer allocation removes more there.
 
     Returns:
         ``{label: (channels_before, channels_after)}`` for each pruned group, labelled by its first
@@ -104,13 +112,18 @@ def structured_prune_(
         ConfigError: ``amount`` out of range, the model cannot be traced, a grouped conv reads prunable
             channels, or no group can be pruned (the message lists each group and why).
     """
-    if not 0.0 <= amount < 1.0:
-        raise ConfigError(f"sparsity {amount}: the fraction of channels to remove must be in [0, 1)")
+    for value in (amount, *(layer_amounts or {}).values()):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"sparsity {value}: the fraction of channels to remove must be in [0, 1)")
     if not isinstance(multiple_of, int) or multiple_of < 1:
         raise ConfigError(f"multiple_of={multiple_of!r}: give a positive whole number of channels")
     graph = channel_graph(model)
     if not graph.groups:
         raise ConfigError("structured pruning found no Conv1d/Conv2d/Conv3d layer (groups=1) in the model")
+    unknown = [name for name in layer_amounts or {} if name not in {g.label for g in graph.groups if g.prunable}]
+    if unknown:
+        raise ConfigError(f"layer_amounts names {', '.join(map(repr, unknown))}: not a prunable channel group; the "
+                          f"groups are {', '.join(g.label for g in graph.groups if g.prunable)}")  # fmt: skip
     skipped = [g for g in graph.groups if not g.prunable]
     if len(skipped) == len(graph.groups):
         raise ConfigError(f"structured pruning found no prunable channels: {_describe(skipped)}")
@@ -124,7 +137,7 @@ def structured_prune_(
         if not group.prunable:
             continue
         before = sizes[group.index]
-        n_keep = kept_channels(before, amount, min_channels, multiple_of)
+        n_keep = kept_channels(before, (layer_amounts or {}).get(group.label, amount), min_channels, multiple_of)
         changes[group.label] = (before, n_keep)
         if n_keep == before:
             continue

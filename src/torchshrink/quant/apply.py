@@ -2,7 +2,9 @@
 and report the exact weight storage.
 
 Weights: signed, symmetric (zero point 0, so pruned zeros stay exact zero codes), per output channel by
-default, attached as a parametrization after any pruning mask: ``weight = fq(original * mask)``.
+default, attached as a parametrization after any pruning mask: ``weight = fq(original * mask)``. Their codes
+are the narrow range ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` (ternary at 2 bits) unless ``full_range_weights`` asks
+for every signed code ``[-2^(b-1), 2^(b-1) - 1]``.
 
 Inputs of quantized layers (activations): calibrated on training images. An input that is never negative
 (everything after a ReLU) is unsigned with zero point 0. Two deliberate exceptions:
@@ -64,6 +66,7 @@ class QuantConfig:
 
         QuantConfig(bits=4, act_bits=8)  # W4A8 everywhere
         QuantConfig(bits=4, layer_bits={"features.conv1": 8, "classifier.fc2": 2})  # mixed precision
+        QuantConfig(bits=2, full_range_weights=True)  # 2-bit weights on 4 levels (-2..1), not ternary
     """
 
     bits: int = 8  # weight code width, 2..8
@@ -75,9 +78,16 @@ class QuantConfig:
     quantize_inputs: bool = True  # fake-quantize activations (False: weight-only)
     layer_bits: Mapping[str, int] | None = None  # weight width per layer name, overriding bits (mixed precision)
     layer_act_bits: Mapping[str, int] | None = None  # input width per layer name, overriding act_bits
+    # Weight codes in the full signed range [-2^(b-1), 2^(b-1) - 1] (LSQ, Esser et al. 2020) instead of the
+    # narrow, mirrored [-(2^(b-1) - 1), 2^(b-1) - 1]: one more level in the same bits, zero still an exact code
+    # (pruned weights stay zeros). It matters most at 2 bits: 4 levels (-2, -1, 0, 1) instead of ternary;
+    # at 8 bits it is 256 levels instead of 255. Activations are not affected.
+    full_range_weights: bool = False
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
+        if not isinstance(self.full_range_weights, bool):
+            raise ConfigError(f"full_range_weights={self.full_range_weights!r}: must be True or False")
         if self.act_bits is not None:
             check_bits(self.act_bits)
         if self.weight_calibration not in ("minmax", "mse"):
@@ -199,7 +209,8 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = defau
             raise ConfigError(f"{name}: already quantized")
         first, last = i == 0, i == len(names) - 1
         bits = config.weight_bits_of(name, edge=first or last)
-        fq = calibrated_weight_quantizer(layer.weight, bits, config.per_channel, config.weight_calibration)
+        fq = calibrated_weight_quantizer(layer.weight, bits, config.per_channel, config.weight_calibration,
+                                         narrow=False if config.full_range_weights else None)  # fmt: skip
         parametrize.register_parametrization(layer, "weight", fq)
         if not config.quantize_inputs:
             continue
@@ -216,17 +227,21 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = defau
 
 
 @torch.no_grad()
-def calibrated_weight_quantizer(weight: torch.Tensor, bits: int, per_channel: bool = True,
-                                method: str = "mse") -> FakeQuant:  # fmt: skip
+def calibrated_weight_quantizer(weight: torch.Tensor, bits: int, per_channel: bool = True, method: str = "mse",
+                                narrow: bool | None = None) -> FakeQuant:  # fmt: skip
     """An enabled, signed, symmetric weight quantizer calibrated on ``weight`` (as masked, if pruned): what
     :func:`quantize_` attaches. Symmetric, so a pruned zero stays an exact zero code.
+
+    ``narrow``: ``None`` (the default) or ``True`` for the narrow codes ``[-(2^(b-1) - 1), 2^(b-1) - 1]``,
+    ``False`` for the full signed range ``[-2^(b-1), 2^(b-1) - 1]`` (``QuantConfig.full_range_weights``).
 
     Example::
 
         fq = calibrated_weight_quantizer(conv.weight, 4)
         w4 = fq(conv.weight)  # at most 15 levels per output channel
+        fq = calibrated_weight_quantizer(conv.weight, 2, narrow=False)  # 4 levels: -2, -1, 0, 1 times the scale
     """
-    spec = QuantSpec(bits=bits, signed=True, symmetric=True, per_channel=per_channel)
+    spec = QuantSpec(bits=bits, signed=True, symmetric=True, per_channel=per_channel, narrow=narrow)
     fq = FakeQuant(spec, channels=weight.shape[0])
     fq.calibrate_from(weight, method)
     fq.enabled = True

@@ -29,26 +29,42 @@ class QuantSpec:
     """How one tensor is quantized.
 
     bits: code width, 2..8.
-    signed: codes in ``[-2^(b-1), 2^(b-1) - 1]`` (narrowed to symmetric for symmetric specs) or ``[0, 2^b - 1]``.
+    signed: codes in ``[-2^(b-1), 2^(b-1) - 1]`` (narrowed to symmetric for symmetric specs, see ``narrow``) or
+        ``[0, 2^b - 1]``.
     symmetric: zero point fixed at 0 (so an exact zero weight stays an exact zero code).
     per_channel: one scale per output channel (axis 0) instead of one per tensor.
+    narrow: drop the most negative signed code. ``None`` (the default): narrow when symmetric and signed, so
+        the codes mirror around zero (ternary at 2 bits). ``False``: the full signed range even when symmetric,
+        as in LSQ (Esser et al. 2020): one more level (-2, -1, 0, 1 at 2 bits) and zero still a code.
+        Unsigned ranges ignore it.
+
+    >>> QuantSpec(bits=2).qmin, QuantSpec(bits=2, narrow=False).qmin, QuantSpec(bits=2, narrow=False).qmax
+    (-1, -2, 1)
     """
 
     bits: int = 8
     signed: bool = True
     symmetric: bool = True
     per_channel: bool = False
+    narrow: bool | None = None
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
+        if self.narrow is not None and not isinstance(self.narrow, bool):
+            raise ConfigError(f"narrow={self.narrow!r}: must be True, False or None")
+
+    @property
+    def is_narrow(self) -> bool:
+        """Whether the most negative signed code is dropped (always False for unsigned codes)."""
+        return self.signed and (self.symmetric if self.narrow is None else self.narrow)
 
     @property
     def qmin(self) -> int:
-        return qrange(self.bits, self.signed, narrow=self.symmetric and self.signed)[0]
+        return qrange(self.bits, self.signed, narrow=self.is_narrow)[0]
 
     @property
     def qmax(self) -> int:
-        return qrange(self.bits, self.signed, narrow=self.symmetric and self.signed)[1]
+        return qrange(self.bits, self.signed, narrow=self.is_narrow)[1]
 
     @property
     def axis(self) -> int | None:
@@ -87,7 +103,8 @@ class FakeQuant(nn.Module):
         s = self.spec
         return (
             f"bits={s.bits}, signed={s.signed}, symmetric={s.symmetric}, per_channel={s.per_channel}, "
-            f"is_activation={self.is_activation}, enabled={self.enabled}"
+            + (f"narrow={s.narrow}, " if s.narrow is not None else "")
+            + f"is_activation={self.is_activation}, enabled={self.enabled}"
         )
 
     @property
@@ -175,7 +192,8 @@ class FakeQuant(nn.Module):
 
     @torch.no_grad()
     def calibrate_from(self, x: torch.Tensor, method: str = "minmax") -> None:
-        """Set the scale (and zero point) from a tensor, e.g. a weight: ``minmax`` or ``mse``."""
+        """Set the scale (and zero point) from a tensor, e.g. a weight: ``minmax`` or ``mse``, both for the
+        spec's own codes ``[qmin, qmax]`` (a full signed range included)."""
         if method not in ("minmax", "mse"):
             raise ConfigError(f"weight calibration {method!r}: choose 'minmax' or 'mse'")
         spec = self.spec

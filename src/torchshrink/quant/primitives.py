@@ -23,6 +23,8 @@ __all__ = [
     "fake_quantize",
     "broadcast_to_axis",
     "reduce_absmax",
+    "reduce_min_max",
+    "symmetric_reach",
     "minmax_qparams",
     "mse_scale_search",
 ]
@@ -39,7 +41,7 @@ def qrange(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
     """Integer range of a ``bits``-wide code.
 
     ``narrow`` drops the most negative signed value so the range is symmetric around zero
-    (2-bit narrow signed is ternary: -1, 0, 1).
+    (2-bit narrow signed is ternary: -1, 0, 1; the full range is -2, -1, 0, 1). Unsigned ranges ignore it.
 
     >>> qrange(8, True), qrange(8, False), qrange(2, True, narrow=True)
     ((-128, 127), (0, 255), (-1, 1))
@@ -143,17 +145,47 @@ def reduce_absmax(x: torch.Tensor, axis: int | None) -> torch.Tensor:
     return x.detach().abs().transpose(0, axis).flatten(1).max(dim=1).values
 
 
+def reduce_min_max(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max of ``x`` over everything (``axis=None``) or over all dims but ``axis``."""
+    x = x.detach()
+    if axis is None:
+        return x.min(), x.max()
+    flat = x.transpose(0, axis).flatten(1)
+    return flat.min(dim=1).values, flat.max(dim=1).values
+
+
+def symmetric_reach(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """The magnitude a symmetric (zero point 0) scale maps to ``qmax`` so that neither ``lo <= 0`` nor
+    ``hi >= 0`` is clipped: ``scale = reach / qmax``.
+
+    A mirrored range (narrow signed, ``qmin == -qmax``) or an unsigned one gives ``max(-lo, hi)``, the
+    absmax. A full signed range ``[-2^(b-1), 2^(b-1) - 1]`` has one more negative code: ``lo`` needs only the
+    scale ``lo / qmin``, so the reach is ``max(-lo * qmax / -qmin, hi)``. (Mapping the absmax to ``qmin``
+    whatever its sign would clip a larger positive side; mapping it to ``qmax`` would leave the extra code
+    unused.)
+
+    >>> lo, hi = torch.tensor(-1.0), torch.tensor(0.25)
+    >>> symmetric_reach(lo, hi, -1, 1), symmetric_reach(lo, hi, -2, 1)
+    (tensor(1.), tensor(0.5000))
+    """
+    if qmin >= 0 or qmin == -qmax:
+        return torch.maximum(-lo, hi)
+    return torch.maximum(-lo * (qmax / -qmin), hi)
+
+
 def minmax_qparams(
     lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int, symmetric: bool, eps: float = 1e-8
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point covering ``[lo, hi]`` (widened to contain 0, so zero is exact).
 
-    Symmetric: ``scale = max(|lo|, |hi|) / qmax`` and zero point 0 (for unsigned ranges, ``hi / qmax``).
+    Symmetric: zero point 0 and the smallest scale that clips neither side (see :func:`symmetric_reach`):
+    ``max(|lo|, |hi|) / qmax`` for a mirrored range (narrow signed; for unsigned ranges, ``hi / qmax``), and
+    ``max(lo / qmin, hi / qmax)`` for a full signed range, whose extra negative code then covers ``lo``.
     Asymmetric: ``scale = (hi - lo) / (qmax - qmin)`` and the zero point that maps 0 to an integer.
     """
     lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
     if symmetric:
-        scale = torch.maximum(-lo, hi) / qmax
+        scale = symmetric_reach(lo, hi, qmin, qmax) / qmax
         return scale.clamp_min(eps), torch.zeros_like(scale)
     scale = ((hi - lo) / (qmax - qmin)).clamp_min(eps)
     zero_point = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax)
@@ -163,21 +195,31 @@ def minmax_qparams(
 def mse_scale_search(
     x: torch.Tensor, qmin: int, qmax: int, axis: int | None = None, grid: int = 100, low: float = 0.01
 ) -> torch.Tensor:
-    """Symmetric scale minimising the squared quantization error of ``x`` (per tensor or per channel).
+    """Symmetric scale minimising the squared quantization error of ``x`` in codes ``[qmin, qmax]`` (per
+    tensor or per channel).
 
     Tries clipping thresholds ``t * absmax`` for ``t`` on a geometric grid in ``[low, 1]``; small widths gain
-    most from clipping outliers.
+    most from clipping outliers. A full signed range (``qmin == -qmax - 1``) also tries ``t * reach``, with the
+    ``reach`` of :func:`symmetric_reach`: its ``t = 1`` is the min-max scale, which clips nothing and puts the
+    extra negative code to use when the negative side is the larger. Since every scale the narrow range tries
+    is tried too, and at any one scale the extra code can only bring a value nearer, the full range's error is
+    never above the narrow range's.
     """
     x = x.detach()
     absmax = reduce_absmax(x, axis).clamp_min(1e-8)
+    tops = [absmax]
+    if qmin < 0 and qmin != -qmax:
+        lo, hi = reduce_min_max(x, axis)
+        tops.append(symmetric_reach(lo.clamp_max(0), hi.clamp_min(0), qmin, qmax).clamp_min(1e-8))
     best_err = torch.full_like(absmax, float("inf"))
     best = absmax / qmax
     zero = torch.zeros_like(absmax)
-    for t in torch.logspace(torch.log10(torch.tensor(low)), 0.0, grid):
-        scale = absmax * t / qmax
-        err = (fake_quantize(x, scale, zero, qmin, qmax, axis) - x).pow(2)
-        err = err.sum() if axis is None else err.transpose(0, axis).flatten(1).sum(dim=1)
-        better = err < best_err
-        best = torch.where(better, scale, best)
-        best_err = torch.where(better, err, best_err)
+    for top in tops:
+        for t in torch.logspace(torch.log10(torch.tensor(low)), 0.0, grid):
+            scale = top * t / qmax
+            err = (fake_quantize(x, scale, zero, qmin, qmax, axis) - x).pow(2)
+            err = err.sum() if axis is None else err.transpose(0, axis).flatten(1).sum(dim=1)
+            better = err < best_err
+            best = torch.where(better, scale, best)
+            best_err = torch.where(better, err, best_err)
     return best

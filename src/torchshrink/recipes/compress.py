@@ -55,6 +55,7 @@ class CompressConfig:
     codebook: bool = False  # k-means weight sharing instead of uniform levels
     keep_first_last_8bit: bool = False  # first/last layers at 8 bits
     float16: bool = True  # round biases and centroids to float16 values: the file stores them in half the bytes
+    full_range_weights: bool = False  # uniform only: every signed weight code (4 levels at 2 bits, not ternary)
 
     def __post_init__(self) -> None:
         check_finite(self, "sparsity", "prune_lr", "lr", "distill", "temperature")
@@ -72,6 +73,11 @@ class CompressConfig:
         if self.act_budget_bytes is not None and self.codebook:
             raise ConfigError("act_budget_bytes chooses the input widths of uniform quantization; codebook weight "
                               "sharing takes one act_bits: drop one of them")  # fmt: skip
+        if not isinstance(self.full_range_weights, bool):
+            raise ConfigError(f"full_range_weights={self.full_range_weights!r}: must be True or False")
+        if self.full_range_weights and self.codebook:
+            raise ConfigError("full_range_weights sets the range of uniform weight codes; codebook weight sharing "
+                              "has no such range: drop one of them")  # fmt: skip
         if not self.temperature > 0:
             raise ConfigError(f"temperature={self.temperature}: must be positive")
         if not (self.prune_lr > 0 and self.lr > 0 and 0 <= self.distill <= 1):
@@ -141,7 +147,8 @@ def compress_model(
             record["mixed_precision"] = plan.to_dict()
         model = codebook(pruned, task, bits, act_bits, train, device, log=log, teacher=teacher, filter_fn=filter_fn)
     else:
-        qcfg = QuantConfig(bits=cfg.bits, act_bits=act_bits, keep_first_last_8bit=cfg.keep_first_last_8bit)
+        qcfg = QuantConfig(bits=cfg.bits, act_bits=act_bits, keep_first_last_8bit=cfg.keep_first_last_8bit,
+                           full_range_weights=cfg.full_range_weights)  # fmt: skip
         if cfg.act_budget_bytes is not None:  # first: the file measured for the weights holds these input widths
             acts = plan_activation_widths(pruned, task, cfg.act_budget_bytes, tuple(range(2, act_bits + 1)), log=log,
                                           filter_fn=filter_fn)  # fmt: skip
@@ -154,7 +161,8 @@ def compress_model(
                 return _file_bytes(model, cfg, model_name, model_args)
 
             plan = plan_uniform_mixed_precision(pruned, task, cfg.budget_bytes, tuple(range(2, cfg.bits + 1)), log=log,
-                                                filter_fn=filter_fn, file_bytes=quantized_file)  # fmt: skip
+                                                filter_fn=filter_fn, file_bytes=quantized_file,
+                                                full_range=cfg.full_range_weights)  # fmt: skip
             plan = fit_plan_to_file(plan, quantized_file, margin=_margin(cfg), log=log)
             qcfg = replace(qcfg, layer_bits=plan.bits)
             record["mixed_precision"] = plan.to_dict()

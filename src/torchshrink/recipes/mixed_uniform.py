@@ -59,20 +59,22 @@ def uniform_width_table(
     filter_fn: FilterFn = default_filter,
     per_channel: bool = True,
     calibration: str = "mse",
+    full_range: bool = False,
 ) -> tuple[float, float, list[LayerWidth]]:
     """For every layer ``filter_fn`` accepts and every width: validation metric and loss with only that layer's
     weight quantized, and the bytes it takes in the file (codes, positions, scales). Returns the float
-    model's metric and loss, and the table. ``per_channel`` and ``calibration`` are those of the
+    model's metric and loss, and the table. ``per_channel``, ``calibration`` and ``full_range`` are the
+    ``per_channel``, ``weight_calibration`` and ``full_range_weights`` of the
     :class:`torchshrink.quant.QuantConfig` the plan will be applied with."""
     task = as_task(task)
     return _width_table(folded_copy(model), task, candidates, val_images, progress, filter_fn, per_channel,
-                        calibration)  # fmt: skip
+                        calibration, full_range)  # fmt: skip
 
 
 @torch.no_grad()
 def _width_table(
     folded: nn.Module, task: Task, candidates: tuple[int, ...], val_images: int | None, progress: bool,
-    filter_fn: FilterFn, per_channel: bool, calibration: str,
+    filter_fn: FilterFn, per_channel: bool, calibration: str, full_range: bool = False,
 ) -> tuple[float, float, list[LayerWidth]]:  # fmt: skip
     measure = validation_measure(task, candidates, val_images)
     float_acc, float_loss = measure(folded)
@@ -84,7 +86,8 @@ def _width_table(
     for name, layer in layers.items():
         original = layer.weight.detach().clone()  # pruned zeros included: they stay exact zero codes
         for bits in candidates:
-            fq = calibrated_weight_quantizer(original, bits, per_channel, calibration)
+            fq = calibrated_weight_quantizer(original, bits, per_channel, calibration,
+                                             narrow=False if full_range else None)  # fmt: skip
             # the quantized weight in place of the float one, for this measurement only: no copy of the model
             layer.weight.copy_(fq(original))
             try:
@@ -109,6 +112,7 @@ def plan_uniform_mixed_precision(
     per_channel: bool = True,
     calibration: str = "mse",
     file_bytes: Callable[[dict[str, int]], int] | None = None,
+    full_range: bool = False,
 ) -> MixedPlan:
     """Measure the uniform width table of a (pruned) model and allocate a weight width per layer so the file
     fits ``budget_bytes``; fit it to the real file with :func:`fit_plan_to_file`, then quantize with
@@ -117,6 +121,8 @@ def plan_uniform_mixed_precision(
     Args:
         file_bytes: the size of the real file with the given widths (as for :func:`fit_plan_to_file`): the
             header and biases are then measured on the file of the narrowest widths rather than estimated.
+        full_range: the plan is for ``QuantConfig(full_range_weights=True)``: each width is measured (loss and
+            bytes) with full-range codes, as it will be applied.
 
     Example::
 
@@ -126,6 +132,6 @@ def plan_uniform_mixed_precision(
     task = as_task(task)
     folded = folded_copy(model)
     float_acc, float_loss, table = _width_table(folded, task, candidates, val_images, progress, filter_fn,
-                                                per_channel, calibration)  # fmt: skip
+                                                per_channel, calibration, full_range)  # fmt: skip
     fixed = fixed_bytes_estimate(folded, filter_fn) if file_bytes is None else measured_fixed_bytes(table, file_bytes)
     return plan_from_table(table, budget_bytes, fixed, float_acc, float_loss, log, "uniform mixed precision")
