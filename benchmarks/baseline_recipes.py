@@ -44,7 +44,7 @@ RECIPES = [
     Recipe("22 epochs, crop 2", epochs=22, crop_padding=2),
     Recipe("15 epochs (the current default)"),
     Recipe("15 epochs, erasing 0.25, channels 32/64/128+128", erase=0.25, channels=(32, 64, (128, 128))),
-    Recipe("15 epochs, erasing 0.25, channels 32/64+64/128", erase=0.25, channels=(32, (64, 64), 128)),
+    Recipe("15 epochs, erasing 0.25, channels 16/64/128+128", erase=0.25, channels=(16, 64, (128, 128))),
 ]
 
 

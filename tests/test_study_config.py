@@ -53,6 +53,11 @@ def _load(tmp_path: Path, data: bytes | str) -> StudyConfig:
         ("quantization: {lr: -.inf}", "quantization.lr: expected a finite number, got -inf"),
         ("seed: 10000000000000000000", "seed: 10000000000000000000 is out of range"),
         ("combined: {points: []}", "combined.points: \\[\\] must hold at least one point"),
+        ("structured: {layer_amounts: {features.conv1: 1.0}}",
+         "structured.layer_amounts.features.conv1: 1.0 must be in \\[0, 1\\)"),
+        ("structured: {layer_amounts: [0.5]}", "structured.layer_amounts: expected a mapping of at most"),
+        ("structured: {layer_amounts: {features.conv1: .nan}}", "structured.layer_amounts.features.conv1: expected a"),
+        ("structured: {distill: 1.5}", "structured.distill: 1.5 must be in \\[0, 1\\]"),
         ("combined: {points: [{sparsity: 0.4, bits: 8}]}", "combined.points\\[0\\].act_bits: missing"),
         (
             "combined: {points: [{sparsity: 0.4, bits: 8, act_bits: 8, role: teacher}]}",
@@ -84,7 +89,8 @@ def test_malformed_config_is_one_short_config_error(tmp_path, text, message):
     t0 = time.perf_counter()
     with pytest.raises(ConfigError, match=f"study.yaml: {message}") as info:
         _load(tmp_path, text)
-    assert time.perf_counter() - t0 < 2
+    # a guard against parses that blow up (minutes, gigabytes), not a speed measure: generous for a busy machine
+    assert time.perf_counter() - t0 < 30
     assert "\n" not in str(info.value) and len(str(info.value)) < 600
 
 
@@ -149,3 +155,14 @@ def test_a_uniform_point_may_have_a_budget(tmp_path):
     assert not uniform.codebook and (uniform.bits, uniform.act_bits) == (8, 8)
     assert point_file(uniform) == "continued-s0.93-w8a8-uniform-budget31286.tshrink" != point_file(codebook)
     assert quick_config(StudyConfig()).combined.points == StudyConfig().combined.points  # --quick keeps it
+
+
+def test_structured_layer_amounts_naming_no_channel_group_are_refused_before_any_work(tmp_path):
+    from torchshrink.study import run_study
+    from torchshrink.study.config import StructuredSection
+
+    cfg = StudyConfig(structured=StructuredSection(layer_amounts={"features.conv9": 0.5}))
+    with pytest.raises(ConfigError, match="'features.conv9' is not a prunable channel group of 'cnn'; its groups "
+                       "are features.conv1, features.conv2, features.conv3"):  # fmt: skip
+        run_study(cfg, tmp_path / "study", data_dir=str(tmp_path / "no-data"))
+    assert not any((tmp_path / "study").glob("cache/*"))

@@ -85,6 +85,9 @@ class ContinuedSection:  # the gradual model pruned further in a second, shorter
 class QuantSection:
     bits: tuple[int, ...] = (8, 6, 4, 2)  # W/A widths (weights and activations alike)
     edge8_bits: tuple[int, ...] = ()  # widths also run with the first and last layers at 8 bits
+    # widths whose weights use every signed code (4 levels at 2 bits, not ternary): chosen on validation by
+    # benchmarks/low_bit.py at 2 bits
+    full_range_bits: tuple[int, ...] = (2,)
     qat_epochs: int = 1  # QAT epochs per width (the library's default is 2: one fits the study's time budget)
     lr: float = CompressConfig.lr  # QAT peak learning rate
     calibration: str = QuantConfig.act_calibration  # activation ranges: minmax, percentile or mse
@@ -139,9 +142,15 @@ class CombinedSection:
 
 @dataclass(frozen=True)
 class StructuredSection:
-    amount: float = 0.5  # fraction of conv channels removed in every conv layer
-    finetune_epochs: int = 3  # epochs of fine-tuning after removal
-    lr: float = 0.04  # fine-tuning peak learning rate
+    # the recipe chosen on validation by benchmarks/structured_recipes.py (3.66x at batch 256, -0.26 points)
+    amount: float = 0.5  # fraction of conv channels removed in every conv layer not in layer_amounts
+    # a fraction per channel group, named by its first conv: on a CPU the full-resolution conv costs the most
+    # time per channel
+    layer_amounts: dict[str, float] = field(default_factory=lambda: {"features.conv1": 0.75})
+    finetune_epochs: int = 16  # epochs of fine-tuning after removal
+    lr: float = 0.06  # fine-tuning peak learning rate
+    distill: float = 0.7  # weight of the dense model's soft targets in the fine-tuning loss
+    temperature: float = 2.0  # of those soft targets
 
 
 @dataclass(frozen=True)
@@ -208,8 +217,14 @@ def _check(cfg: StudyConfig) -> None:
     need(list(cfg.iterative.targets) == sorted(set(cfg.iterative.targets)), "iterative.targets",
          list(cfg.iterative.targets), "must be increasing")  # fmt: skip
     need(0 < cfg.structured.amount < 1, "structured.amount", cfg.structured.amount, "must be in (0, 1)")
+    for name, value in cfg.structured.layer_amounts.items():
+        need(0 <= value < 1, f"structured.layer_amounts.{name}", value, "must be in [0, 1)")
+    need(0 <= cfg.structured.distill <= 1, "structured.distill", cfg.structured.distill, "must be in [0, 1]")
+    need(cfg.structured.temperature > 0, "structured.temperature", cfg.structured.temperature, "must be positive")
     for b in cfg.quantization.bits:
         need(2 <= b <= 8, "quantization.bits", b, "must be from 2 to 8")
+    for b in cfg.quantization.full_range_bits:
+        need(b in cfg.quantization.bits, "quantization.full_range_bits", b, "must be one of bits")
     for b in cfg.quantization.edge8_bits:
         need(b in cfg.quantization.bits and b < 8, "quantization.edge8_bits", b, "must be one of bits, below 8")
     need(cfg.quantization.calibration in CALIBRATIONS, "quantization.calibration",
@@ -260,7 +275,12 @@ def _floats(obj: Any, where: str) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
     for f in fields(obj):
         value, key = getattr(obj, f.name), f"{where}{f.name}"
-        items = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, tuple) else [(key, value)]
+        if isinstance(value, tuple):
+            items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        elif isinstance(value, dict):
+            items = [(f"{key}.{k}", v) for k, v in value.items()]
+        else:
+            items = [(key, value)]
         for name, item in items:
             if dataclasses.is_dataclass(item):
                 out += _floats(item, f"{name}.")
@@ -298,6 +318,14 @@ def _value(hint: Any, value: Any, where: str) -> Any:
     text = str(hint)
     if dataclasses.is_dataclass(hint):
         return _coerce(hint, value, where)
+    if text.startswith("dict[str, float]"):  # e.g. a fraction per layer name
+        if not isinstance(value, dict) or len(value) > MAX_LIST:
+            raise ConfigError(f"{where}: expected a mapping of at most {MAX_LIST} names to numbers, got "
+                              f"{show_value(value)}")  # fmt: skip
+        for key in value:
+            if not isinstance(key, str) or not key:
+                raise ConfigError(f"{where}: {show_value(key, 40)} is not a layer name")
+        return {key: _value(float, v, f"{where}.{key}") for key, v in value.items()}
     if text.startswith("tuple["):
         if not isinstance(value, list) or len(value) > MAX_LIST:
             raise ConfigError(f"{where}: expected a list of at most {MAX_LIST} values, got {show_value(value)}")

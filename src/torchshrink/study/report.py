@@ -184,7 +184,7 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:
             ["Bits", "First/last 8-bit", "PTQ (%)", "QAT (%)", "Weight bytes", "Ratio", "Seconds"],
             [
                 [
-                    r["bits"],
+                    f"{r['bits']} (full range)" if r.get("full_range") else r["bits"],
                     "yes" if r["first_last_8bit"] else "no",
                     _pct(r["ptq_test_accuracy"]),
                     _pct(r["qat_test_accuracy"]),
@@ -202,6 +202,12 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:
         _table(
             ["", "Before", "After", "Ratio"],
             [
+                [
+                    "Conv channels",
+                    "/".join(str(before) for before, _ in s["channels"].values()),
+                    "/".join(str(after) for _, after in s["channels"].values()),
+                    "",
+                ],
                 [
                     "Parameters",
                     f"{s['params_before']:,}",

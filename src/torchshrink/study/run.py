@@ -110,6 +110,7 @@ def _run(
     from torchshrink.study.report import write_report
 
     started = time.perf_counter()
+    stages.check_structured(cfg)
     data = load_fashion_mnist(data_dir).subset(train=cfg.data.train_subset, test=cfg.data.test_subset)
     ctx = stages.Context(cfg, data, pick_device(device), lambda line: tqdm.write(line) if progress else log(line))
     cache = StageCache(out / "cache")

@@ -15,9 +15,10 @@ from torch import nn
 
 from torchshrink.checkpoint import load_checkpoint, save_checkpoint
 from torchshrink.data import FashionMNIST, Task
+from torchshrink.errors import ConfigError
 from torchshrink.measure import count_macs, latency
 from torchshrink.models import build_model, fp32_bytes, layer_table, parameter_count
-from torchshrink.pruning import permanent_copy, prune_, sparsity_report, structured_prune_
+from torchshrink.pruning import permanent_copy, prune_, sparsity_report, structured_prune_, structured_report
 from torchshrink.quant import QuantConfig, storage_report
 from torchshrink.recipes import (
     CompressConfig,
@@ -35,7 +36,7 @@ from torchshrink.recipes import (
 from torchshrink.study.config import CombinedPoint, StudyConfig
 
 __all__ = ["Context", "baseline", "oneshot", "sensitivity", "iterative_step", "gradual", "continued", "quantize_width",
-           "combined_point", "point_file", "structured"]  # fmt: skip
+           "combined_point", "point_file", "check_structured", "structured"]  # fmt: skip
 
 
 @dataclass
@@ -154,7 +155,8 @@ def _gradual_run(
 
 def quantize_width(ctx: Context, base: nn.Module, bits: int, first_last_8bit: bool) -> dict[str, Any]:
     q = ctx.cfg.quantization
-    config = QuantConfig(bits=bits, act_calibration=q.calibration, keep_first_last_8bit=first_last_8bit)
+    config = QuantConfig(bits=bits, act_calibration=q.calibration, keep_first_last_8bit=first_last_8bit,
+                         full_range_weights=bits in q.full_range_bits)  # fmt: skip
     model = ptq(base, ctx.task, config)
     ptq_acc = ctx.test(model)
     storage = sum(r.total_bytes for r in storage_report(model))
@@ -164,7 +166,8 @@ def quantize_width(ctx: Context, base: nn.Module, bits: int, first_last_8bit: bo
         model, _ = qat(base, ctx.task, config, TrainConfig(epochs=q.qat_epochs, lr=q.lr, seed=ctx.cfg.seed), ctx.device,
                        log=ctx.log)  # fmt: skip
         qat_acc, seconds = ctx.test(model), time.perf_counter() - t0
-    return {"bits": bits, "act_bits": bits, "first_last_8bit": first_last_8bit, "ptq_test_accuracy": ptq_acc,
+    return {"bits": bits, "act_bits": bits, "first_last_8bit": first_last_8bit,
+            "full_range": config.full_range_weights, "ptq_test_accuracy": ptq_acc,
             "qat_test_accuracy": qat_acc, "qat_seconds": seconds, "weight_bytes": storage}  # fmt: skip
 
 
@@ -191,13 +194,27 @@ def point_file(point: CombinedPoint) -> str:
     return f"{point.source}-s{point.sparsity:g}-w{point.bits}a{point.act_bits}-{kind}{budget}.tshrink"
 
 
+def check_structured(cfg: StudyConfig) -> None:
+    """Refuse, before any work, ``structured.layer_amounts`` naming no channel group of the baseline model."""
+    names = cfg.structured.layer_amounts
+    if not names:
+        return
+    groups = [g.label for g in structured_report(build_model(cfg.baseline.model)) if g.prunable]
+    unknown = [n for n in names if n not in groups]
+    if unknown:
+        raise ConfigError(f"structured.layer_amounts: {', '.join(map(repr, unknown))} is not a prunable channel "
+                          f"group of {cfg.baseline.model!r}; its groups are {', '.join(groups)}")  # fmt: skip
+
+
 def structured(ctx: Context, base: nn.Module) -> dict[str, Any]:
     s = ctx.cfg.structured
     small = copy.deepcopy(base)
-    channels = structured_prune_(small, s.amount)
+    channels = structured_prune_(small, s.amount, layer_amounts=s.layer_amounts)
     pruned_acc = ctx.test(small)
     if s.finetune_epochs:
-        fit(small, ctx.task, TrainConfig(epochs=s.finetune_epochs, lr=s.lr, seed=ctx.cfg.seed), ctx.device, log=ctx.log)
+        train = TrainConfig(epochs=s.finetune_epochs, lr=s.lr, distill=s.distill, temperature=s.temperature,
+                            seed=ctx.cfg.seed)  # fmt: skip
+        fit(small, ctx.task, train, ctx.device, log=ctx.log, teacher=base if s.distill else None)
     acc = ctx.test(small)
     base_cpu, small_cpu = copy.deepcopy(base).cpu(), copy.deepcopy(small).cpu()
     lat = {}
@@ -208,7 +225,7 @@ def structured(ctx: Context, base: nn.Module) -> dict[str, Any]:
             small_t.append(latency(small_cpu, batch, repeats=5 if batch == 256 else 50))
         lat[str(batch)] = {"dense_s": min(dense_t), "pruned_s": min(small_t), "speedup": min(dense_t) / min(small_t)}
     return {
-        "amount": s.amount, "channels": {k: list(v) for k, v in channels.items()},
+        "amount": s.amount, "layer_amounts": dict(s.layer_amounts), "channels": {k: list(v) for k, v in channels.items()},
         "params_before": parameter_count(base), "params_after": parameter_count(small),
         "macs_before": count_macs(base_cpu), "macs_after": count_macs(small_cpu),
         "test_accuracy_pruned": pruned_acc, "test_accuracy": acc, "latency": lat,
