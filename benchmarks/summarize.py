@@ -202,15 +202,17 @@ def structured_recipes(name: str = "structured_recipes") -> None:
     d = load(name)
     if not d:
         return
-    rows = [[r["label"], pct(r["val_accuracy"]), pct(r["test_accuracy"]), f"{r['delta_points']:+.2f}",
-             f"{r['speedup_256']:.2f}x", f"{r['seconds']:.0f}"] for r in d["rows"]]  # fmt: skip
+    rows = [[r["label"], "/".join(map(str, r.get("channels") or [])) or "-", pct(r["val_accuracy"]),
+             pct(r["test_accuracy"]), f"{r['delta_points']:+.2f}", f"{r['speedup_256']:.2f}x", f"{r['seconds']:.0f}"]
+            for r in d["rows"]]  # fmt: skip
     by_shape = d.get("speedup_by_shape") or {
         f"{100 * float(a):.0f}%": v for a, v in d.get("speedup_by_amount", {}).items()
     }
     speeds = ", ".join(f"{k} {v:.2f}x" for k, v in by_shape.items())
     print(f"\nChannel pruning recipes ({host(d)}; baseline {pct(d['baseline_test_accuracy'])}% test; speedup per "
           f"architecture, median of its runs: {speeds}; chosen: {d.get('chosen')}):\n")  # fmt: skip
-    print(table(["recipe", "val (%)", "test (%)", "vs fp32 (points)", "torch speedup, batch 256", "seconds"], rows))
+    print(table(["recipe", "kept channels", "val (%)", "test (%)", "vs fp32 (points)", "torch speedup, batch 256",
+                 "seconds"], rows))  # fmt: skip
 
 
 def families() -> None:
