@@ -21,6 +21,25 @@ from torchshrink.quant.primitives import check_bits, scale_grad
 __all__ = ["kmeans_1d", "Codebook", "codebook_quantizer", "codebook_layers", "codebook_quantize_"]
 
 
+class _TableLookup(torch.autograd.Function):
+    """``table[indices]`` whose backward sums each entry's gradients with ``bincount``. The gather's own
+    backward (``index_put_`` with accumulate) adds in parallel on the CPU, in an order that changes from run to
+    run: the same codebook fine-tuning then ended a few ULPs apart, and a file one byte and 0.04 points apart,
+    between two runs with the same seed. ``bincount`` sums serially: the same run gives the same file."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(indices)
+        ctx.entries = table.numel()
+        return table[indices]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (indices,) = ctx.saved_tensors
+        summed = torch.bincount(indices.flatten(), weights=grad.flatten(), minlength=ctx.entries)
+        return summed.to(grad.dtype), None
+
+
 @torch.no_grad()
 def kmeans_1d(values: torch.Tensor, k: int, iterations: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster a 1-D tensor into ``k`` centroids, initialised linearly between min and max (the paper's best
@@ -71,7 +90,7 @@ class Codebook(nn.Module):
         c = self.centroids
         c = scale_grad(c, self.inverse_counts)
         table = torch.cat([c.new_zeros(1), c])
-        return table[self.indices]
+        return _TableLookup.apply(table, self.indices)
 
     def export(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The centroids ``(2**bits - 1,)`` and the indices (0 = pruned zero, ``k`` = centroid ``k - 1``)."""
