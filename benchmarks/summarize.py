@@ -127,6 +127,18 @@ def main() -> None:
     structured_recipes()
     structured_recipes("structured_recipes_erase")
     baseline_recipes()
+    shapes()
+
+
+def shapes() -> None:
+    """Cost of each conv width: latency at batch 256 and training-step time (benchmarks/shapes.py)."""
+    d = load("shapes")
+    if not d:
+        return
+    rows = [[r["channels"], f"{r['parameters']:,}", f"{r['latency_256_ms']:.1f}", f"{r['speedup_256']:.2f}x",
+             f"{r['train_time_vs_default']:.2f}x" if "train_time_vs_default" in r else "-"] for r in d["rows"]]  # fmt: skip
+    print(f"\nCNN shapes ({host(d)}; interleaved, medians of {d['rounds']} rounds; the first row is the default):\n")
+    print(table(["channels", "parameters", "ms per batch of 256", "speedup", "training-step time"], rows))
 
 
 def baseline_recipes() -> None:
