@@ -112,7 +112,8 @@ def structured_prune_(
         ConfigError: ``amount`` out of range, the model cannot be traced, a grouped conv reads prunable
             channels, or no group can be pruned (the message lists each group and why).
     """
-    for value in (amount, *(layer_amounts or {}).values()):
+    layer_amounts = dict(layer_amounts or {})
+    for value in (amount, *layer_amounts.values()):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"sparsity {value}: the fraction of channels to remove must be in [0, 1)")
     if not isinstance(multiple_of, int) or multiple_of < 1:
@@ -120,10 +121,11 @@ def structured_prune_(
     graph = channel_graph(model)
     if not graph.groups:
         raise ConfigError("structured pruning found no Conv1d/Conv2d/Conv3d layer (groups=1) in the model")
-    unknown = [name for name in layer_amounts or {} if name not in {g.label for g in graph.groups if g.prunable}]
+    prunable = [g.label for g in graph.groups if g.prunable]
+    unknown = [name for name in layer_amounts if name not in prunable]
     if unknown:
         raise ConfigError(f"layer_amounts names {', '.join(map(repr, unknown))}: not a prunable channel group; the "
-                          f"groups are {', '.join(g.label for g in graph.groups if g.prunable)}")  # fmt: skip
+                          f"groups are {', '.join(prunable)}")  # fmt: skip
     skipped = [g for g in graph.groups if not g.prunable]
     if len(skipped) == len(graph.groups):
         raise ConfigError(f"structured pruning found no prunable channels: {_describe(skipped)}")
@@ -137,7 +139,7 @@ def structured_prune_(
         if not group.prunable:
             continue
         before = sizes[group.index]
-        n_keep = kept_channels(before, (layer_amounts or {}).get(group.label, amount), min_channels, multiple_of)
+        n_keep = kept_channels(before, layer_amounts.get(group.label, amount), min_channels, multiple_of)
         changes[group.label] = (before, n_keep)
         if n_keep == before:
             continue
