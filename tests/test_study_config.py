@@ -125,6 +125,7 @@ def test_values_in_messages_are_cut_short(tmp_path):
             "combined.points\\[0\\].sparsity: nan must be a finite number",
         ),
         (lambda: {"combined": CombinedSection(points=())}, "combined.points: \\[\\] must hold at least one point"),
+        (lambda: {"precision": "fp16"}, "precision: 'fp16' is not one of fp32, bf16"),
     ],
 )
 def test_configs_built_in_python_are_checked_too(change, message):

@@ -105,3 +105,48 @@ def test_ema_decay_must_be_below_one():
         TrainConfig(ema=1.0)
     with pytest.raises(ConfigError, match="ema=-0.1"):
         TrainConfig(ema=-0.1)
+
+
+BF16 = TrainConfig(**{**QUICK.to_dict(), "precision": "bf16"})
+
+
+def test_bf16_runs_the_forward_in_bfloat16_and_keeps_fp32_weights(small):
+    seen: list[torch.dtype] = []
+    torch.manual_seed(BF16.seed)
+    model = build_model("cnn_tiny")
+    model.features.conv2.register_forward_hook(lambda m, args, out: seen.append(out.dtype) if m.training else None)
+    fit(model, small.subset(train=512).task(batch_size=64), BF16, "cpu", progress=False, log=None)
+    assert seen and set(seen) == {torch.bfloat16}  # the autocast is really on while training
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    reference = _trained(small, QUICK)
+    assert not torch.equal(model.features.conv1.weight, reference.features.conv1.weight)
+    again = _trained(small, BF16)  # deterministic like fp32
+    for (name, pa), pb in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_bf16_training_learns_as_well_as_fp32(small, small_task):
+    accuracies = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = build_model("cnn_tiny")
+        fit(model, small_task, TrainConfig(epochs=3, lr=0.05, precision=precision), "cpu", progress=False, log=None)
+        accuracies[precision] = evaluate(model, small.test_batches())[0]
+    assert accuracies["bf16"] > 0.6, accuracies
+    assert abs(accuracies["bf16"] - accuracies["fp32"]) < 0.03, accuracies
+
+
+def test_bf16_refuses_quantizers_naming_the_layer(small, trained_tiny):
+    import copy
+
+    from torchshrink.quant import QuantConfig, quantize_
+
+    model = quantize_(copy.deepcopy(trained_tiny), QuantConfig(bits=4))
+    task = small.subset(train=128).task(batch_size=64)
+    with pytest.raises(ConfigError, match=r"precision='bf16'.*FakeQuant at 'features\.conv1"):
+        fit(model, task, BF16, "cpu", progress=False, log=None)
+    with pytest.raises(ConfigError, match="the teacher has a FakeQuant"):
+        fit(build_model("cnn_tiny"), task, TrainConfig(**{**BF16.to_dict(), "distill": 0.5}), "cpu",
+            teacher=model, progress=False, log=None)
+    with pytest.raises(ConfigError, match="precision='fp16'"):
+        TrainConfig(precision="fp16")

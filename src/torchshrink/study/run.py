@@ -134,7 +134,7 @@ def _run(
         return key, result
 
     common = {"seed": cfg.seed, "data": asdict(cfg.data)}
-    base_key, results["baseline"] = stage("baseline", {**common, **asdict(cfg.baseline)}, [],
+    base_key, results["baseline"] = stage("baseline", {**common, **asdict(cfg.baseline), "precision": cfg.precision}, [],
                                           lambda folder: stages.baseline(ctx, folder))  # fmt: skip
     base = stages.load_model(cache.folder(base_key), ctx.device)
     _, results["oneshot"] = stage("oneshot", asdict(cfg.oneshot), [base_key], lambda _: stages.oneshot(ctx, base))
@@ -156,13 +156,15 @@ def _run(
                 prune_from_zeros_(model)
             return stages.iterative_step(ctx, model, start, target, folder)
 
-        settings = {"target": target, "steps": it.steps_per_target, "epochs": it.epochs_per_step, "lr": it.lr}
+        settings = {"target": target, "steps": it.steps_per_target, "epochs": it.epochs_per_step, "lr": it.lr,
+                    "precision": cfg.precision}
         previous_key, result = stage(f"iterative-{target:g}", settings, [start_key], step)
         previous_sparsity = result["sparsity"]
         pruned_keys[target] = previous_key
         results["iterative"].append(result)
 
-    gradual_key, results["gradual"] = stage("gradual", {**asdict(cfg.gradual), "seed": cfg.seed}, [base_key],
+    gradual_key, results["gradual"] = stage("gradual", {**asdict(cfg.gradual), "seed": cfg.seed,
+                                                        "precision": cfg.precision}, [base_key],
                                             lambda folder: stages.gradual(ctx, base, folder))  # fmt: skip
     sources = {"gradual": gradual_key}
     if cfg.continued.sparsity is not None:
@@ -170,7 +172,8 @@ def _run(
         def more(folder: Path) -> dict:
             return stages.continued(ctx, base, stages.load_model(cache.folder(gradual_key), ctx.device), folder)
 
-        sources["continued"], results["continued"] = stage("continued", {**asdict(cfg.continued), "seed": cfg.seed},
+        sources["continued"], results["continued"] = stage("continued", {**asdict(cfg.continued), "seed": cfg.seed,
+                                                                                  "precision": cfg.precision},
                                                            [gradual_key], more)  # fmt: skip
 
     results["quantization"] = []
@@ -198,7 +201,7 @@ def _run(
         atomic_copy(cache.folder(key) / result["file"], out / "compressed" / result["file"])
         results["combined"].append(result)
 
-    _, results["structured"] = stage("structured", asdict(cfg.structured), [base_key],
+    _, results["structured"] = stage("structured", {**asdict(cfg.structured), "precision": cfg.precision}, [base_key],
                                      lambda _: stages.structured(ctx, base))  # fmt: skip
     bar.close()
     results["meta"] = {

@@ -65,7 +65,7 @@ def baseline(ctx: Context, folder: Path) -> dict[str, Any]:
     b = ctx.cfg.baseline
     torch.manual_seed(ctx.cfg.seed)
     model = build_model(b.model)
-    train = TrainConfig(epochs=b.epochs, lr=b.lr, seed=ctx.cfg.seed, ema=b.ema)
+    train = TrainConfig(epochs=b.epochs, lr=b.lr, seed=ctx.cfg.seed, ema=b.ema, precision=ctx.cfg.precision)
     task = ctx.data.task(batch_size=b.batch_size, crop_padding=b.crop_padding, erase=b.erase)
     start = time.perf_counter()
     history = fit(model, task, train, ctx.device, log=ctx.log)
@@ -106,7 +106,8 @@ def iterative_step(ctx: Context, model: nn.Module, start: float, target: float, 
     it = ctx.cfg.iterative
     t0 = time.perf_counter()
     steps = iterative_prune(model, ctx.task, target, it.steps_per_target,
-                            TrainConfig(epochs=it.epochs_per_step, lr=it.lr, seed=ctx.cfg.seed), "agp", "global",
+                            TrainConfig(epochs=it.epochs_per_step, lr=it.lr, seed=ctx.cfg.seed,
+                                        precision=ctx.cfg.precision), "agp", "global",
                             device=ctx.device, log=ctx.log, initial=start)  # fmt: skip
     seconds = time.perf_counter() - t0
     plain = permanent_copy(model)
@@ -139,7 +140,8 @@ def _gradual_run(
     end: float, folder: Path,
 ) -> dict[str, Any]:  # fmt: skip
     g = ctx.cfg.gradual
-    train = TrainConfig(epochs=epochs, lr=lr, distill=g.distill, temperature=g.temperature, seed=ctx.cfg.seed)
+    train = TrainConfig(epochs=epochs, lr=lr, distill=g.distill, temperature=g.temperature, seed=ctx.cfg.seed,
+                        precision=ctx.cfg.precision)
     step = gradual_prune(model, ctx.task, sparsity, train, start, end, g.frequency,
                          teacher=base if g.distill else None, device=ctx.device, log=ctx.log)  # fmt: skip
     plain = permanent_copy(model)
@@ -213,7 +215,7 @@ def structured(ctx: Context, base: nn.Module) -> dict[str, Any]:
     pruned_acc = ctx.test(small)
     if s.finetune_epochs:
         train = TrainConfig(epochs=s.finetune_epochs, lr=s.lr, distill=s.distill, temperature=s.temperature,
-                            seed=ctx.cfg.seed)  # fmt: skip
+                            seed=ctx.cfg.seed, precision=ctx.cfg.precision)  # fmt: skip
         fit(small, ctx.task, train, ctx.device, log=ctx.log, teacher=base if s.distill else None)
     acc = ctx.test(small)
     base_cpu, small_cpu = copy.deepcopy(base).cpu(), copy.deepcopy(small).cpu()
