@@ -35,6 +35,7 @@ class Recipe:
     crop_padding: int = 0
     channels: tuple = ()  # the cnn's conv widths per stage (a tuple: several convs in a stage); (): the default
     precision: str = "fp32"  # "bf16": forward passes under bfloat16 autocast (TrainConfig.precision)
+    fp32_final_epochs: int = 0  # with bf16: the last epochs in fp32
     seed: int = 0  # initialisation, shuffles and augmentation: a second seed tells a change from noise
 
 
@@ -50,6 +51,9 @@ RECIPES = [
     Recipe("15 epochs, erasing 0.25, bf16", erase=0.25, precision="bf16"),
     Recipe("15 epochs, erasing 0.25, seed 1", erase=0.25, seed=1),
     Recipe("15 epochs, erasing 0.25, bf16, seed 1", erase=0.25, precision="bf16", seed=1),
+    Recipe("15 epochs, erasing 0.25, bf16, last 3 fp32", erase=0.25, precision="bf16", fp32_final_epochs=3),
+    Recipe("15 epochs, erasing 0.25, bf16, last 3 fp32, seed 1", erase=0.25, precision="bf16", fp32_final_epochs=3,
+           seed=1),
     Recipe("30 epochs, erasing 0.25, bf16", epochs=30, erase=0.25, precision="bf16"),
     Recipe("30 epochs, EMA 0.998, erasing 0.25, bf16", epochs=30, ema=0.998, erase=0.25, precision="bf16"),
     Recipe("22 epochs, erasing 0.25, channels 32/64/128+128, bf16", epochs=22, erase=0.25,
@@ -72,7 +76,8 @@ def main() -> None:
     for r in RECIPES:
         if r.label in done or not wanted(args, r.label):
             continue
-        cfg = TrainConfig(epochs=r.epochs, ema=r.ema, seed=r.seed, precision=r.precision)
+        cfg = TrainConfig(epochs=r.epochs, ema=r.ema, seed=r.seed, precision=r.precision,
+                          fp32_final_epochs=r.fp32_final_epochs)
         torch.manual_seed(cfg.seed)
         model_args = {"channels": r.channels} if r.channels else {}
         model = build_model("cnn", **model_args)
@@ -85,7 +90,7 @@ def main() -> None:
                         train_config={**cfg.to_dict(), "crop_padding": r.crop_padding, "erase": r.erase},
                         metrics={"test_accuracy": test_acc, "val_accuracy": val_acc, "train_seconds": seconds})  # fmt: skip
         rows.append({"label": r.label, "epochs": r.epochs, "ema": r.ema, "erase": r.erase,
-                     "crop_padding": r.crop_padding, "precision": r.precision, "seed": r.seed, "model_args": model_args, "val_accuracy": val_acc, "val_loss": val_loss,
+                     "crop_padding": r.crop_padding, "precision": r.precision, "fp32_final_epochs": r.fp32_final_epochs, "seed": r.seed, "model_args": model_args, "val_accuracy": val_acc, "val_loss": val_loss,
                      "test_accuracy": test_acc, "test_loss": test_loss, "train_seconds": seconds,
                      "parameters": parameter_count(model), "val_history": [h.val_accuracy for h in history],
                      "epoch_seconds": [h.seconds for h in history]})  # fmt: skip

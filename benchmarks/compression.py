@@ -9,7 +9,7 @@
 
 Starting points: ``runs/baseline-pruned-iterative-0.4`` (pruned here when missing: 2 steps x 1 epoch), and the
 gradual distilled models written by ``pruning_recipes.py --save`` (``runs/pruned-0.9-gradual``,
-``runs/pruned-0.93-gd``, ``runs/pruned-0.95-gd``).
+``runs/pruned-0.93-gd``, ``runs/pruned-0.95-gd``, ``runs/pruned-0.96-gd``).
 
     python benchmarks/compression.py [--checkpoint runs/baseline] [--distill 0.7]
 """
@@ -24,6 +24,7 @@ from pathlib import Path
 from _common import write_result
 from torchshrink.checkpoint import load_checkpoint
 from torchshrink.data import load_fashion_mnist
+from torchshrink.errors import ConfigError
 from torchshrink.models import fp32_bytes
 from torchshrink.pruning import make_permanent
 from torchshrink.recipes import iterative_prune
@@ -47,6 +48,9 @@ POINTS = [
     ("95% gradual + 4-bit codebook", "gradual-0.95", dict(sparsity=0.95, bits=4, act_bits=8, codebook=True)),
     ("95% gradual + 3-bit codebook", "gradual-0.95", dict(sparsity=0.95, bits=3, act_bits=8, codebook=True)),
     ("95% gradual + 2-bit codebook", "gradual-0.95", dict(sparsity=0.95, bits=2, act_bits=8, codebook=True)),
+    ("96% gradual + 4-bit codebook", "gradual-0.96", dict(sparsity=0.96, bits=4, act_bits=8, codebook=True)),
+    ("96% gradual + mixed 2-5-bit codebook, 31 KB budget", "gradual-0.96",
+     dict(sparsity=0.96, bits=5, act_bits=8, codebook=True, budget_bytes=31_000)),
 ]  # fmt: skip
 WRITES = [("packed", "none", False), ("huffman", "none", True), ("huffman+auto", "auto", True)]
 
@@ -58,11 +62,12 @@ def main() -> None:
     parser.add_argument("--gradual-0.92", dest="gradual_092", default="runs/pruned-0.92-gd")
     parser.add_argument("--gradual-0.93", dest="gradual_093", default="runs/pruned-0.93-gd")
     parser.add_argument("--gradual-0.95", dest="gradual_095", default="runs/pruned-0.95-gd")
+    parser.add_argument("--gradual-0.96", dest="gradual_096", default="runs/pruned-0.96-gd")
     parser.add_argument("--epochs", type=int, default=1, help="QAT / codebook fine-tuning epochs (unless a point says)")
     parser.add_argument("--distill", type=float, default=0.7, help="distillation weight of every fine-tuning")
     parser.add_argument("--only", help="comma-separated substrings: run the matching points only")
     parser.add_argument("--out", default="runs/compressed")
-    parser.add_argument("--budget", help="bytes for the budget points, or 50x: fp32 bytes / 50 (default: 31,000)")
+    parser.add_argument("--budget", help="bytes for the budget points, or NNx: fp32 bytes / NN (default: 31,000)")
     parser.add_argument("--name", default="compression", help="results file: benchmarks/results/NAME.json")
     parser.add_argument("--data-dir")
     args = parser.parse_args()
@@ -84,7 +89,7 @@ def main() -> None:
             return load_checkpoint(path).model, str(path)
         path = Path(
             {"gradual-0.9": args.gradual_09, "gradual-0.92": args.gradual_092, "gradual-0.93": args.gradual_093,
-             "gradual-0.95": args.gradual_095}[key]
+             "gradual-0.95": args.gradual_095, "gradual-0.96": args.gradual_096}[key]
         )  # fmt: skip
         return load_checkpoint(path).model, str(path)
 
@@ -94,12 +99,17 @@ def main() -> None:
             continue
         pruned, origin = start(key)
         if args.budget and "budget_bytes" in settings:
-            budget = fp32_bytes(base) // 50 if args.budget == "50x" else int(args.budget)
+            budget = fp32_bytes(base) // int(args.budget[:-1]) if args.budget.endswith("x") else int(args.budget)
             settings = {**settings, "budget_bytes": budget}
             label = label.replace("31 KB budget", f"{budget:,} B budget")
         cfg = CompressConfig(**{"qat_epochs": args.epochs, "distill": args.distill, **settings})
         t0 = time.perf_counter()
-        model, record = compress_model(base, data, cfg, log=None, pruned=pruned, model_name=name, model_args=margs)
+        try:
+            model, record = compress_model(base, data, cfg, log=None, pruned=pruned, model_name=name, model_args=margs)
+        except ConfigError as exc:  # e.g. a budget below the narrowest widths: recorded, the other points go on
+            rows.append({"label": label, "config": cfg.to_dict(), "pruned_from": origin, "error": str(exc)})
+            print(f"{label:<52} refused: {exc}", flush=True)
+            continue
         seconds = time.perf_counter() - t0
         val, val_loss = evaluate(model, data.val_batches())  # loss: a steadier ranking than 5,000-image accuracy
         for storage, compression, huffman in WRITES:
@@ -114,7 +124,7 @@ def main() -> None:
                   f"val {100 * val:.2f}%", flush=True)  # fmt: skip
         if record.get("mixed_precision"):
             print("   widths:", record["mixed_precision"]["bits"])
-    best = [r for r in rows if r["storage"] == "huffman+auto"]
+    best = [r for r in rows if r.get("storage") == "huffman+auto"]
     within = [r for r in best if r["delta_points"] >= -0.5]
     best_ratio = max(within, key=lambda r: r["ratio"]) if within else None
     keep93 = [r for r in best if r["test_accuracy"] >= 0.93]

@@ -108,7 +108,7 @@ def main() -> None:
         for path in extra:
             d = json.loads(path.read_text())
             for r in d["rows"]:
-                if r["storage"] != "huffman+auto":
+                if r.get("storage") != "huffman+auto":  # rows without storage: points refused (an "error")
                     continue
                 mp = r.get("mixed_precision") or {}
                 widths = "/".join(str(b) for b in mp.get("bits", {}).values()) or "/".join(map(str, r["bits"]))

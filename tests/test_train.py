@@ -150,3 +150,16 @@ def test_bf16_refuses_quantizers_naming_the_layer(small, trained_tiny):
             teacher=model, progress=False, log=None)
     with pytest.raises(ConfigError, match="precision='fp16'"):
         TrainConfig(precision="fp16")
+
+
+def test_fp32_final_epochs_end_a_bf16_run_in_fp32(small):
+    seen: list[torch.dtype] = []
+    torch.manual_seed(0)
+    model = build_model("cnn_tiny")
+    model.features.conv2.register_forward_hook(lambda m, args, out: seen.append(out.dtype) if m.training else None)
+    cfg = TrainConfig(epochs=2, lr=0.05, precision="bf16", fp32_final_epochs=1)
+    task = small.subset(train=256).task(batch_size=64)
+    fit(model, task, cfg, "cpu", progress=False, log=None)
+    assert seen == [torch.bfloat16] * 4 + [torch.float32] * 4  # 4 batches per epoch
+    with pytest.raises(ConfigError, match="fp32_final_epochs=3: must be from 0 to epochs"):
+        TrainConfig(epochs=2, fp32_final_epochs=3)

@@ -74,6 +74,12 @@ def study_lock(out: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _precision(cfg: StudyConfig) -> dict[str, str]:
+    """The precision in a stage's settings: fp32 was the only one before the setting existed, so fp32 stages
+    keep the keys they had and caches made then stay valid."""
+    return {} if cfg.precision == "fp32" else {"precision": cfg.precision}
+
+
 def _settings(point: Any) -> dict[str, Any]:
     # what the point computes: its role only names it in the report, so it stays out of the cache key
     return {k: v for k, v in asdict(point).items() if k != "role"}
@@ -134,7 +140,7 @@ def _run(
         return key, result
 
     common = {"seed": cfg.seed, "data": asdict(cfg.data)}
-    base_key, results["baseline"] = stage("baseline", {**common, **asdict(cfg.baseline), "precision": cfg.precision}, [],
+    base_key, results["baseline"] = stage("baseline", {**common, **asdict(cfg.baseline), **_precision(cfg)}, [],
                                           lambda folder: stages.baseline(ctx, folder))  # fmt: skip
     base = stages.load_model(cache.folder(base_key), ctx.device)
     _, results["oneshot"] = stage("oneshot", asdict(cfg.oneshot), [base_key], lambda _: stages.oneshot(ctx, base))
@@ -157,14 +163,14 @@ def _run(
             return stages.iterative_step(ctx, model, start, target, folder)
 
         settings = {"target": target, "steps": it.steps_per_target, "epochs": it.epochs_per_step, "lr": it.lr,
-                    "precision": cfg.precision}
+                    **_precision(cfg)}
         previous_key, result = stage(f"iterative-{target:g}", settings, [start_key], step)
         previous_sparsity = result["sparsity"]
         pruned_keys[target] = previous_key
         results["iterative"].append(result)
 
     gradual_key, results["gradual"] = stage("gradual", {**asdict(cfg.gradual), "seed": cfg.seed,
-                                                        "precision": cfg.precision}, [base_key],
+                                                        **_precision(cfg)}, [base_key],
                                             lambda folder: stages.gradual(ctx, base, folder))  # fmt: skip
     sources = {"gradual": gradual_key}
     if cfg.continued.sparsity is not None:
@@ -173,7 +179,7 @@ def _run(
             return stages.continued(ctx, base, stages.load_model(cache.folder(gradual_key), ctx.device), folder)
 
         sources["continued"], results["continued"] = stage("continued", {**asdict(cfg.continued), "seed": cfg.seed,
-                                                                                  "precision": cfg.precision},
+                                                                                  **_precision(cfg)},
                                                            [gradual_key], more)  # fmt: skip
 
     results["quantization"] = []
@@ -201,7 +207,7 @@ def _run(
         atomic_copy(cache.folder(key) / result["file"], out / "compressed" / result["file"])
         results["combined"].append(result)
 
-    _, results["structured"] = stage("structured", {**asdict(cfg.structured), "precision": cfg.precision}, [base_key],
+    _, results["structured"] = stage("structured", {**asdict(cfg.structured), **_precision(cfg)}, [base_key],
                                      lambda _: stages.structured(ctx, base))  # fmt: skip
     bar.close()
     results["meta"] = {
