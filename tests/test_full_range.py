@@ -55,7 +55,7 @@ def gaussian() -> torch.Tensor:
 
 @pytest.mark.parametrize("method", ["mse", "minmax"])
 def test_2bit_full_range_codes_use_all_four_levels_with_less_error(gaussian, method):
-    full = calibrated_weight_quantizer(gaussian, 2, method=method, narrow=False)
+    full = calibrated_weight_quantizer(gaussian, 2, method=method, full_range=True)
     narrow = calibrated_weight_quantizer(gaussian, 2, method=method)
     assert (full.spec.qmin, full.spec.qmax) == (-2, 1) and (narrow.spec.qmin, narrow.spec.qmax) == (-1, 1)
     codes = _codes(gaussian, full)
@@ -68,7 +68,7 @@ def test_2bit_full_range_codes_use_all_four_levels_with_less_error(gaussian, met
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_mse_search_of_the_full_range_is_never_worse_per_channel(gaussian, bits):
     """The full range tries every scale the narrow one does, and the extra code only brings values nearer."""
-    full = calibrated_weight_quantizer(gaussian, bits, narrow=False)
+    full = calibrated_weight_quantizer(gaussian, bits, full_range=True)
     narrow = calibrated_weight_quantizer(gaussian, bits)
     with torch.no_grad():
         err_full = (full(gaussian) - gaussian).pow(2).flatten(1).sum(1)
@@ -79,7 +79,7 @@ def test_mse_search_of_the_full_range_is_never_worse_per_channel(gaussian, bits)
 def test_minmax_scale_maps_each_side_to_its_own_end_of_the_codes():
     """Negative side larger: -absmax goes to qmin (-2), nothing is clipped; positive side larger: absmax to qmax."""
     w = torch.tensor([[-1.0, -0.5, 0.0, 0.25], [-0.25, 0.0, 0.5, 1.0]])
-    fq = calibrated_weight_quantizer(w, 2, method="minmax", narrow=False)
+    fq = calibrated_weight_quantizer(w, 2, method="minmax", full_range=True)
     torch.testing.assert_close(fq.scale.data, torch.tensor([0.5, 1.0]))
     assert _codes(w, fq).tolist() == [[-2, -1, 0, 0], [0, 0, 0, 1]]  # 0.25 / 0.5 rounds half to even
 
@@ -88,7 +88,7 @@ def test_zeros_stay_exact_zero_codes(gaussian):
     w = gaussian.clone()
     w[w.abs() < 0.7] = 0.0  # about half the weights pruned
     for bits in (2, 4):
-        fq = calibrated_weight_quantizer(w, bits, narrow=False)
+        fq = calibrated_weight_quantizer(w, bits, full_range=True)
         with torch.no_grad():
             assert bool((fq(w)[w == 0] == 0).all())
         assert bool((_codes(w, fq)[w == 0] == 0).all())

@@ -210,7 +210,7 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = defau
         first, last = i == 0, i == len(names) - 1
         bits = config.weight_bits_of(name, edge=first or last)
         fq = calibrated_weight_quantizer(layer.weight, bits, config.per_channel, config.weight_calibration,
-                                         narrow=False if config.full_range_weights else None)  # fmt: skip
+                                         full_range=config.full_range_weights)  # fmt: skip
         parametrize.register_parametrization(layer, "weight", fq)
         if not config.quantize_inputs:
             continue
@@ -228,20 +228,21 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = defau
 
 @torch.no_grad()
 def calibrated_weight_quantizer(weight: torch.Tensor, bits: int, per_channel: bool = True, method: str = "mse",
-                                narrow: bool | None = None) -> FakeQuant:  # fmt: skip
+                                full_range: bool = False) -> FakeQuant:  # fmt: skip
     """An enabled, signed, symmetric weight quantizer calibrated on ``weight`` (as masked, if pruned): what
     :func:`quantize_` attaches. Symmetric, so a pruned zero stays an exact zero code.
 
-    ``narrow``: ``None`` (the default) or ``True`` for the narrow codes ``[-(2^(b-1) - 1), 2^(b-1) - 1]``,
-    ``False`` for the full signed range ``[-2^(b-1), 2^(b-1) - 1]`` (``QuantConfig.full_range_weights``).
+    Codes are narrow, ``[-(2^(b-1) - 1), 2^(b-1) - 1]``, or with ``full_range`` every signed code,
+    ``[-2^(b-1), 2^(b-1) - 1]`` (``QuantConfig.full_range_weights``).
 
     Example::
 
         fq = calibrated_weight_quantizer(conv.weight, 4)
         w4 = fq(conv.weight)  # at most 15 levels per output channel
-        fq = calibrated_weight_quantizer(conv.weight, 2, narrow=False)  # 4 levels: -2, -1, 0, 1 times the scale
+        fq = calibrated_weight_quantizer(conv.weight, 2, full_range=True)  # 4 levels: -2, -1, 0, 1 times the scale
     """
-    spec = QuantSpec(bits=bits, signed=True, symmetric=True, per_channel=per_channel, narrow=narrow)
+    spec = QuantSpec(bits=bits, signed=True, symmetric=True, per_channel=per_channel,
+                     narrow=False if full_range else None)  # fmt: skip
     fq = FakeQuant(spec, channels=weight.shape[0])
     fq.calibrate_from(weight, method)
     fq.enabled = True

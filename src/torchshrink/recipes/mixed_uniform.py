@@ -86,8 +86,7 @@ def _width_table(
     for name, layer in layers.items():
         original = layer.weight.detach().clone()  # pruned zeros included: they stay exact zero codes
         for bits in candidates:
-            fq = calibrated_weight_quantizer(original, bits, per_channel, calibration,
-                                             narrow=False if full_range else None)  # fmt: skip
+            fq = calibrated_weight_quantizer(original, bits, per_channel, calibration, full_range=full_range)
             # the quantized weight in place of the float one, for this measurement only: no copy of the model
             layer.weight.copy_(fq(original))
             try:
