@@ -68,8 +68,8 @@ class TrainConfig:
     temperature: float = 4.0  # softmax temperature of the distillation targets
     ema: float = 0.0  # decay of a moving average of the weights, validated and kept at the end (0: off)
     # "bf16": forward passes under bfloat16 autocast (weights, gradients, optimizer and evaluation stay fp32):
-    # 1.6-1.8x faster training on a CPU with AVX-512 BF16, slower where it is emulated; it scored ~0.45 lower
-    # on validation than fp32 here (benchmarks/baseline_recipes.py), so fp32 stays the default
+    # 1.6-1.8x faster training on a CPU with AVX-512 BF16, slower where it is emulated. Over four seeds
+    # it scored 0.22 lower on validation than fp32 here (benchmarks/baseline_recipes.py): fp32 stays the default
     precision: str = "fp32"
     fp32_final_epochs: int = 0  # with precision "bf16": the last N epochs (the low learning rates) in fp32
 

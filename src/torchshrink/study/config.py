@@ -158,7 +158,7 @@ class StudyConfig:
     seed: int = 0  # initialisation, shuffling and augmentation
     # float training stages (baseline, pruning runs, structured fine-tuning) in "fp32" or under bfloat16 autocast
     # ("bf16", 1.6x faster epochs on CPUs with AVX-512 BF16; QAT and codebook fine-tuning always run in fp32).
-    # fp32: validation prefers it (benchmarks/baseline_recipes.py: bf16 baselines score ~0.45 lower there)
+    # fp32: validation prefers it (benchmarks/baseline_recipes.py: bf16 baselines 0.22 lower, four seeds)
     precision: str = "fp32"
     data: DataSection = field(default_factory=DataSection)
     baseline: BaselineSection = field(default_factory=BaselineSection)
