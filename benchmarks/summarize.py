@@ -149,7 +149,7 @@ def baseline_recipes() -> None:
     rows = [[r["label"], pct(r["val_accuracy"]), f"{r['val_loss']:.4f}", pct(r["test_accuracy"]),
              f"{r['train_seconds']:.0f}"] for r in d["rows"]]  # fmt: skip
     best = max(d["rows"], key=lambda r: r["val_accuracy"])["label"]
-    print(f"\nBaseline recipes ({host(d)}; same seed; best on validation: {best}):\n")
+    print(f"\nBaseline recipes ({host(d)}; seed 0 unless the label names one; best on validation: {best}):\n")
     print(table(["recipe", "val (%)", "val loss", "test (%)", "train seconds"], rows))
 
 
