@@ -360,10 +360,9 @@ def fit(
     if steps_per_epoch < 1:
         raise ConfigError("the training batches are empty")
     check_precision(model, cfg.precision)
-    if teacher is not None and cfg.distill > 0:
-        check_precision(teacher, cfg.precision, "teacher")
     model.to(device)
     if teacher is not None and cfg.distill > 0:
+        check_precision(teacher, cfg.precision, "teacher")
         teacher = teacher.to(device).eval()
         if cfg.channels_last:
             teacher.to(memory_format=torch.channels_last)
@@ -392,7 +391,7 @@ def fit(
                        disable=None if show else True)  # fmt: skip
             for i, (xb, yb) in enumerate(batches):
                 xb, yb = _to(xb, device, cfg.channels_last), yb.to(device, non_blocking=True)
-                with _autocast(device, precision):  # the losses themselves autocast to fp32
+                with _autocast(device, precision):  # torch's losses (softmax, log, exp) autocast back to fp32
                     if teacher is None:
                         loss = loss_fn(net(xb), yb)
                     else:
