@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from _common import write_result
+from _train_step import train_images_per_second
 from torchshrink.measure import latency
 from torchshrink.models import ShrinkCNN, parameter_count
-from torchshrink.recipes.train import TrainConfig, make_optimizer
 
 DEFAULT = (32, 64, 128)
 PRUNED = [(16, 32, 64), (8, 32, 64), (8, 32, 96), (16, 32, 48), (24, 32, 64), (8, 48, 64)]  # channel-pruned shapes
@@ -26,25 +25,6 @@ WIDER = [(32, 64, (128, 128)), (16, 64, (128, 128)), (32, (64, 64), 128), (32, 9
 
 def _label(shape: tuple) -> str:
     return "/".join("+".join(map(str, s)) if isinstance(s, tuple) else str(s) for s in shape)
-
-
-def _train_images_per_second(model: torch.nn.Module, steps: int) -> float:
-    model = model.train().to(memory_format=torch.channels_last)
-    opt = make_optimizer(model, TrainConfig())
-    x = torch.randn(256, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (256,))
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    for _ in range(2):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return 256 * steps / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -60,7 +40,7 @@ def main() -> None:
         for name, model in models.items():
             latencies[name].append(latency(model, 256, repeats=5))
             if name == _label(DEFAULT) or name in map(_label, WIDER):
-                throughputs[name].append(_train_images_per_second(model, args.steps))
+                throughputs[name].append(train_images_per_second(model, args.steps))
     base_latency = statistics.median(latencies[_label(DEFAULT)])
     base_speed = statistics.median(throughputs[_label(DEFAULT)])
     rows = []

@@ -16,28 +16,17 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from _common import write_result
 
 STEP = r"""
-import time, torch
+import sys, torch
+sys.path.insert(0, BENCHMARKS)
+from _train_step import train_images_per_second
 from torchshrink.models import build_model
-from torchshrink.recipes.train import TrainConfig, make_optimizer
 torch.manual_seed(0)
-model = build_model("cnn").to(memory_format=torch.channels_last)
-opt = make_optimizer(model, TrainConfig())
-x = torch.randn(256, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-y = torch.randint(0, 10, (256,))
-def step():
-    opt.zero_grad(set_to_none=True)
-    torch.nn.functional.cross_entropy(model(x), y).backward()
-    opt.step()
-for _ in range(3):
-    step()
-start = time.perf_counter()
-for _ in range(STEPS):
-    step()
-print(256 * STEPS / (time.perf_counter() - start), torch.get_num_threads())
+print(train_images_per_second(build_model("cnn"), STEPS, warmup=3), torch.get_num_threads())
 """
 
 BUSY = "while True: pass"  # one core at 100%, as a CPU-bound neighbour does
@@ -55,7 +44,9 @@ def _run(env: dict[str, str], steps: int) -> float:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_", "KMP_", "MKL_"))}
     # the explicit settings import torch first, so that torchshrink's own default (set on its import, when
     # torch is not loaded yet) does not apply; "nothing set" imports torchshrink first, as its command line does
-    code = ("import torchshrink\n" if not env else "") + STEP.replace("STEPS", str(steps))
+    code = ("import torchshrink\n" if not env else "") + STEP.replace("STEPS", str(steps)).replace(
+        "BENCHMARKS", repr(str(Path(__file__).resolve().parent))
+    )
     out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
                          check=True)  # fmt: skip
     return float(out.stdout.split()[0])
