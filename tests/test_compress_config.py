@@ -17,6 +17,7 @@ from torchshrink.recipes.compress import CompressConfig
         ({"prune_method": "random"}, "choose 'iterative' or 'gradual'"),
         ({"sparsity": 1.0}, "sparsity"),
         ({"bits": 9}, "9"),
+        ({"precision": "fp16"}, "precision='fp16': choose one of fp32, bf16"),
     ],
 )
 def test_impossible_settings_are_refused_when_the_config_is_made(settings, message):
@@ -31,7 +32,7 @@ def test_a_budget_works_without_codebooks():
     assert CompressConfig(bits=5, codebook=True, budget_bytes=30_000, keep_first_last_8bit=True).codebook
 
 
-def test_the_fine_tuning_distils_at_the_configured_temperature(monkeypatch):
+def test_the_fine_tuning_distils_at_the_configured_temperature_and_precision(monkeypatch):
     import torchshrink.recipes.compress as compress
     from torchshrink.models import build_model
 
@@ -41,12 +42,13 @@ def test_the_fine_tuning_distils_at_the_configured_temperature(monkeypatch):
         pass
 
     def fake_qat(model, data, qcfg, train, device, log=None, teacher=None, **_):
-        seen.update(temperature=train.temperature, distill=train.distill, teacher=teacher)
+        seen.update(temperature=train.temperature, distill=train.distill, teacher=teacher, precision=train.precision)
         raise Captured
 
     monkeypatch.setattr(compress, "qat", fake_qat)
     base = build_model("cnn_tiny")
-    cfg = CompressConfig(bits=4, qat_epochs=1, distill=0.7, temperature=2.0)
+    cfg = CompressConfig(bits=4, qat_epochs=1, distill=0.7, temperature=2.0, precision="bf16")
     with pytest.raises(Captured):
         compress.compress_model(base, None, cfg, log=None, pruned=build_model("cnn_tiny"))
     assert seen["temperature"] == 2.0 and seen["distill"] == 0.7 and seen["teacher"] is base
+    assert seen["precision"] == "bf16"

@@ -136,18 +136,29 @@ def test_bf16_training_learns_as_well_as_fp32(small, small_task):
     assert abs(accuracies["bf16"] - accuracies["fp32"]) < 0.03, accuracies
 
 
-def test_bf16_refuses_quantizers_naming_the_layer(small, trained_tiny):
+def test_bf16_quantization_aware_training_takes_its_codes_in_fp32(small, trained_tiny):
     import copy
 
-    from torchshrink.quant import QuantConfig, quantize_
+    from torchshrink.quant import QuantConfig, calibrate_, input_quantizer, quantize_, set_quant_enabled
 
-    model = quantize_(copy.deepcopy(trained_tiny), QuantConfig(bits=4))
+    model = quantize_(copy.deepcopy(trained_tiny), QuantConfig(bits=8))
+    calibrate_(model, small.calibration_batches(128))
+    set_quant_enabled(model, True)
+    layer = model.features.conv2
+    inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def keep(m: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        if m.training:
+            inputs.append((args[0].detach(), input_quantizer(m).effective_scale.detach().clone()))
+
+    layer.register_forward_hook(keep)
     task = small.subset(train=128).task(batch_size=64)
-    with pytest.raises(ConfigError, match=r"precision='bf16'.*FakeQuant at 'features\.conv1"):
-        fit(model, task, BF16, "cpu", progress=False, log=None)
-    with pytest.raises(ConfigError, match="the teacher has a FakeQuant"):
-        fit(build_model("cnn_tiny"), task, TrainConfig(**{**BF16.to_dict(), "distill": 0.5}), "cpu",
-            teacher=model, progress=False, log=None)
+    fit(model, task, BF16, "cpu", progress=False, log=None)  # no refusal: the quantizers work in fp32
+    assert inputs and all(x.dtype == torch.float32 for x, _ in inputs)  # conv1 handed over bf16, codes are fp32
+    x, scale = inputs[0]
+    codes = x / scale
+    torch.testing.assert_close(codes, codes.round(), rtol=0, atol=1e-3)  # whole codes, not bf16-rounded ones
+    assert codes.max() > 128  # 8-bit codes: bf16 (8 significant bits) could not hold them all
     with pytest.raises(ConfigError, match="precision='fp16'"):
         TrainConfig(precision="fp16")
 
@@ -163,3 +174,16 @@ def test_fp32_final_epochs_end_a_bf16_run_in_fp32(small):
     assert seen == [torch.bfloat16] * 4 + [torch.float32] * 4  # 4 batches per epoch
     with pytest.raises(ConfigError, match="fp32_final_epochs=3: must be from 0 to epochs"):
         TrainConfig(epochs=2, fp32_final_epochs=3)
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_warns_that_fp32_is_faster(small, monkeypatch):
+    from torchshrink.recipes.train import native_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not native_bf16(torch.device("cpu"))
+    task = small.subset(train=64).task(batch_size=64)
+    with pytest.warns(UserWarning, match="no native bfloat16 arithmetic.*use precision='fp32'"):
+        fit(build_model("cnn_tiny"), task, BF16, "cpu", progress=False, log=None)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert native_bf16(torch.device("cpu"))  # either instruction set will do

@@ -10,6 +10,7 @@ from torchshrink.cli.args import (
     add_data_dir,
     add_device,
     add_full_range,
+    add_precision,
     bits,
     fraction,
     non_negative_int,
@@ -69,6 +70,7 @@ def add_compress_commands(sub: Any) -> None:
     p.add_argument("--codebook", action="store_true", help="k-means weight sharing instead of uniform levels")
     p.add_argument("--keep-first-last-8bit", action="store_true", help="first and last layers at 8 bits")
     add_full_range(p)
+    add_precision(p, "pruning and fine-tuning")
     p.add_argument(
         "--compression",
         choices=("auto", "none", "zlib", "lzma"),
@@ -120,7 +122,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         steps=args.steps, prune_epochs=prune_epochs, prune_lr=GradualConfig.lr if gradual else CompressConfig.prune_lr,
         qat_epochs=args.qat_epochs, codebook=args.codebook, keep_first_last_8bit=args.keep_first_last_8bit,
         distill=args.distill, temperature=args.temperature, budget_bytes=args.budget,
-        act_budget_bytes=args.act_budget, full_range_weights=args.full_range,
+        act_budget_bytes=args.act_budget, full_range_weights=args.full_range, precision=args.precision,
     )  # fmt: skip
     full = "-full" if args.full_range else ""  # a full-range file must not replace the narrow one's
     out = Path(args.out) if args.out else Path(f"{ckpt.path}-s{args.sparsity:g}-w{args.bits}{full}.tshrink")

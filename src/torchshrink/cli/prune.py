@@ -11,6 +11,7 @@ from typing import Any
 from torchshrink.cli.args import (
     add_data_dir,
     add_device,
+    add_precision,
     fraction,
     layer_sparsities,
     non_negative_int,
@@ -23,8 +24,6 @@ from torchshrink.cli.outputs import CHECKPOINT, RECORD, add_force, check_output
 from torchshrink.errors import ConfigError
 from torchshrink.recipes.compress import CompressConfig
 from torchshrink.recipes.gradual import GradualConfig
-from torchshrink.recipes.train import PRECISIONS
-from torchshrink.study.config import StudyConfig
 
 __all__ = ["add_pruning_commands"]
 
@@ -83,11 +82,7 @@ def add_pruning_commands(sub: Any) -> None:
         "--temperature", type=positive_float, default=GRADUAL.temperature,
         help="softmax temperature of the dense model's predictions with --distill (default: %(default)s)",
     )  # fmt: skip
-    p.add_argument(
-        "--precision", choices=PRECISIONS, default=StudyConfig.precision,
-        help="retraining under bfloat16 autocast (bf16: 1.6-1.8x faster on CPUs with AVX-512 BF16, 0.22 points "
-        "lower on validation here, four seeds) or fp32 (default: %(default)s)",
-    )  # fmt: skip
+    add_precision(p, "retraining")
     p.add_argument(
         "--multiple-of", type=positive_int, default=1, metavar="N",
         help="structured: keep a multiple of N channels in every layer, the nearest to --sparsity (16 suits "

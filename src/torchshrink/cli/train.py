@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from torchshrink.cli.args import (
     add_data_dir,
     add_device,
+    add_precision,
     ema_decay,
     fraction,
     non_negative_int,
@@ -27,8 +28,8 @@ __all__ = ["add_train_commands"]
 
 
 def add_train_commands(sub: Any) -> None:
-    from torchshrink.recipes.train import PRECISIONS, TrainConfig
-    from torchshrink.study.config import BaselineSection, StudyConfig
+    from torchshrink.recipes.train import TrainConfig
+    from torchshrink.study.config import BaselineSection
 
     defaults = TrainConfig()
     baseline = BaselineSection()  # the study's baseline recipe: what `train` runs by default
@@ -73,11 +74,7 @@ def add_train_commands(sub: Any) -> None:
         "--erase", type=fraction, default=baseline.erase, metavar="SHARE",
         help="share of training images with a random rectangle erased, in [0, 1] (default: %(default)s)",
     )  # fmt: skip
-    p.add_argument(
-        "--precision", choices=PRECISIONS, default=StudyConfig.precision,
-        help="bf16: forward passes under bfloat16 autocast, 1.6-1.8x faster on CPUs with AVX-512 BF16 (weights and "
-        "evaluation stay fp32), 0.22 points lower on validation here (four seeds) (default: %(default)s)",
-    )  # fmt: skip
+    add_precision(p, "forward passes")
     p.add_argument(
         "--crop-padding", type=non_negative_int, default=baseline.crop_padding, metavar="PIXELS",
         help="random crop after padding by this many pixels (0: horizontal flip only; default: %(default)s)",

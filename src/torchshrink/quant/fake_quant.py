@@ -124,6 +124,11 @@ class FakeQuant(nn.Module):
             return x
         if not self.enabled:
             return x
+        if x.dtype in (torch.bfloat16, torch.float16):
+            # under autocast the layers before hand over half-precision values: 8 significant bits cannot
+            # hold x / scale exactly, so round() would pick other codes than the file's. The codes are taken
+            # in fp32; only the next layer's matmul sees them rounded back to its own precision.
+            x = x.float()
         scale, zp = self._scale_zp()
         if scale.requires_grad:
             # LSQ gradient scaling (Esser et al. 2020): g = 1 / sqrt(N * Qp) keeps the step size's updates in

@@ -30,7 +30,7 @@ from torchshrink.recipes.mixed_precision import FILE_MARGIN, fit_plan_to_file, p
 from torchshrink.recipes.mixed_uniform import plan_uniform_mixed_precision
 from torchshrink.recipes.prune import iterative_prune
 from torchshrink.recipes.quantize import codebook, ptq, qat
-from torchshrink.recipes.train import TrainConfig, evaluate
+from torchshrink.recipes.train import PRECISIONS, TrainConfig, evaluate
 
 __all__ = ["CompressConfig", "compress_model", "write_and_verify"]
 
@@ -56,6 +56,7 @@ class CompressConfig:
     keep_first_last_8bit: bool = False  # first/last layers at 8 bits
     float16: bool = True  # round biases and centroids to float16 values: the file stores them in half the bytes
     full_range_weights: bool = False  # uniform only: every signed weight code (4 levels at 2 bits, not ternary)
+    precision: str = "fp32"  # of every (re)training forward pass: "fp32" or "bf16" (see TrainConfig.precision)
 
     def __post_init__(self) -> None:
         check_finite(self, "sparsity", "prune_lr", "lr", "distill", "temperature")
@@ -80,6 +81,8 @@ class CompressConfig:
                               "has no such range: drop one of them")  # fmt: skip
         if not self.temperature > 0:
             raise ConfigError(f"temperature={self.temperature}: must be positive")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if not (self.prune_lr > 0 and self.lr > 0 and 0 <= self.distill <= 1):
             raise ConfigError(f"prune_lr={self.prune_lr}, lr={self.lr}, distill={self.distill}: need positive learning "
                               "rates and distill in [0, 1]")  # fmt: skip
@@ -118,7 +121,7 @@ def compress_model(
         pruned = copy.deepcopy(base)
         if cfg.sparsity > 0:
             prune_cfg = TrainConfig(epochs=cfg.prune_epochs, lr=cfg.prune_lr, distill=cfg.distill,
-                                    temperature=cfg.temperature)  # fmt: skip
+                                    temperature=cfg.temperature, precision=cfg.precision)  # fmt: skip
             if cfg.prune_method == "gradual":
                 steps = [gradual_prune(pruned, task, cfg.sparsity, prune_cfg, teacher=teacher, device=device, log=log,
                                        filter_fn=filter_fn)]
@@ -130,8 +133,8 @@ def compress_model(
     record["prune_seconds"] = time.perf_counter() - start
     start = time.perf_counter()
     act_bits = cfg.act_bits if cfg.act_bits is not None else cfg.bits
-    train = (TrainConfig(epochs=cfg.qat_epochs, lr=cfg.lr, distill=cfg.distill, temperature=cfg.temperature)
-             if cfg.qat_epochs else None)  # fmt: skip
+    train = (TrainConfig(epochs=cfg.qat_epochs, lr=cfg.lr, distill=cfg.distill, temperature=cfg.temperature,
+                         precision=cfg.precision) if cfg.qat_epochs else None)  # fmt: skip
     if cfg.codebook:
         bits: int | dict[str, int] = cfg.bits
         if cfg.budget_bytes is not None:

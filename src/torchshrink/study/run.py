@@ -188,7 +188,7 @@ def _run(
             if edge and bits not in qc.edge8_bits:
                 continue
             _, result = stage(f"quant-w{bits}{'-edge8' if edge else ''}", {**asdict(qc), "bits": bits, "edge": edge,
-                              "calibration_images": cfg.data.calibration_images}, [base_key],
+                              "calibration_images": cfg.data.calibration_images, **_precision(cfg)}, [base_key],
                               lambda _, bits=bits, edge=edge: stages.quantize_width(ctx, base, bits, edge))  # fmt: skip
             results["quantization"].append(result)
 
@@ -203,7 +203,8 @@ def _run(
         key, result = stage(f"combined-{stages.point_file(point).removesuffix('.tshrink')}",
                             {**_settings(point), "epochs": cfg.combined.qat_epochs, "lr": cfg.combined.lr,
                              "distill": cfg.combined.distill, "codebook_gradient": cfg.combined.codebook_gradient,
-                             "calibration_images": cfg.data.calibration_images}, [base_key, pkey], compress)  # fmt: skip
+                             "calibration_images": cfg.data.calibration_images, **_precision(cfg)}, [base_key, pkey],
+                            compress)  # fmt: skip
         atomic_copy(cache.folder(key) / result["file"], out / "compressed" / result["file"])
         results["combined"].append(result)
 

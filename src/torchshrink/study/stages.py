@@ -31,6 +31,7 @@ from torchshrink.recipes import (
     layer_sensitivity,
     ptq,
     qat,
+    val_metric,
     write_and_verify,
 )
 from torchshrink.study.config import CombinedPoint, StudyConfig
@@ -165,12 +166,14 @@ def quantize_width(ctx: Context, base: nn.Module, bits: int, first_last_8bit: bo
     t0 = time.perf_counter()
     qat_acc, seconds = None, 0.0
     if q.qat_epochs:
-        model, _ = qat(base, ctx.task, config, TrainConfig(epochs=q.qat_epochs, lr=q.lr, seed=ctx.cfg.seed), ctx.device,
-                       log=ctx.log)  # fmt: skip
+        train = TrainConfig(epochs=q.qat_epochs, lr=q.lr, seed=ctx.cfg.seed, precision=ctx.cfg.precision)
+        model, _ = qat(base, ctx.task, config, train, ctx.device, log=ctx.log)
         qat_acc, seconds = ctx.test(model), time.perf_counter() - t0
+        qat_val = val_metric(model, ctx.task, ctx.device)
     return {"bits": bits, "act_bits": bits, "first_last_8bit": first_last_8bit,
             "full_range": config.full_range_weights, "ptq_test_accuracy": ptq_acc,
-            "qat_test_accuracy": qat_acc, "qat_seconds": seconds, "weight_bytes": storage}  # fmt: skip
+            "qat_test_accuracy": qat_acc, "qat_seconds": seconds, "weight_bytes": storage,
+            **({"qat_val_accuracy": qat_val} if q.qat_epochs else {})}  # fmt: skip
 
 
 def combined_point(
@@ -178,12 +181,14 @@ def combined_point(
 ) -> dict[str, Any]:
     c = ctx.cfg.combined
     cfg = CompressConfig(sparsity=point.sparsity, bits=point.bits, act_bits=point.act_bits, codebook=point.codebook,
-                         qat_epochs=c.qat_epochs, lr=c.lr, distill=c.distill, budget_bytes=point.budget_bytes)  # fmt: skip
+                         qat_epochs=c.qat_epochs, lr=c.lr, distill=c.distill, budget_bytes=point.budget_bytes,
+                         precision=ctx.cfg.precision)  # fmt: skip
     name, args = ctx.cfg.baseline.model, _model_args(base)
     model, record = compress_model(base, ctx.task, cfg, ctx.device, log=ctx.log, pruned=pruned, model_name=name,
                                    model_args=args)  # fmt: skip
     result = write_and_verify(model, base, ctx.data.test_batches(), folder / point_file(point), name, args)
     result["file"] = point_file(point)
+    result["val_accuracy"] = val_metric(model, ctx.task, ctx.device)  # the model written (its file scores the same)
     extra = {"mixed_precision": record["mixed_precision"]} if "mixed_precision" in record else {}
     return {"label": point.label, "role": point.role, "source": point.source, "config": cfg.to_dict(), **result, **extra,
             "seconds": record["quant_seconds"]}  # fmt: skip
