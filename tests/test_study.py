@@ -112,6 +112,10 @@ def test_study_produces_every_artifact_and_resumes(tiny_config, tmp_path, data_d
     uniform = results["combined"][4]  # mixed precision of uniform codes: planned, and the file within budget
     assert set(uniform["mixed_precision"]["bits"].values()) <= {2, 3} and uniform["file_bytes"] <= 6000
     assert "mixed uniform" in (out / "report.md").read_text()
+    # choices are audited on validation: every trained point keeps its validation figure beside the test one
+    assert all(0 < r["qat_val_accuracy"] <= 1 for r in results["quantization"])
+    assert all(0 < p["val_accuracy"] <= 1 for p in results["combined"])
+    assert 0 < results["structured"]["val_accuracy"] <= 1 and "| Validation accuracy (%) |" in (out / "report.md").read_text()
     for point in results["combined"]:
         assert (out / "compressed" / point["file"]).is_file()
         assert point["file_bytes"] == (out / "compressed" / point["file"]).stat().st_size

@@ -233,6 +233,8 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:
                     f"{s['latency']['1']['speedup']:.2f}x",
                 ],
                 ["Test accuracy (%)", _pct(base["test_accuracy"]), _pct(s["test_accuracy"]), ""],
+                *([["Validation accuracy (%)", _pct(base["val_accuracy"]), _pct(s["val_accuracy"]), ""]]
+                  if "val_accuracy" in s and "val_accuracy" in base else []),  # studies before it kept none
             ],
         ),  # fmt: skip
         "## Time per stage (seconds, when computed)",

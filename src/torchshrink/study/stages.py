@@ -222,7 +222,7 @@ def structured(ctx: Context, base: nn.Module) -> dict[str, Any]:
         train = TrainConfig(epochs=s.finetune_epochs, lr=s.lr, distill=s.distill, temperature=s.temperature,
                             seed=ctx.cfg.seed, precision=ctx.cfg.precision)  # fmt: skip
         fit(small, ctx.task, train, ctx.device, log=ctx.log, teacher=base if s.distill else None)
-    acc = ctx.test(small)
+    acc, val = ctx.test(small), val_metric(small, ctx.task, ctx.device)
     base_cpu, small_cpu = copy.deepcopy(base).cpu(), copy.deepcopy(small).cpu()
     lat = {}
     for batch in (256, 1):
@@ -235,5 +235,5 @@ def structured(ctx: Context, base: nn.Module) -> dict[str, Any]:
         "amount": s.amount, "layer_amounts": dict(s.layer_amounts), "channels": {k: list(v) for k, v in channels.items()},
         "params_before": parameter_count(base), "params_after": parameter_count(small),
         "macs_before": count_macs(base_cpu), "macs_after": count_macs(small_cpu),
-        "test_accuracy_pruned": pruned_acc, "test_accuracy": acc, "latency": lat,
+        "test_accuracy_pruned": pruned_acc, "test_accuracy": acc, "val_accuracy": val, "latency": lat,
     }  # fmt: skip
