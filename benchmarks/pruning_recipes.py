@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--frequency", type=int, default=50, help="gradual: optimizer steps between mask updates")
     parser.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
     parser.add_argument("--seed", type=int, default=0, help="shuffling and augmentation of the retraining")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="of every retraining")
     parser.add_argument("--recipes", default="rounds+final,rounds+final+distill")
     parser.add_argument("--name", help="results file: benchmarks/results/NAME.json (default: from target and recipes)")
     parser.add_argument("--save", help="save the best recipe's model to this checkpoint folder")
@@ -70,7 +71,7 @@ def main() -> None:
             initial = sparsity_of(model)
             start, end = (float(v) for v in args.window.split(","))
             cfg = TrainConfig(epochs=args.gradual_epochs, lr=args.gradual_lr, distill=kd,
-                              temperature=args.temperature, seed=args.seed)  # fmt: skip
+                              temperature=args.temperature, seed=args.seed, precision=args.precision)  # fmt: skip
             history = [gradual_prune(model, data, args.target, cfg, start, end, args.frequency,
                                      teacher=teacher if kd else None)]  # fmt: skip
         else:
@@ -78,9 +79,9 @@ def main() -> None:
             prune_from_zeros_(model)
             initial = sparsity_of(model)
             step_cfg = TrainConfig(epochs=args.epochs_per_step, lr=args.lr, distill=kd, temperature=args.temperature,
-                                   seed=args.seed)  # fmt: skip
+                                   seed=args.seed, precision=args.precision)  # fmt: skip
             final = (TrainConfig(epochs=args.final_epochs, lr=args.final_lr, distill=kd, temperature=args.temperature,
-                                 seed=args.seed) if "final" in recipe else None)  # fmt: skip
+                                 seed=args.seed, precision=args.precision) if "final" in recipe else None)  # fmt: skip
             history = iterative_prune(model, data, args.target, args.steps, step_cfg, "agp", "global",
                                       initial=initial, final=final, teacher=teacher if kd else None)  # fmt: skip
         seconds = time.perf_counter() - t0
