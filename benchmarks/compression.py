@@ -9,7 +9,7 @@
 
 Starting points: ``runs/baseline-pruned-iterative-0.4`` (pruned here when missing: 2 steps x 1 epoch), and the
 gradual distilled models written by ``pruning_recipes.py --save`` (``runs/pruned-0.9-gradual``,
-``runs/pruned-0.93-gd``, ``runs/pruned-0.95-gd``, ``runs/pruned-0.96-gd``).
+``runs/pruned-0.93-gd``, ``runs/pruned-0.95-gd``, ``runs/pruned-0.96-gd``, ``runs/pruned-0.97-gd``).
 
     python benchmarks/compression.py [--checkpoint runs/baseline] [--distill 0.7]
 """
@@ -51,6 +51,9 @@ POINTS = [
     ("96% gradual + 4-bit codebook", "gradual-0.96", dict(sparsity=0.96, bits=4, act_bits=8, codebook=True)),
     ("96% gradual + mixed 2-5-bit codebook, 31 KB budget", "gradual-0.96",
      dict(sparsity=0.96, bits=5, act_bits=8, codebook=True, budget_bytes=31_000)),
+    ("97% gradual + 4-bit codebook", "gradual-0.97", dict(sparsity=0.97, bits=4, act_bits=8, codebook=True)),
+    ("97% gradual + mixed 2-5-bit codebook, 31 KB budget", "gradual-0.97",
+     dict(sparsity=0.97, bits=5, act_bits=8, codebook=True, budget_bytes=31_000)),
 ]  # fmt: skip
 WRITES = [("packed", "none", False), ("huffman", "none", True), ("huffman+auto", "auto", True)]
 
@@ -63,6 +66,8 @@ def main() -> None:
     parser.add_argument("--gradual-0.93", dest="gradual_093", default="runs/pruned-0.93-gd")
     parser.add_argument("--gradual-0.95", dest="gradual_095", default="runs/pruned-0.95-gd")
     parser.add_argument("--gradual-0.96", dest="gradual_096", default="runs/pruned-0.96-gd")
+    parser.add_argument("--gradual-0.97", dest="gradual_097", default="runs/pruned-0.97-gd")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="of every fine-tuning")
     parser.add_argument("--epochs", type=int, default=1, help="QAT / codebook fine-tuning epochs (unless a point says)")
     parser.add_argument("--distill", type=float, default=0.7, help="distillation weight of every fine-tuning")
     parser.add_argument("--only", help="comma-separated substrings: run the matching points only")
@@ -89,7 +94,7 @@ def main() -> None:
             return load_checkpoint(path).model, str(path)
         path = Path(
             {"gradual-0.9": args.gradual_09, "gradual-0.92": args.gradual_092, "gradual-0.93": args.gradual_093,
-             "gradual-0.95": args.gradual_095, "gradual-0.96": args.gradual_096}[key]
+             "gradual-0.95": args.gradual_095, "gradual-0.96": args.gradual_096, "gradual-0.97": args.gradual_097}[key]
         )  # fmt: skip
         return load_checkpoint(path).model, str(path)
 
@@ -102,7 +107,8 @@ def main() -> None:
             budget = fp32_bytes(base) // int(args.budget[:-1]) if args.budget.endswith("x") else int(args.budget)
             settings = {**settings, "budget_bytes": budget}
             label = label.replace("31 KB budget", f"{budget:,} B budget")
-        cfg = CompressConfig(**{"qat_epochs": args.epochs, "distill": args.distill, **settings})
+        cfg = CompressConfig(**{"qat_epochs": args.epochs, "distill": args.distill, "precision": args.precision,
+                                **settings})
         t0 = time.perf_counter()
         try:
             model, record = compress_model(base, data, cfg, log=None, pruned=pruned, model_name=name, model_args=margs)

@@ -182,7 +182,7 @@ def test_compress_gradual_distilled_mixed_precision_under_a_budget(tmp_path, dat
         (("prune", "X", "--sparsity", "0.5", "--multiple-of", "8"), "--multiple-of"),
         (("prune", "X", "--sparsity", "0.5", "--layer-sparsity", "features.conv1=0.5"), "--layer-sparsity"),
         (("prune", "X", "--sparsity", "0.5", "--method", "structured", "--layer-sparsity", "features.nope=0.5"),
-         "the groups are features.conv1"),
+         "its groups are features.conv1"),
     ],
 )
 def test_options_that_do_not_combine_are_one_line_errors(tmp_path, data_dir, tiny_checkpoint, args, message):

@@ -472,7 +472,7 @@ def test_layer_amounts_override_the_amount_per_group_and_stay_exact():
 
 def test_layer_amounts_refuse_unknown_groups_and_bad_fractions():
     model = _randomised_cnn()
-    with pytest.raises(ConfigError, match="'features.nope'.*the groups are features.conv1"):
+    with pytest.raises(ConfigError, match="'features.nope'.*its groups are features.conv1"):
         structured_prune_(copy.deepcopy(model), 0.5, layer_amounts={"features.nope": 0.5})
     with pytest.raises(ConfigError, match="sparsity 1.0"):
         structured_prune_(copy.deepcopy(model), 0.5, layer_amounts={"features.conv1": 1.0})

@@ -163,7 +163,7 @@ def test_structured_layer_amounts_naming_no_channel_group_are_refused_before_any
     from torchshrink.study.config import StructuredSection
 
     cfg = StudyConfig(structured=StructuredSection(layer_amounts={"features.conv9": 0.5}))
-    with pytest.raises(ConfigError, match="'features.conv9' is not a prunable channel group of 'cnn'; its groups "
-                       "are features.conv1, features.conv2, features.conv3"):  # fmt: skip
+    with pytest.raises(ConfigError, match="structured.layer_amounts of 'cnn': 'features.conv9' is not a prunable "
+                       "channel group; its groups are features.conv1, features.conv2, features.conv3"):  # fmt: skip
         run_study(cfg, tmp_path / "study", data_dir=str(tmp_path / "no-data"))
     assert not any((tmp_path / "study").glob("cache/*"))

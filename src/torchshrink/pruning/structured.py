@@ -16,7 +16,7 @@ alone; :func:`structured_report` says which and why, and :func:`structured_prune
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -26,7 +26,16 @@ from torchshrink.pruning.dependency import channel_graph
 from torchshrink.pruning.groups import ChannelGraph, ChannelGroup
 from torchshrink.pruning.rebuild import kept_positions, replace_layer, shrink_layer
 
-__all__ = ["ChannelGroup", "filter_scores", "group_scores", "structured_report", "kept_channels", "structured_prune_"]
+__all__ = ["ChannelGroup", "filter_scores", "group_scores", "structured_report", "kept_channels", "structured_prune_",
+           "check_group_names"]
+
+
+def check_group_names(names: Iterable[str], prunable: list[str], where: str) -> None:
+    """Refuse ``names`` that are not among the ``prunable`` channel groups' labels, listing those groups."""
+    unknown = [name for name in names if name not in prunable]
+    if unknown:
+        raise ConfigError(f"{where}: {', '.join(map(repr, unknown))} is not a prunable channel group; its groups are "
+                          f"{', '.join(prunable)}")  # fmt: skip
 
 
 @torch.no_grad()
@@ -121,11 +130,7 @@ def structured_prune_(
     graph = channel_graph(model)
     if not graph.groups:
         raise ConfigError("structured pruning found no Conv1d/Conv2d/Conv3d layer (groups=1) in the model")
-    prunable = [g.label for g in graph.groups if g.prunable]
-    unknown = [name for name in layer_amounts if name not in prunable]
-    if unknown:
-        raise ConfigError(f"layer_amounts names {', '.join(map(repr, unknown))}: not a prunable channel group; the "
-                          f"groups are {', '.join(prunable)}")  # fmt: skip
+    check_group_names(layer_amounts, [g.label for g in graph.groups if g.prunable], "layer_amounts")
     skipped = [g for g in graph.groups if not g.prunable]
     if len(skipped) == len(graph.groups):
         raise ConfigError(f"structured pruning found no prunable channels: {_describe(skipped)}")

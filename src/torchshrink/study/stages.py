@@ -15,10 +15,10 @@ from torch import nn
 
 from torchshrink.checkpoint import load_checkpoint, save_checkpoint
 from torchshrink.data import FashionMNIST, Task
-from torchshrink.errors import ConfigError
 from torchshrink.measure import count_macs, latency
 from torchshrink.models import build_model, fp32_bytes, layer_table, parameter_count
 from torchshrink.pruning import permanent_copy, prune_, sparsity_report, structured_prune_, structured_report
+from torchshrink.pruning.structured import check_group_names
 from torchshrink.quant import QuantConfig, storage_report
 from torchshrink.recipes import (
     CompressConfig,
@@ -203,14 +203,9 @@ def point_file(point: CombinedPoint) -> str:
 
 def check_structured(cfg: StudyConfig) -> None:
     """Refuse, before any work, ``structured.layer_amounts`` naming no channel group of the baseline model."""
-    names = cfg.structured.layer_amounts
-    if not names:
-        return
-    groups = [g.label for g in structured_report(build_model(cfg.baseline.model)) if g.prunable]
-    unknown = [n for n in names if n not in groups]
-    if unknown:
-        raise ConfigError(f"structured.layer_amounts: {', '.join(map(repr, unknown))} is not a prunable channel "
-                          f"group of {cfg.baseline.model!r}; its groups are {', '.join(groups)}")  # fmt: skip
+    if cfg.structured.layer_amounts:
+        groups = [g.label for g in structured_report(build_model(cfg.baseline.model)) if g.prunable]
+        check_group_names(cfg.structured.layer_amounts, groups, f"structured.layer_amounts of {cfg.baseline.model!r}")
 
 
 def structured(ctx: Context, base: nn.Module) -> dict[str, Any]:
