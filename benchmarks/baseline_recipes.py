@@ -61,6 +61,8 @@ RECIPES = [
            seed=1),
     Recipe("30 epochs, erasing 0.25, bf16", epochs=30, erase=0.25, precision="bf16"),
     Recipe("30 epochs, erasing 0.25, bf16, seed 1", epochs=30, erase=0.25, precision="bf16", seed=1),
+    Recipe("30 epochs, erasing 0.25, bf16, seed 2", epochs=30, erase=0.25, precision="bf16", seed=2),
+    Recipe("30 epochs, erasing 0.25, bf16, seed 3", epochs=30, erase=0.25, precision="bf16", seed=3),
 ]
 
 
