@@ -187,3 +187,15 @@ def test_bf16_on_a_cpu_without_native_bfloat16_warns_that_fp32_is_faster(small, 
         fit(build_model("cnn_tiny"), task, BF16, "cpu", progress=False, log=None)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     assert native_bf16(torch.device("cpu"))  # either instruction set will do
+
+
+def test_evaluate_runs_channels_last_by_default_with_the_same_figures(small, trained_tiny):
+    import copy
+
+    plain = copy.deepcopy(trained_tiny).to(memory_format=torch.contiguous_format)
+    reference = evaluate(copy.deepcopy(plain), small.test_batches(), channels_last=False)
+    model = copy.deepcopy(plain)
+    assert not model.features.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    figures = evaluate(model, small.test_batches())
+    assert model.features.conv2.weight.is_contiguous(memory_format=torch.channels_last)  # the faster layout
+    assert figures[0] == reference[0] and figures[1] == pytest.approx(reference[1], rel=1e-5)
