@@ -221,7 +221,7 @@ def test_writer_refuses_a_full_range_input_quantizer():
     fq = FakeQuant(QuantSpec(bits=4, signed=True, symmetric=True, narrow=False), is_activation=True)
     fq.enabled = True
     attach_input_quant_(q[0], fq)
-    with pytest.raises(ValueError, match="input quantizer"):
+    with pytest.raises(ConfigError, match="input quantizer"):
         encode_compressed(q)
     fq.spec = QuantSpec(bits=4, signed=True, symmetric=True)
     encode_compressed(q)  # the narrow one is what the file records

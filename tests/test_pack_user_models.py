@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from torchshrink.errors import ConfigError
 from torchshrink.models import build_model
 from torchshrink.pack import (
     FormatError,
@@ -197,7 +198,7 @@ def test_an_unregistered_file_without_a_model_says_how_to_load_it(resnet_file):
 
 def test_batchnorm_left_unfolded_is_refused_at_save_time():
     model = quantize_(_random(TinyResNet()), WEIGHT_ONLY)  # fake quant attached without folding first
-    with pytest.raises(ValueError, match=r"fold_batchnorm\(model\) before quantizing"):
+    with pytest.raises(ConfigError, match=r"fold_batchnorm\(model\) before quantizing"):
         encode_compressed(model)
 
 
@@ -238,7 +239,7 @@ def test_tied_weights_are_stored_once_and_survive_save_and_load(tmp_path):
 
 def test_a_tied_weight_quantized_on_one_side_only_is_refused(tmp_path):
     model = _tied_lm(lambda m, name: isinstance(m, nn.Linear))  # head quantized, embedding float
-    with pytest.raises(ValueError, match="embed.weight and head.weight are one tied tensor") as info:
+    with pytest.raises(ConfigError, match="embed.weight and head.weight are one tied tensor") as info:
         save_compressed(model, tmp_path / "lm.tshrink")
     assert "quantize neither" in str(info.value) and "untie" in str(info.value)
     assert not (tmp_path / "lm.tshrink").exists()
@@ -302,5 +303,5 @@ def test_a_tensor_named_twice_is_refused(tmp_path):
 
 
 def test_model_args_without_a_model_name_are_refused():
-    with pytest.raises(ValueError, match="model_args"):
+    with pytest.raises(ConfigError, match="model_args"):
         encode_compressed(ptq(_random(NormMLP()), None, WEIGHT_ONLY), None, {"hidden": 3})

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from torchshrink._io import atomic_write_bytes
-from torchshrink.errors import TorchshrinkError
+from torchshrink.errors import ConfigError, TorchshrinkError
 from torchshrink.models import MODELS, build_model
 from torchshrink.pack.format import TensorRecord, encode_file, float_bytes
 from torchshrink.pack.sparse import encode_positions
@@ -34,6 +34,11 @@ from torchshrink.quant.fold import fold_batchnorm
 from torchshrink.quant.sharing import codebook_layers
 
 __all__ = ["save_compressed", "encode_compressed", "encoded_weight_bytes", "encoded_uniform_bytes"]
+
+COMPRESSIONS = ("auto", "none", "zlib", "lzma")  # of the whole payload; auto keeps the smallest
+# Refusals here are ConfigErrors, not FormatErrors: a FormatError says a file being read is bad, while here no file
+# is written yet and the model or the arguments handed in must change (as with the ONNX exporter's refusals).
+_NOT_THAT_MODEL = "pass the model_name and model_args the model was built with, or model_name=None to save it as it is"
 
 
 def _codes_record(name: str, codes: np.ndarray, shape: list[int], bits: int, offset: int,
@@ -115,8 +120,8 @@ def _exact_in_float32(t: torch.Tensor) -> bool:
 def _float_record(name: str, t: torch.Tensor) -> TensorRecord:
     source = t.detach().cpu()
     if not _exact_in_float32(source):
-        raise ValueError(f"{name}: its {source.dtype} values do not all fit float32 exactly, and the file stores "
-                         "float32 at most; convert them (e.g. model.float()) before saving")  # fmt: skip
+        raise ConfigError(f"{name}: its {source.dtype} values do not all fit float32 exactly, and the file stores "
+                          "float32 at most; convert them (e.g. model.float()) before saving")  # fmt: skip
     values = source.float().numpy()
     dtype = _float_dtype(values)
     return TensorRecord(name, {"shape": list(t.shape), "encoding": "float", "dtype": dtype},
@@ -138,8 +143,9 @@ def _plain_keys(model: nn.Module) -> list[str]:
             if parts[at + 2 :] == ["original"]:
                 keys.append(".".join([*parts[:at], parts[at + 1]]))
             elif parts[-1].startswith("original"):
-                raise ValueError(
-                    f"{key}: a parametrization whose right_inverse returns several tensors cannot be saved"
+                raise ConfigError(
+                    f"{key}: a parametrization whose right_inverse returns several tensors cannot be saved; remove it "
+                    "(torch.nn.utils.parametrize.remove_parametrizations) before saving"
                 )
         elif not key.startswith(quantizers):
             keys.append(key)
@@ -154,9 +160,9 @@ def _tensor(model: nn.Module, key: str) -> tuple[nn.Module, torch.Tensor, torch.
         module = model.get_submodule(owner)
         value = getattr(module, leaf)
     except AttributeError:
-        raise ValueError(f"{key}: the model has no such tensor") from None
+        raise ConfigError(f"{key}: the model has no such tensor; {_NOT_THAT_MODEL}") from None
     if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{key}: the model has no such tensor")
+        raise ConfigError(f"{key}: the model has no such tensor; {_NOT_THAT_MODEL}")
     stored = module.parametrizations[leaf].original if parametrize.is_parametrized(module, leaf) else value
     return module, value, stored
 
@@ -171,7 +177,7 @@ def _describe(rec: TensorRecord) -> str:
     return "plain float" if encoding == "float" else f"{rec.meta.get('bits')}-bit {encoding}"
 
 
-def _tie_error(first: str, kept: TensorRecord, other: str, rec: TensorRecord) -> ValueError:
+def _tie_error(first: str, kept: TensorRecord, other: str, rec: TensorRecord) -> ConfigError:
     a, b = _describe(kept), _describe(rec)
     if a == b:
         problem = f"{first} and {other} are one tied tensor, but the two modules compute different values from it"
@@ -181,7 +187,7 @@ def _tie_error(first: str, kept: TensorRecord, other: str, rec: TensorRecord) ->
         fix = "quantize neither of them (a filter_fn that leaves both out) or untie them"
     else:
         fix = "quantize both the same way, quantize neither, or untie them"
-    return ValueError(f"{problem}: the file would hold a different model from the one in memory; {fix}")
+    return ConfigError(f"{problem}: the file would hold a different model from the one in memory; {fix}")
 
 
 def _check_input_range(name: str, spec: QuantSpec) -> None:
@@ -190,10 +196,10 @@ def _check_input_range(name: str, spec: QuantSpec) -> None:
     (Weights carry their own range: the record's ``code_offset``.)"""
     stored = QuantSpec(bits=spec.bits, signed=spec.signed, symmetric=spec.symmetric)
     if (spec.qmin, spec.qmax) != (stored.qmin, stored.qmax):
-        raise ValueError(f"{name}: its input quantizer's codes [{spec.qmin}, {spec.qmax}] are not the range the file "
-                         f"records for a {spec.bits}-bit {'signed' if spec.signed else 'unsigned'} "
-                         f"{'symmetric' if spec.symmetric else 'asymmetric'} input ([{stored.qmin}, {stored.qmax}]), "
-                         "so the loaded model would differ; use narrow=None for input quantizers")  # fmt: skip
+        raise ConfigError(f"{name}: its input quantizer's codes [{spec.qmin}, {spec.qmax}] are not the range the file "
+                          f"records for a {spec.bits}-bit {'signed' if spec.signed else 'unsigned'} "
+                          f"{'symmetric' if spec.symmetric else 'asymmetric'} input ([{stored.qmin}, {stored.qmax}]), "
+                          "so the loaded model would differ; use narrow=None for input quantizers")  # fmt: skip
 
 
 def _check_folded(model: nn.Module) -> None:
@@ -213,9 +219,9 @@ def _check_folded(model: nn.Module) -> None:
     except TorchshrinkError:  # a BatchNorm to fold follows a quantized (parametrized) conv
         unfolded = True
     if unfolded:
-        raise ValueError("the model holds BatchNorm layers that fold_batchnorm would fold, so its file would not fit "
-                         "the model it is loaded into; fold_batchnorm(model) before quantizing (ptq, qat and "
-                         "codebook do)")  # fmt: skip
+        raise ConfigError("the model holds BatchNorm layers that fold_batchnorm would fold, so its file would not fit "
+                          "the model it is loaded into; fold_batchnorm(model) before quantizing (ptq, qat and "
+                          "codebook do)")  # fmt: skip
 
 
 def save_compressed(
@@ -260,17 +266,20 @@ def encode_compressed(
     :func:`torchshrink.quant.snap_floats_`), else float32. ``compression`` then applies to the whole payload.
 
     Raises:
-        ValueError: unknown ``model_name``, no quantized layer, shapes that do not fit the named architecture,
-            BatchNorm left unfolded, or tied weights that the two modules use differently.
+        ConfigError: unknown ``compression`` or ``model_name``, no quantized layer, shapes that do not fit the
+            named architecture, BatchNorm left unfolded, or tied weights that the two modules use differently.
     """
+    if compression not in COMPRESSIONS:
+        raise ConfigError(f"compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
     if model_name is not None and model_name not in MODELS:
-        raise ValueError(f"unknown model {model_name!r}")
+        raise ConfigError(f"unknown model {model_name!r}; registered models: {', '.join(MODELS)} (model_name=None saves "
+                          "any architecture)")  # fmt: skip
     if model_name is None and model_args:
-        raise ValueError("model_args describe a registered model: pass its model_name too, or neither")
+        raise ConfigError("model_args describe a registered model: pass its model_name too, or neither")
     layers = quantized_layers(model)
     books = codebook_layers(model)
     if not layers and not books:
-        raise ValueError("the model has no quantized layer: run ptq/qat (or the codebook transform) first")
+        raise ConfigError("the model has no quantized layer: run ptq/qat (or the codebook transform) first")
     _check_folded(model)
     if model_name is None:
         shapes = None
@@ -305,7 +314,8 @@ def encode_compressed(
         else:
             rec = _float_record(key, value)
         if shapes is not None and rec.meta["shape"] != shapes[key]:
-            raise ValueError(f"{key}: shape {rec.meta['shape']} does not match the model's {shapes[key]}")
+            raise ConfigError(f"{key}: shape {rec.meta['shape']} does not match the model's {shapes[key]}; "
+                              f"{_NOT_THAT_MODEL}")  # fmt: skip
         tie = _tie(stored)
         if tie in first:
             kept = first[tie]
@@ -322,7 +332,8 @@ def encode_compressed(
         if iq is not None and iq.enabled:
             scale, zero = float(iq.effective_scale[0]), float(iq.zero_point[0])
             if not zero.is_integer():  # calibration rounds it; a hand-set fraction has no integer code to store
-                raise ValueError(f"{name}: input zero point {zero} is not an integer; the file stores integer codes")
+                raise ConfigError(f"{name}: input zero point {zero} is not an integer, and the file stores integer "
+                                  "codes; calibrate the input quantizer (ptq, qat) rather than setting it by hand")  # fmt: skip
             _check_input_range(name, iq.spec)
             activations.append({"layer": name, "bits": iq.spec.bits, "signed": iq.spec.signed,
                                 "symmetric": iq.spec.symmetric, "scale": scale, "zero_point": int(zero)})  # fmt: skip

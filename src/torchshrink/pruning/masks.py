@@ -67,7 +67,9 @@ def _previous(previous_mask: torch.Tensor | None, scores: torch.Tensor) -> torch
     if previous_mask is None:
         return None
     if previous_mask.shape != scores.shape:
-        raise ValueError(f"previous_mask shape {tuple(previous_mask.shape)} != scores shape {tuple(scores.shape)}")
+        raise ConfigError(f"previous mask of shape {tuple(previous_mask.shape)} for scores of shape "
+                          f"{tuple(scores.shape)}: pass the mask of this same tensor (the one that the last pruning "
+                          "step made for it), or None")  # fmt: skip
     return previous_mask.detach().flatten().to(scores.device).bool()
 
 
