@@ -1,7 +1,9 @@
 """The ``torchshrink`` command line: one module per group of commands, shared argument types in ``args``.
 
 Bad arguments: one line on stderr, exit code 2. Bad input files: one line on stderr, exit code 1.
-Nothing is written unless the command succeeds.
+Nothing is written unless the command succeeds. The command's OpenMP threads sleep while they wait
+(``OMP_WAIT_POLICY=PASSIVE`` unless set): :mod:`torchshrink._threads` sets it when the package is imported by
+the command, as torch reads it when it loads, before this module runs.
 """
 
 from __future__ import annotations
