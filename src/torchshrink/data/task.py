@@ -48,12 +48,31 @@ class Seedable(Protocol):
 
 
 def top1_correct(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Number of samples whose highest output is the target class (the default metric: top-1 accuracy).
+    """Top-1 accuracy of each sample, summed over the batch (the default metric; evaluation divides the sum by
+    the number of samples).
+
+    Classification: outputs ``(N, C)`` and class indices ``(N,)``, the number of samples whose highest output is
+    the target class. Dense prediction (a segmentation's ``(N, C, H, W)``): targets ``(N, H, W)``, and each sample
+    scores the fraction of its positions that are right, so the mean over samples is the pixel accuracy, in
+    [0, 1] like the classifier's. Targets of any other shape (one-hot, soft labels) would broadcast against the
+    predictions into a meaningless count, so they are refused.
 
     >>> top1_correct(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([1, 1]))
     tensor(1)
+    >>> scores = torch.tensor([[[0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]]])  # (1 sample, 2 classes, 4 positions)
+    >>> top1_correct(scores, torch.tensor([[1, 1, 0, 0]]))  # 3 of its 4 positions right
+    tensor(0.7500)
     """
-    return (outputs.argmax(1) == targets).sum()
+    if outputs.dim() < 2 or targets.shape != outputs.shape[:1] + outputs.shape[2:]:
+        raise ConfigError(
+            f"top-1 accuracy needs outputs (N, C, ...) and class-index targets (N, ...), got outputs "
+            f"{tuple(outputs.shape)} and targets {tuple(targets.shape)}: pass the score that fits your model as "
+            "Task(metric=...), a function (outputs, targets) -> the score summed over the batch's samples"
+        )
+    right = outputs.argmax(1) == targets  # (N, *positions)
+    if right.dim() == 1:
+        return right.sum()
+    return right.flatten(1).float().mean(1).sum()  # each sample's fraction of right positions
 
 
 @dataclass
