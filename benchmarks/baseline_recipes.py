@@ -87,7 +87,7 @@ def main() -> None:
         model_args = {"channels": r.channels} if r.channels else {}
         model = build_model("cnn", **model_args)
         start = time.perf_counter()
-        history = fit(model, data.task(crop_padding=r.crop_padding, erase=r.erase), cfg, "cpu", progress=False)
+        history = fit(model, data.task(crop_padding=r.crop_padding, erase=r.erase), cfg, device="cpu", progress=False)
         seconds = time.perf_counter() - start
         val_acc, val_loss = evaluate(model, data.val_batches())
         test_acc, test_loss = evaluate(model, data.test_batches())

@@ -27,7 +27,8 @@ from torchshrink.data import load_fashion_mnist
 from torchshrink.errors import ConfigError
 from torchshrink.models import fp32_bytes
 from torchshrink.pruning import make_permanent
-from torchshrink.recipes import iterative_prune
+from torchshrink.quant import QuantConfig
+from torchshrink.recipes import IterativeConfig, iterative_prune
 from torchshrink.recipes.compress import CompressConfig, compress_model, write_and_verify
 from torchshrink.recipes.train import TrainConfig, evaluate
 
@@ -56,6 +57,30 @@ POINTS = [
      dict(sparsity=0.97, bits=5, act_bits=8, codebook=True, budget_bytes=31_000)),
 ]  # fmt: skip
 WRITES = [("packed", "none", False), ("huffman", "none", True), ("huffman+auto", "auto", True)]
+
+
+def point_config(
+    args: argparse.Namespace,
+    sparsity: float,
+    bits: int,
+    act_bits: int,
+    codebook: bool = False,
+    qat_epochs: int | None = None,
+    budget_bytes: int | None = None,
+) -> CompressConfig:
+    """The CompressConfig of one point: fine-tuned for ``qat_epochs`` (default ``--epochs``; 0: post-training
+    only) at a peak rate of 0.01, distilled with ``--distill`` at temperature 4.0, in ``--precision``.
+
+    The pruned model is given to ``compress_model``, so ``prune`` only records the sparsity (with the
+    step-by-step settings the points have always recorded: 4 steps of 1 epoch at 0.02)."""
+    epochs = args.epochs if qat_epochs is None else qat_epochs
+
+    def train(epochs: int, lr: float) -> TrainConfig:
+        return TrainConfig(epochs=epochs, lr=lr, distill=args.distill, temperature=4.0, precision=args.precision)
+
+    return CompressConfig(prune=IterativeConfig(sparsity, steps=4, finetune=train(1, 0.02)),
+                          quant=QuantConfig(bits=bits, act_bits=act_bits), codebook=codebook,
+                          finetune=train(epochs, 0.01) if epochs else None, budget_bytes=budget_bytes)  # fmt: skip
 
 
 def main() -> None:
@@ -87,7 +112,8 @@ def main() -> None:
             path = Path(f"{args.checkpoint}-pruned-iterative-0.4")
             if not path.is_dir():
                 model = copy.deepcopy(base)
-                iterative_prune(model, data, 0.4, 2, TrainConfig(epochs=1, lr=0.02), log=None)
+                iterative_prune(model, data, IterativeConfig(0.4, steps=2, finetune=TrainConfig(epochs=1, lr=0.02)),
+                                log=None)  # fmt: skip
                 from torchshrink.checkpoint import save_checkpoint
 
                 save_checkpoint(path, make_permanent(model), name, margs)
@@ -107,16 +133,16 @@ def main() -> None:
             budget = fp32_bytes(base) // int(args.budget[:-1]) if args.budget.endswith("x") else int(args.budget)
             settings = {**settings, "budget_bytes": budget}
             label = label.replace("31 KB budget", f"{budget:,} B budget")
-        cfg = CompressConfig(**{"qat_epochs": args.epochs, "distill": args.distill, "precision": args.precision,
-                                **settings})
+        cfg = point_config(args, **settings)
         t0 = time.perf_counter()
         try:
-            model, record = compress_model(base, data, cfg, log=None, pruned=pruned, model_name=name, model_args=margs)
+            compressed = compress_model(base, data, cfg, pruned=pruned, log=None, model_name=name, model_args=margs)
         except ConfigError as exc:  # e.g. a budget below the narrowest widths: recorded, the other points go on
             rows.append({"label": label, "config": cfg.to_dict(), "pruned_from": origin, "error": str(exc)})
             print(f"{label:<52} refused: {exc}", flush=True)
             continue
         seconds = time.perf_counter() - t0
+        model, record = compressed.model, compressed.record
         val, val_loss = evaluate(model, data.val_batches())  # loss: a steadier ranking than 5,000-image accuracy
         for storage, compression, huffman in WRITES:
             path = Path(args.out) / f"{label.split(' (')[0].replace(' ', '_').replace('%', '')}-{storage}.tshrink"

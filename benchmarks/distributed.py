@@ -38,7 +38,7 @@ def _worker(rank: int, world: int, threads: int, args: argparse.Namespace, folde
     torch.manual_seed(0)
     model = build_model(args.model)
     cfg = TrainConfig(epochs=args.epochs)
-    history = fit(model, data.task(batch_size=args.batch_size), cfg, "cpu", progress=False, log=None)
+    history = fit(model, data.task(batch_size=args.batch_size), cfg, device="cpu", progress=False, log=None)
     if rank == 0:
         Path(folder, "result.json").write_text(json.dumps({
             "images_per_second": [h.images_per_second for h in history], "seconds": [h.seconds for h in history],

@@ -31,7 +31,7 @@ from _common import write_result
 from torchshrink.checkpoint import load_checkpoint
 from torchshrink.data import load_fashion_mnist
 from torchshrink.export import to_onnx
-from torchshrink.pruning import structured_prune_
+from torchshrink.pruning import StructuredConfig, structured_prune_
 from torchshrink.quant import QuantConfig
 from torchshrink.recipes import TrainConfig, fit, ptq
 
@@ -100,7 +100,7 @@ def main() -> None:
     data = load_fashion_mnist()
     base = load_checkpoint(args.checkpoint).model.eval()
     small = copy.deepcopy(base)
-    structured_prune_(small, args.amount)
+    structured_prune_(small, StructuredConfig(args.amount))
     torch.manual_seed(0)
     fit(
         small, data.task(), TrainConfig(epochs=args.finetune_epochs, lr=args.lr, seed=0), log=print
@@ -108,7 +108,7 @@ def main() -> None:
     small.eval()
     calib = data.calibration_batches()
     example = next(iter(data.test_batches()))[0][:1]
-    q, qs = ptq(base, calib, QuantConfig(bits=8)), ptq(small, calib, QuantConfig(bits=8))
+    q, qs = ptq(base, calib, QuantConfig(bits=8)).model, ptq(small, calib, QuantConfig(bits=8)).model
     blobs = {
         "onnxruntime fp32": to_onnx(base, example).SerializeToString(),
         "onnxruntime W8A8, float bias": to_onnx(q, example, integer_bias=False).SerializeToString(),

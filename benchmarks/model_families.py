@@ -24,7 +24,10 @@ from _common import write_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the families are defined with the tests
 from torchshrink import (  # noqa: E402
+    CodebookConfig,
+    PruneConfig,
     QuantConfig,
+    StructuredConfig,
     codebook,
     fp32_bytes,
     load_compressed,
@@ -65,17 +68,17 @@ def run_family(family: Family, batch: int) -> dict[str, Any]:
     x = family.inputs(torch.Generator().manual_seed(5), 512)
     row: dict[str, Any] = {"family": family.name, "parameters": sum(p.numel() for p in base.parameters()),
                            "fp32_bytes": fp32_bytes(base), "skipped": skipped_layers(base)}  # fmt: skip
-    row["w8a8"] = _file(ptq(base, loader, QuantConfig(bits=8)), make_model(family, 1), base, x)
-    row["w4a4"] = _file(ptq(base, loader, QuantConfig(bits=4)), make_model(family, 1), base, x)
+    row["w8a8"] = _file(ptq(base, loader, QuantConfig(bits=8)).model, make_model(family, 1), base, x)
+    row["w4a4"] = _file(ptq(base, loader, QuantConfig(bits=4)).model, make_model(family, 1), base, x)
     sparse = copy.deepcopy(base)
-    prune_(sparse, 0.8, "lamp")
+    prune_(sparse, PruneConfig(0.8, scope="lamp"))
     make_permanent(sparse)
-    row["lamp80_w8a8"] = _file(ptq(sparse, loader, QuantConfig(bits=8)), make_model(family, 1), base, x)
-    row["lamp80_codebook4"] = _file(codebook(sparse, Task(calibration=loader), 4, act_bits=8, log=None),
-                                    make_model(family, 1), base, x)  # fmt: skip
+    row["lamp80_w8a8"] = _file(ptq(sparse, loader, QuantConfig(bits=8)).model, make_model(family, 1), base, x)
+    clustered = codebook(sparse, Task(calibration=loader), CodebookConfig(4, act_bits=8), train=None, log=None).model
+    row["lamp80_codebook4"] = _file(clustered, make_model(family, 1), base, x)
     if family.structured:
         small = copy.deepcopy(base)
-        channels = structured_prune_(small, 0.5)
+        channels = structured_prune_(small, StructuredConfig(0.5))
         xb = family.inputs(torch.Generator().manual_seed(6), batch)
         dense_t, small_t = [], []
         for _ in range(3):  # interleaved: both see the same machine load

@@ -17,8 +17,15 @@ from torchshrink.checkpoint import load_checkpoint, save_checkpoint
 from torchshrink.data import load_fashion_mnist
 from torchshrink.measure import count_macs, latency
 from torchshrink.models import parameter_count
-from torchshrink.pruning import permanent_copy, prune_, sparsity_report, structured_prune_
-from torchshrink.recipes import iterative_prune
+from torchshrink.pruning import (
+    PruneConfig,
+    StructuredConfig,
+    permanent_copy,
+    prune_,
+    sparsity_report,
+    structured_prune_,
+)
+from torchshrink.recipes import IterativeConfig, iterative_prune
 from torchshrink.recipes.train import TrainConfig, evaluate, fit
 
 ONESHOT = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -50,7 +57,7 @@ def main() -> None:
         oneshot[scope] = {}
         for s in ONESHOT:
             model = copy.deepcopy(base)
-            prune_(model, s, scope)
+            prune_(model, PruneConfig(s, scope))
             oneshot[scope][str(s)], _ = evaluate(model, data.test_batches())
         print(scope, " ".join(f"{k}:{100 * v:.2f}" for k, v in oneshot[scope].items()))
 
@@ -59,8 +66,9 @@ def main() -> None:
     finetune = TrainConfig(epochs=args.epochs_per_step, lr=args.lr)
     iterative, steps, start, current = [], [], time.perf_counter(), 0.0
     for target in TARGETS:
-        history = iterative_prune(model, data, target, args.steps_per_target, finetune, "agp", "global",
-                                  initial=current)  # fmt: skip
+        config = IterativeConfig(target, steps=args.steps_per_target, finetune=finetune, schedule="agp",
+                                 scope="global", initial=current)  # fmt: skip
+        history = iterative_prune(model, data, config).steps
         current = sparsity_of(model)
         steps += [h.to_dict() for h in history]
         acc, _ = evaluate(model, data.test_batches())
@@ -74,10 +82,10 @@ def main() -> None:
 
     # structured: remove whole channels, then fine-tune
     small = copy.deepcopy(base)
-    channels = structured_prune_(small, args.structured_amount)
+    channels = structured_prune_(small, StructuredConfig(args.structured_amount))
     pruned_acc, _ = evaluate(small, data.test_batches())
     t0 = time.perf_counter()
-    fit(small, data, TrainConfig(epochs=args.structured_epochs, lr=args.lr * 2), "cpu")
+    fit(small, data, TrainConfig(epochs=args.structured_epochs, lr=args.lr * 2), device="cpu")
     ft_seconds = time.perf_counter() - t0
     small_acc, _ = evaluate(small, data.test_batches())
     lat = {}

@@ -22,7 +22,7 @@ from _common import write_result
 from torchshrink.checkpoint import load_checkpoint, save_checkpoint
 from torchshrink.data import load_fashion_mnist
 from torchshrink.pruning import permanent_copy, prune_from_zeros_, sparsity_report
-from torchshrink.recipes import gradual_prune, iterative_prune
+from torchshrink.recipes import GradualConfig, IterativeConfig, gradual_prune, iterative_prune
 from torchshrink.recipes.train import TrainConfig, evaluate
 
 
@@ -72,8 +72,8 @@ def main() -> None:
             start, end = (float(v) for v in args.window.split(","))
             cfg = TrainConfig(epochs=args.gradual_epochs, lr=args.gradual_lr, distill=kd,
                               temperature=args.temperature, seed=args.seed, precision=args.precision)  # fmt: skip
-            history = [gradual_prune(model, data, args.target, cfg, start, end, args.frequency,
-                                     teacher=teacher if kd else None)]  # fmt: skip
+            config = GradualConfig(args.target, train=cfg, start=start, end=end, frequency=args.frequency)
+            history = gradual_prune(model, data, config, teacher=teacher if kd else None).steps
         else:
             model = load_checkpoint(args.start).model
             prune_from_zeros_(model)
@@ -82,8 +82,9 @@ def main() -> None:
                                    seed=args.seed, precision=args.precision)  # fmt: skip
             final = (TrainConfig(epochs=args.final_epochs, lr=args.final_lr, distill=kd, temperature=args.temperature,
                                  seed=args.seed, precision=args.precision) if "final" in recipe else None)  # fmt: skip
-            history = iterative_prune(model, data, args.target, args.steps, step_cfg, "agp", "global",
-                                      initial=initial, final=final, teacher=teacher if kd else None)  # fmt: skip
+            config = IterativeConfig(args.target, steps=args.steps, finetune=step_cfg, schedule="agp", scope="global",
+                                     initial=initial, final=final)  # fmt: skip
+            history = iterative_prune(model, data, config, teacher=teacher if kd else None).steps
         seconds = time.perf_counter() - t0
         val, val_loss = evaluate(model, data.val_batches())  # loss: a steadier ranking than accuracy
         test, _ = evaluate(model, data.test_batches())

@@ -38,12 +38,13 @@ def main() -> None:
             if edge8 and bits not in (4, 2):  # the variant matters below 6 bits
                 continue
             config = QuantConfig(bits=bits, keep_first_last_8bit=edge8, act_calibration=args.calibration)
-            q = ptq(base, data, config)
+            q = ptq(base, data, config).model
             storage = sum(r.total_bytes for r in storage_report(q))
             ptq_acc, _ = evaluate(q, data.test_batches())
             ptq_val, _ = evaluate(q, data.val_batches())
             start = time.perf_counter()
-            q, history = qat(base, data, config, TrainConfig(epochs=args.qat_epochs, lr=args.lr), log=None)
+            result = qat(base, data, config, train=TrainConfig(epochs=args.qat_epochs, lr=args.lr), log=None)
+            q, history = result.model, result.history
             qat_seconds = time.perf_counter() - start
             qat_acc, _ = evaluate(q, data.test_batches())
             row = {

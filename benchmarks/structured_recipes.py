@@ -22,7 +22,7 @@ from _common import add_recipe_options, finished_rows, wanted, write_result
 from torchshrink.checkpoint import load_checkpoint
 from torchshrink.data import load_fashion_mnist
 from torchshrink.measure import latency
-from torchshrink.pruning import structured_prune_
+from torchshrink.pruning import StructuredConfig, structured_prune_
 from torchshrink.recipes import TrainConfig, evaluate, fit
 
 
@@ -115,8 +115,8 @@ def main() -> None:
         start, done_share = time.perf_counter(), 0.0
         for share, epochs in (*r.steps, (r.amount, r.epochs)):
             layers = {name: step_amount(done_share, share * layer / r.amount) for name, layer in r.layers}
-            channels = structured_prune_(small, step_amount(done_share, share), multiple_of=r.multiple_of,
-                                         layer_amounts=layers)  # fmt: skip
+            config = StructuredConfig(step_amount(done_share, share), multiple_of=r.multiple_of, layer_sparsity=layers)
+            channels = structured_prune_(small, config)
             done_share = share
             cfg = TrainConfig(epochs=epochs, lr=r.lr, distill=r.distill, temperature=r.temperature, seed=0, ema=r.ema)
             fit(small, data.task(erase=r.erase), cfg, teacher=base if r.distill else None, log=None)

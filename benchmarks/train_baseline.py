@@ -43,7 +43,7 @@ def loop_throughput(data, cfg: TrainConfig, images: int) -> float:
     torch.manual_seed(0)
     model = build_model("cnn")
     sub = data.subset(train=images)
-    history = fit(model, sub, TrainConfig(**{**cfg.to_dict(), "epochs": 1}), "cpu", progress=False, log=None)
+    history = fit(model, sub, TrainConfig(**{**cfg.to_dict(), "epochs": 1}), device="cpu", progress=False, log=None)
     return history[0].images_per_second
 
 
@@ -67,7 +67,7 @@ def main() -> None:
     torch.manual_seed(cfg.seed)
     model = build_model("cnn")
     start = time.perf_counter()
-    history = fit(model, data.task(crop_padding=args.crop_padding), cfg, "cpu")
+    history = fit(model, data.task(crop_padding=args.crop_padding), cfg, device="cpu")
     wall = time.perf_counter() - start
     test_acc, test_loss = evaluate(model, data.test_batches())
     metrics = {

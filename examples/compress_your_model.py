@@ -76,9 +76,13 @@ def main() -> None:
     dense_acc, _ = ts.evaluate(model, test)
 
     # prune during a short distilled training run, then quantization-aware training, then the real file
-    cfg = ts.CompressConfig(sparsity=args.sparsity, bits=args.bits, prune_method="gradual", prune_epochs=2,
-                            prune_lr=0.02, qat_epochs=1, distill=0.7, temperature=2.0)  # fmt: skip
-    compressed, _ = ts.compress_model(model, task, cfg)
+    # (both trainings distilled from the dense model, weight 0.7, at TrainConfig's temperature 2.0)
+    cfg = ts.CompressConfig(
+        prune=ts.GradualConfig(args.sparsity, train=ts.TrainConfig(epochs=2, lr=0.02, distill=0.7)),
+        quant=ts.QuantConfig(bits=args.bits),  # inputs at the same width as the weights
+        finetune=ts.TrainConfig(epochs=1, lr=0.01, distill=0.7),
+    )
+    compressed = ts.compress_model(model, task, cfg).model
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "resnetish.tshrink"
         ts.save_compressed(compressed, path)

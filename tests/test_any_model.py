@@ -12,6 +12,8 @@ from torch import nn
 
 from torchshrink import (
     CompressConfig,
+    GradualConfig,
+    IterativeConfig,
     QuantConfig,
     Task,
     TrainConfig,
@@ -29,8 +31,10 @@ from torchshrink import (
     structured_prune_,
 )
 from torchshrink.layers import default_filter, prunable_layers, skipped_layers
+from torchshrink.pruning.config import PruneConfig, StructuredConfig
 from torchshrink.quant import quantized_layers
 from torchshrink.quant.sharing import codebook_layers
+from torchshrink.recipes.quantize import CodebookConfig
 from zoo import FAMILIES, Family, make_loader, make_model
 
 QUICK = TrainConfig(epochs=1, lr=0.01, channels_last=False)
@@ -59,7 +63,7 @@ def test_pruning_reaches_every_accepted_layer(family, scope):
     model = make_model(family)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the transformer's skipped parameters are reported by a warning
-        prune_(model, 0.6, scope)
+        prune_(model, PruneConfig(0.6, scope))
     layers = prunable_layers(model)
     zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
     total = sum(m.weight.numel() for m in layers.values())
@@ -76,7 +80,7 @@ def test_what_is_not_pruned_is_listed_with_a_reason():
     assert "encoder.self_attn.in_proj_weight" in skipped and "embed.weight" in skipped
     assert "encoder.self_attn.out_proj" in prunable_layers(model)  # its weight is pruned and quantized
     with pytest.warns(UserWarning, match="in_proj_weight"):
-        prune_(model, 0.5)
+        prune_(model, PruneConfig(0.5))
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=ids)
@@ -85,7 +89,7 @@ def test_post_training_quantization_covers_every_layer(family, bits):
     model = make_model(family)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q = ptq(model, make_loader(family), QuantConfig(bits=bits))  # a DataLoader of (inputs, targets) calibrates
+        q = ptq(model, make_loader(family), QuantConfig(bits=bits)).model  # a DataLoader of (inputs, targets) calibrates
     assert set(quantized_layers(q)) == set(prunable_layers(model, default_filter))
     x = _inputs(family)
     with torch.no_grad():
@@ -99,8 +103,9 @@ def test_a_few_qat_steps_train_weights_and_step_sizes(family):
     model = make_model(family)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        before = ptq(model, make_loader(family), QuantConfig(bits=4))
-        q, history = qat(model, _task(family), QuantConfig(bits=4), QUICK, log=None, progress=False)
+        before = ptq(model, make_loader(family), QuantConfig(bits=4)).model
+        result = qat(model, _task(family), QuantConfig(bits=4), train=QUICK, log=None, progress=False)
+        q, history = result.model, result.history
     layer = next(iter(quantized_layers(q)))
     fq_before = before.get_submodule(layer).parametrizations.weight[-1]
     fq_after = q.get_submodule(layer).parametrizations.weight[-1]
@@ -113,7 +118,7 @@ def test_codebooks_share_weights_in_every_layer(family):
     model = make_model(family)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q = codebook(model, _task(family), 3, act_bits=8, log=None)
+        q = codebook(model, _task(family), CodebookConfig(3, act_bits=8), log=None, train=None).model
     books = codebook_layers(q)
     assert set(books) == set(prunable_layers(model))
     for name in books:
@@ -128,10 +133,10 @@ def test_the_file_loads_into_a_fresh_instance_with_identical_predictions(family,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if kind == "w4a4-pruned":
-            prune_(model, 0.7)
+            prune_(model, PruneConfig(0.7))
             make_permanent(model)
-        q = (codebook(model, _task(family), 4, act_bits=8, log=None) if kind == "codebook"
-             else ptq(model, make_loader(family), QuantConfig(bits=8 if kind == "w8a8" else 4)))  # fmt: skip
+        q = (codebook(model, _task(family), CodebookConfig(4, act_bits=8), log=None, train=None).model if kind == "codebook"
+             else ptq(model, make_loader(family), QuantConfig(bits=8 if kind == "w8a8" else 4)).model)  # fmt: skip
         save_compressed(q, tmp_path / "m.tshrink")
         loaded = load_compressed(tmp_path / "m.tshrink", model=make_model(family, seed=99))
     x = _inputs(family)
@@ -145,10 +150,10 @@ def test_the_file_loads_into_a_fresh_instance_with_identical_predictions(family,
 def test_structured_pruning_rebuilds_a_smaller_model_that_still_saves(family, tmp_path):
     model = make_model(family)
     small = copy.deepcopy(model)
-    changes = structured_prune_(small, 0.5)
+    changes = structured_prune_(small, StructuredConfig(0.5))
     assert changes and all(after < before for before, after in changes.values())
     assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())
-    q = ptq(small, make_loader(family), QuantConfig(bits=8))
+    q = ptq(small, make_loader(family), QuantConfig(bits=8)).model
     save_compressed(q, tmp_path / "s.tshrink")
     loaded = load_compressed(tmp_path / "s.tshrink", model=copy.deepcopy(small))
     x = _inputs(family)
@@ -161,12 +166,13 @@ def test_dataloaders_drive_every_procedure_end_to_end(tmp_path):
     task = _task(family)
     model = make_model(family).train()
     fit(model, task, QUICK, progress=False, log=None)
-    steps = iterative_prune(copy.deepcopy(model), task, 0.5, 2, QUICK, log=None)
+    steps = iterative_prune(copy.deepcopy(model), task, IterativeConfig(0.5, 2, QUICK), log=None).steps
     assert abs(steps[-1].achieved - 0.5) < 1e-3 and steps[-1].val_acc_retrained is not None
-    step = gradual_prune(copy.deepcopy(model), task, 0.5, QUICK, log=None)
-    assert abs(step.achieved - 0.5) < 1e-3
-    cfg = CompressConfig(sparsity=0.5, bits=4, steps=1, qat_epochs=1, prune_epochs=1)
-    compressed, record = compress_model(model, task, cfg, log=None)
+    pruned = gradual_prune(copy.deepcopy(model), task, GradualConfig(0.5, QUICK), log=None)
+    assert abs(pruned.sparsity - 0.5) < 1e-3
+    cfg = CompressConfig(IterativeConfig(0.5, 1, QUICK), QuantConfig(bits=4), finetune=QUICK)
+    done = compress_model(model, task, cfg, log=None)
+    compressed, record = done.model, done.record
     assert quantized_layers(compressed) and record["prune_steps"]
     save_compressed(compressed, tmp_path / "c.tshrink")
     loaded = load_compressed(tmp_path / "c.tshrink", model=make_model(family))
@@ -211,7 +217,7 @@ def test_a_codebook_model_in_memory_equals_its_file_bit_for_bit(tmp_path):
     counts = torch.zeros(256).index_add_(0, cb.indices.flatten(), torch.ones(cb.indices.numel()))[1:]
     assert torch.allclose(cb.centroids.grad, counts * cb.inverse_counts)
     family = next(f for f in FAMILIES if f.name == "resnet")
-    q = codebook(make_model(family), _task(family), 4, act_bits=8, train=QUICK, log=None)
+    q = codebook(make_model(family), _task(family), CodebookConfig(4, act_bits=8), train=QUICK, log=None).model
     save_compressed(q, tmp_path / "cb.tshrink")
     loaded = load_compressed(tmp_path / "cb.tshrink", model=make_model(family, seed=3))
     x = _inputs(family)
@@ -232,7 +238,8 @@ def test_qat_on_a_regression_model_with_its_own_loss_and_metric():
 
     task = Task(train=loader, val=loader, loss=nn.functional.mse_loss, metric=neg_squared_error)
     fit(model, task, TrainConfig(epochs=5, lr=0.02, channels_last=False), progress=False, log=None)
-    q, history = qat(model, task, QuantConfig(bits=8), QUICK, log=None, progress=False)
+    result = qat(model, task, QuantConfig(bits=8), train=QUICK, log=None, progress=False)
+    q, history = result.model, result.history
     assert history[0].val_accuracy < 0 and q(x[:4]).shape == (4, 2)
 
 
@@ -243,12 +250,12 @@ def test_filter_fn_chooses_the_layers_of_every_high_level_call():
     def not_the_head(module: nn.Module, name: str) -> bool:
         return default_filter(module, name) and name != "head"
 
-    q = ptq(model, make_loader(family), QuantConfig(bits=4), filter_fn=not_the_head)
+    q = ptq(model, make_loader(family), QuantConfig(bits=4), filter_fn=not_the_head).model
     assert set(quantized_layers(q)) == {"conv1", "conv2"}
-    cb = codebook(model, _task(family), 4, act_bits=8, log=None, filter_fn=not_the_head)
+    cb = codebook(model, _task(family), CodebookConfig(4, act_bits=8), log=None, filter_fn=not_the_head, train=None).model
     assert set(codebook_layers(cb)) == {"conv1", "conv2"}
-    compressed, _ = compress_model(model, _task(family), CompressConfig(sparsity=0.5, bits=4, steps=1, qat_epochs=0,
-                                   prune_epochs=1), log=None, filter_fn=not_the_head)  # fmt: skip
+    cfg = CompressConfig(IterativeConfig(0.5, 1, TrainConfig(epochs=1, lr=0.02)), QuantConfig(bits=4), finetune=None)
+    compressed = compress_model(model, _task(family), cfg, log=None, filter_fn=not_the_head).model
     assert set(quantized_layers(compressed)) == {"conv1", "conv2"}
     assert bool((compressed.head.weight != 0).all())  # neither pruned nor quantized
 
@@ -256,10 +263,11 @@ def test_filter_fn_chooses_the_layers_of_every_high_level_call():
 def test_mixed_precision_fits_a_budget_on_a_user_model(tmp_path):
     family = next(f for f in FAMILIES if f.name == "conv1d")
     model = make_model(family)
-    prune_(model, 0.5)
+    prune_(model, PruneConfig(0.5))
     make_permanent(model)
-    cfg = CompressConfig(bits=5, codebook=True, qat_epochs=0, budget_bytes=4000)
-    compressed, record = compress_model(model, _task(family), cfg, log=None)
+    cfg = CompressConfig(quant=QuantConfig(bits=5), codebook=True, finetune=None, budget_bytes=4000)
+    done = compress_model(model, _task(family), cfg, log=None)
+    compressed, record = done.model, done.record
     save_compressed(compressed, tmp_path / "mixed.tshrink")
     assert (tmp_path / "mixed.tshrink").stat().st_size <= 4000
     assert set(record["mixed_precision"]["bits"]) == set(prunable_layers(model))

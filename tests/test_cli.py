@@ -167,7 +167,7 @@ def test_compress_gradual_distilled_mixed_precision_under_a_budget(tmp_path, dat
     plan = summary["mixed_precision"]
     assert plan["estimated_bytes"] <= 3200 and set(plan["bits"].values()) <= {2, 3, 4}
     assert summary["file_bytes"] <= 3200  # widths fitted to the real file, which fine-tuning leaves in budget
-    assert summary["config"]["prune_method"] == "gradual" and summary["sparsity"] >= 0.6 - 1e-3
+    assert summary["config"]["prune"]["method"] == "gradual" and summary["sparsity"] >= 0.6 - 1e-3
     assert summary["bits"] == sorted(set(plan["bits"].values()))  # the file holds the planned widths
 
 
@@ -270,7 +270,7 @@ def tinynet_file(tmp_path_factory):
     tinynet = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tinynet)  # not on sys.path: the class records its module as "tinynet"
     torch.manual_seed(0)
-    q = ptq(tinynet.TinyNet().eval(), None, QuantConfig(bits=8, quantize_inputs=False))
+    q = ptq(tinynet.TinyNet().eval(), None, QuantConfig(bits=8, quantize_inputs=False)).model
     save_compressed(q, folder / "tiny.tshrink")
     return folder, folder / "tiny.tshrink", q
 
@@ -291,7 +291,7 @@ def test_inspect_lists_tied_tensors(tmp_path):
     from torchshrink.recipes import ptq
 
     shared = nn.Linear(6, 6)
-    q = ptq(nn.Sequential(shared, nn.ReLU(), shared), None, QuantConfig(bits=8, quantize_inputs=False))
+    q = ptq(nn.Sequential(shared, nn.ReLU(), shared), None, QuantConfig(bits=8, quantize_inputs=False)).model
     save_compressed(q, tmp_path / "tied.tshrink")
     r = run("inspect", str(tmp_path / "tied.tshrink"))
     assert r.returncode == 0, r.stderr
@@ -483,7 +483,7 @@ def test_a_failed_compress_leaves_nothing(tmp_path, data_dir, tiny_checkpoint, m
     from torchshrink.errors import TorchshrinkError
 
     def no_work(model, *args, **kwargs):
-        return model, {}
+        return recipe.CompressResult(model, {})
 
     def fails_its_check(model, base, batches, path, *args, **kwargs):
         path.write_bytes(b"x" * 774)

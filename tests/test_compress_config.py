@@ -1,38 +1,47 @@
 import pytest
 
 from torchshrink.errors import ConfigError
+from torchshrink.quant import QuantConfig
+from torchshrink.recipes import GradualConfig, IterativeConfig, TrainConfig
 from torchshrink.recipes.compress import CompressConfig
 
 
 @pytest.mark.parametrize(
-    "settings, message",
+    "make, message",
     [
-        ({"temperature": 0.0}, "temperature=0.0: must be positive"),
-        ({"budget_bytes": 30_000, "keep_first_last_8bit": True}, "keep_first_last_8bit with a size budget"),
-        ({"codebook": True, "budget_bytes": 0}, "must be positive"),
-        ({"budget_bytes": 0}, "budget_bytes=0: must be positive"),
-        ({"act_budget_bytes": 0}, "act_budget_bytes=0: must be positive"),
-        ({"codebook": True, "act_budget_bytes": 1000}, "act_budget_bytes chooses the input widths of uniform"),
-        ({"steps": 0}, "steps=0"),
-        ({"prune_method": "random"}, "choose 'iterative' or 'gradual'"),
-        ({"sparsity": 1.0}, "sparsity"),
-        ({"bits": 9}, "9"),
-        ({"precision": "fp16"}, "precision='fp16': choose one of fp32, bf16"),
+        (lambda: CompressConfig(finetune=TrainConfig(temperature=0.0)), "temperature=0.0: must be positive"),
+        (lambda: CompressConfig(quant=QuantConfig(keep_first_last_8bit=True), budget_bytes=30_000),
+         "keep_first_last_8bit with a size budget"),
+        (lambda: CompressConfig(codebook=True, budget_bytes=0), "must be positive"),
+        (lambda: CompressConfig(budget_bytes=0), "budget_bytes=0: must be positive"),
+        (lambda: CompressConfig(act_budget_bytes=0), "act_budget_bytes=0: must be positive"),
+        (lambda: CompressConfig(codebook=True, act_budget_bytes=1000), "act_budget_bytes chooses the input widths"),
+        (lambda: CompressConfig(prune=IterativeConfig(0.5, steps=0)), "steps=0"),
+        (lambda: CompressConfig(prune=0.5), "give an IterativeConfig, a GradualConfig or None"),
+        (lambda: CompressConfig(prune=GradualConfig(1.0)), "sparsity"),
+        (lambda: CompressConfig(quant=QuantConfig(bits=9)), "9"),
+        (lambda: CompressConfig(quant=8), "give a QuantConfig"),
+        (lambda: CompressConfig(finetune=TrainConfig(precision="fp16")), "precision='fp16': choose one of fp32, bf16"),
     ],
 )
-def test_impossible_settings_are_refused_when_the_config_is_made(settings, message):
+def test_impossible_settings_are_refused_when_the_config_is_made(make, message):
     with pytest.raises(ConfigError, match=message):
-        CompressConfig(**settings)
+        make()
 
 
-def test_a_budget_works_without_codebooks():
-    """Mixed precision under a file budget is for uniform codes too, and activations have their own budget."""
-    cfg = CompressConfig(bits=8, budget_bytes=30_000, act_budget_bytes=5_000)
-    assert cfg.budget_bytes == 30_000 and not cfg.codebook
-    assert CompressConfig(bits=5, codebook=True, budget_bytes=30_000, keep_first_last_8bit=True).codebook
+def test_the_pipeline_holds_the_library_configs_rather_than_copies_of_their_fields():
+    """The defaults of the pipeline are those of the recipes it runs: one place for each."""
+    from torchshrink.recipes.quantize import FINETUNE
+
+    cfg = CompressConfig(prune=GradualConfig(0.9))
+    assert cfg.finetune is FINETUNE and cfg.quant == QuantConfig() and cfg.sparsity == 0.9
+    assert cfg.prune.train.temperature == TrainConfig().temperature
+    record = cfg.to_dict()
+    assert record["prune"]["method"] == "gradual" and record["prune"]["train"]["epochs"] == cfg.prune.train.epochs
+    assert CompressConfig().to_dict()["prune"] is None and CompressConfig().sparsity == 0.0
 
 
-def test_the_fine_tuning_distils_at_the_configured_temperature_and_precision(monkeypatch):
+def test_the_fine_tuning_distils_from_the_base_model_with_the_configured_training(monkeypatch):
     import torchshrink.recipes.compress as compress
     from torchshrink.models import build_model
 
@@ -41,14 +50,18 @@ def test_the_fine_tuning_distils_at_the_configured_temperature_and_precision(mon
     class Captured(Exception):
         pass
 
-    def fake_qat(model, data, qcfg, train, device, log=None, teacher=None, **_):
-        seen.update(temperature=train.temperature, distill=train.distill, teacher=teacher, precision=train.precision)
+    def fake_qat(model, data, qcfg, *, train, teacher=None, **_):
+        seen.update(train=train, teacher=teacher)
         raise Captured
 
     monkeypatch.setattr(compress, "qat", fake_qat)
     base = build_model("cnn_tiny")
-    cfg = CompressConfig(bits=4, qat_epochs=1, distill=0.7, temperature=2.0, precision="bf16")
+    finetune = TrainConfig(epochs=1, lr=0.01, distill=0.7, temperature=3.0, precision="bf16")
     with pytest.raises(Captured):
-        compress.compress_model(base, None, cfg, log=None, pruned=build_model("cnn_tiny"))
-    assert seen["temperature"] == 2.0 and seen["distill"] == 0.7 and seen["teacher"] is base
-    assert seen["precision"] == "bf16"
+        compress.compress_model(base, None, CompressConfig(quant=QuantConfig(bits=4), finetune=finetune), log=None,
+                                pruned=build_model("cnn_tiny"))  # fmt: skip
+    assert seen["train"] is finetune and seen["teacher"] is base
+    seen.clear()
+    with pytest.raises(Captured):  # no distillation anywhere: no teacher
+        compress.compress_model(base, None, CompressConfig(), log=None, pruned=build_model("cnn_tiny"))
+    assert seen["teacher"] is None

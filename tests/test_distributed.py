@@ -26,10 +26,11 @@ from torchshrink import distributed as dist
 from torchshrink.data import Task, TensorBatches
 from torchshrink.errors import DistributedError
 from torchshrink.pruning.apply import get_mask, prune_
+from torchshrink.pruning.config import PruneConfig
 from torchshrink.quant import QuantConfig
 from torchshrink.quant.apply import calibrate_, input_quantizer
-from torchshrink.recipes.gradual import gradual_prune
-from torchshrink.recipes.quantize import codebook, prepare_quantized, qat
+from torchshrink.recipes.gradual import GradualConfig, gradual_prune
+from torchshrink.recipes.quantize import CodebookConfig, codebook, prepare_quantized, qat
 from torchshrink.recipes.train import TrainConfig, fit
 
 TIMEOUT = timedelta(seconds=20)  # any collective waiting on a dead rank fails after this
@@ -77,19 +78,19 @@ def _pipeline() -> dict[str, torch.Tensor]:
         if not out:
             out.update({f"grad.{n}": p.grad.detach().clone() for n, p in m.named_parameters()})
 
-    fit(model, task, CFG, "cpu", after_step=first_grads, progress=False, log=None)
+    fit(model, task, CFG, after_step=first_grads, progress=False, log=None)
     out.update({f"fit.{k}": v.clone() for k, v in model.state_dict().items()})
     teacher = copy.deepcopy(model)
     gradual = TrainConfig(**{**CFG.to_dict(), "distill": 0.5})
-    gradual_prune(model, task, 0.5, gradual, end=0.5, frequency=2, teacher=teacher, log=None)
+    gradual_prune(model, task, GradualConfig(0.5, gradual, end=0.5, frequency=2), teacher=teacher, log=None)
     out.update({f"gradual.{k}": v.clone() for k, v in model.state_dict().items()})
     for method in ("minmax", "percentile", "mse"):
         q = prepare_quantized(model, QuantConfig(bits=4))
         calibrate_(q, task.calibration, method)
         out.update(_input_scales(q, f"calibrated.{method}"))
-    q, _ = qat(model, task, QuantConfig(bits=4), CFG, "cpu", log=None, progress=False)
+    q = qat(model, task, QuantConfig(bits=4), train=CFG, log=None, progress=False).model
     out.update({f"qat.{k}": v.clone() for k, v in q.state_dict().items()})
-    cb = codebook(model, task, 2, act_bits=8, train=CFG, device="cpu", log=None)
+    cb = codebook(model, task, CodebookConfig(2, act_bits=8), train=CFG, log=None).model
     out.update({f"codebook.{k}": v.clone() for k, v in cb.state_dict().items()})
     return {k: v.float().contiguous() for k, v in out.items()}
 
@@ -159,7 +160,7 @@ def _dying_worker(rank: int, folder: Path) -> None:
             os._exit(1)  # a rank killed mid-training
 
     try:
-        fit(_tiny(), _task(), CFG, "cpu", after_step=die, progress=False, log=None)
+        fit(_tiny(), _task(), CFG, after_step=die, progress=False, log=None)
     except Exception as exc:  # what rank 0 sees: recorded for the test
         (folder / f"error{rank}.txt").write_text(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
         os._exit(3)
@@ -182,7 +183,7 @@ def _disagreeing_worker(rank: int, folder: Path) -> None:
         with torch.no_grad():
             model[3].weight.mul_(torch.linspace(0.1, 2, model[3].weight.numel()).reshape(model[3].weight.shape))
     try:
-        prune_(model, 0.5, "layer")
+        prune_(model, PruneConfig(0.5, "layer"))
     except DistributedError as exc:
         (folder / f"error{rank}.txt").write_text(str(exc))
     else:

@@ -37,8 +37,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("pack/format.py", "encode_file"): "its one caller, encode_compressed, refuses a bad compression first",
     ("pruning/rebuild.py", "shrink_layer"): "an internal invariant: the dependency graph never asks for that axis",
     ("quant/fake_quant.py", "FakeQuant.set_observed_sample"): "an internal invariant: the merge pairs values and keys",
-    ("data/tensors.py", "TensorBatches.__init__"): "a DataLoader-like constructor's argument checks, as torch's own; "
-    "a batch smaller than the torchrun ranks reaches the command line and is to become a ConfigError",
 }
 
 

@@ -134,7 +134,7 @@ def test_qdq_export_agrees_with_fake_quant_on_real_images(
     near-tied logits flip one of 512 top-1 answers with int32 biases: 99% there."""
     torch.manual_seed(0)
     model = trained if which == "trained_cnn_tiny" else build_model("cnn").eval()
-    q = ptq(model, calibration, QuantConfig(bits=bits))
+    q = ptq(model, calibration, QuantConfig(bits=bits)).model
     proto = to_onnx(q, test_images[:1], integer_bias=integer_bias)
     fused = integer_bias is None and bits == 8
     assert any(n.name.endswith(".bias") and n.op_type == "DequantizeLinear" for n in proto.graph.node) == fused
@@ -146,7 +146,7 @@ def test_qdq_export_runs_as_integer_kernels_in_onnxruntime(trained: nn.Module, c
     """W8A8 by default: onnxruntime's optimizer turns every conv and linear into an integer kernel and keeps the
     pooling on int8 (nothing left in float between the first QuantizeLinear and the logits); a model written
     with float biases keeps float convs."""
-    q = ptq(trained, calibration, QuantConfig(bits=8))
+    q = ptq(trained, calibration, QuantConfig(bits=8)).model
 
     def optimized_ops(proto: onnx.ModelProto, folder: Path) -> list[str]:
         options = ort.SessionOptions()
@@ -168,7 +168,7 @@ def test_qdq_export_runs_as_integer_kernels_in_onnxruntime(trained: nn.Module, c
 def test_qdq_export_of_random_model_on_random_inputs(bits: int) -> None:
     """Random weights, random normalised inputs (no data needed), W8A8 / W4A4 / W2A2."""
     torch.manual_seed(1)
-    q = ptq(build_model("cnn_tiny").eval(), [torch.randn(128, 1, 28, 28)], QuantConfig(bits=bits))
+    q = ptq(build_model("cnn_tiny").eval(), [torch.randn(128, 1, 28, 28)], QuantConfig(bits=bits)).model
     x = torch.randn(256, 1, 28, 28)
     proto = to_onnx(q, x[:1])
     for level in LEVELS:
@@ -185,7 +185,7 @@ def test_qdq_graph_holds_integer_codes_and_clips_narrow_ranges(bits: int) -> Non
     the image int8; an activation range narrower than its container (4 bits) gets a Clip; weight codes are in
     range already."""
     torch.manual_seed(0)
-    q = ptq(build_model("cnn_tiny"), [torch.randn(64, 1, 28, 28)], QuantConfig(bits=bits))
+    q = ptq(build_model("cnn_tiny"), [torch.randn(64, 1, 28, 28)], QuantConfig(bits=bits)).model
     proto = to_onnx(q, torch.zeros(1, 1, 28, 28))
     inits = _initializers(proto)
     nodes = {n.name: n for n in proto.graph.node}
@@ -240,7 +240,7 @@ class _Tokens(nn.Module):
 def test_qdq_export_of_other_supported_models(make: type[nn.Module], per_channel: bool) -> None:
     """GlobalAveragePool, functional relu/flatten, Dropout, MatMul on 4-D inputs, per-tensor weights."""
     torch.manual_seed(0)
-    q = ptq(make().eval(), [torch.randn(64, 1, 28, 28)], QuantConfig(bits=8, per_channel=per_channel))
+    q = ptq(make().eval(), [torch.randn(64, 1, 28, 28)], QuantConfig(bits=8, per_channel=per_channel)).model
     x = torch.randn(16, 1, 28, 28)
     for level in LEVELS:  # float biases: only rounding ties flip codes; int32 biases move a few more by one step
         check_agreement(q, to_onnx(q, x[:1], integer_bias=False), x, level, top1=0.99)
@@ -251,7 +251,7 @@ def test_layers_left_in_float_export_with_float_weights() -> None:
     """A layer the filter skipped keeps float weights in the graph, and the outputs still agree."""
     torch.manual_seed(0)
     model = build_model("cnn_tiny").eval()
-    q = ptq(model, [torch.randn(64, 1, 28, 28)], QuantConfig(bits=8), filter_fn=lambda m, n: n != "classifier.fc1")
+    q = ptq(model, [torch.randn(64, 1, 28, 28)], QuantConfig(bits=8), filter_fn=lambda m, n: n != "classifier.fc1").model
     proto = to_onnx(q, torch.zeros(1, 1, 28, 28))
     assert "classifier.fc1.weight" in _initializers(proto)
     check_agreement(q, proto, torch.randn(16, 1, 28, 28), "enable_all", top1=0.99)
@@ -278,7 +278,7 @@ class _Flatten12(_Residual):
 def test_unsupported_operations_are_refused_by_name(tmp_path: Path) -> None:
     """A quantized model with an op the QDQ builder does not translate raises ConfigError naming it, and
     writes no file."""
-    q = ptq(_Residual().eval(), [torch.randn(8, 1, 28, 28)], QuantConfig(bits=8))
+    q = ptq(_Residual().eval(), [torch.randn(8, 1, 28, 28)], QuantConfig(bits=8)).model
     target = tmp_path / "model.onnx"
     with pytest.raises(ConfigError, match=r"'act' \(Sigmoid\): not supported by the ONNX exporter yet"):
         export_onnx(q, target, torch.zeros(1, 1, 28, 28))
@@ -286,14 +286,14 @@ def test_unsupported_operations_are_refused_by_name(tmp_path: Path) -> None:
     q.act = nn.ReLU()
     with pytest.raises(ConfigError, match=r"'add'.*not supported by the ONNX exporter yet"):
         to_onnx(q, torch.zeros(1, 1, 28, 28))
-    flat = ptq(_Flatten12().eval(), [torch.randn(8, 1, 28, 28)], QuantConfig(bits=8))
+    flat = ptq(_Flatten12().eval(), [torch.randn(8, 1, 28, 28)], QuantConfig(bits=8)).model
     with pytest.raises(ConfigError, match=r"flatten from dim 1 to 2\): not supported"):
         to_onnx(flat, torch.zeros(1, 1, 28, 28))
 
 
 def test_a_fake_quant_the_graph_would_drop_is_refused() -> None:
     """An enabled fake quant that is not a weight or input quantizer of a translated layer is named, not dropped."""
-    q = ptq(build_model("cnn_tiny").eval(), [torch.randn(8, 1, 28, 28)], QuantConfig(bits=8))
+    q = ptq(build_model("cnn_tiny").eval(), [torch.randn(8, 1, 28, 28)], QuantConfig(bits=8)).model
     q.stray = FakeQuant(QuantSpec(bits=8))
     q.stray.enabled = True
     with pytest.raises(ConfigError, match=r"fake quant 'stray'.*not supported by the ONNX exporter yet"):
@@ -308,7 +308,7 @@ def test_bad_example_input_is_refused() -> None:
 def test_export_onnx_writes_a_checked_file_and_keeps_the_mode(tmp_path: Path) -> None:
     """The file loads, passes the checker, runs at any batch size; the model's training flag is restored."""
     torch.manual_seed(0)
-    q = ptq(build_model("cnn_tiny"), [torch.randn(32, 1, 28, 28)], QuantConfig(bits=8)).train()
+    q = ptq(build_model("cnn_tiny"), [torch.randn(32, 1, 28, 28)], QuantConfig(bits=8)).model.train()
     path = tmp_path / "sub" / "cnn.onnx"
     export_onnx(q, path, torch.zeros(2, 1, 28, 28))
     assert q.training

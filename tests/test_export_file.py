@@ -21,9 +21,11 @@ from torchshrink.data import FashionMNIST, Task
 from torchshrink.export import load_for_export, to_onnx
 from torchshrink.pack import save_compressed
 from torchshrink.pruning import make_permanent, prune_
+from torchshrink.pruning.config import PruneConfig, StructuredConfig
 from torchshrink.quant import QuantConfig, quantized_layers
 from torchshrink.quant.export import export_layers
 from torchshrink.recipes import codebook, ptq
+from torchshrink.recipes.quantize import CodebookConfig
 from torchshrink.recipes.train import TrainConfig
 
 
@@ -43,9 +45,9 @@ def sparse_w8a8(
 ) -> tuple[nn.Module, Path]:
     """cnn_tiny, 60% pruned, W8A8 PTQ, saved: (the quantized model, its file)."""
     model = copy.deepcopy(trained)
-    prune_(model, 0.6)
+    prune_(model, PruneConfig(0.6))
     make_permanent(model)
-    q = ptq(model, small_task, QuantConfig(bits=8))
+    q = ptq(model, small_task, QuantConfig(bits=8)).model
     path = tmp_path_factory.mktemp("file") / "m.tshrink"
     save_compressed(q, path, "cnn_tiny")
     return q, path
@@ -78,9 +80,7 @@ def test_codebook_file_exports_on_float_weights_that_onnxruntime_keeps(
     """Codebook weights have no int8 codes: they export as float, on quantized inputs. onnxruntime would
     requantize such a layer's weight to int8 per tensor (WeightBiasQuantization) if its input scale were a
     scalar; the graph prevents it, so its outputs equal the loaded model's."""
-    q = codebook(
-        copy.deepcopy(trained), small_task, bits=3, act_bits=8, train=TrainConfig(epochs=1, lr=0.005), log=None
-    )
+    q = codebook(copy.deepcopy(trained), small_task, CodebookConfig(3, act_bits=8), train=TrainConfig(epochs=1, lr=0.005), log=None).model
     path = tmp_path / "cb.tshrink"
     save_compressed(q, path, "cnn_tiny")
     model, weights, float_layers = load_for_export(path)
@@ -141,13 +141,13 @@ def test_channels_removed_by_structured_pruning_are_absent_from_the_graph(
     from torchshrink.pruning import structured_prune_
 
     small = copy.deepcopy(trained)
-    structured_prune_(small, 0.5)
+    structured_prune_(small, StructuredConfig(0.5))
     widths = {name: m.out_channels for name, m in small.named_modules() if isinstance(m, nn.Conv2d)}
     assert widths != {name: m.out_channels for name, m in trained.named_modules() if isinstance(m, nn.Conv2d)}
     fp32 = to_onnx(small.eval(), images[:1])
     with torch.no_grad():
         np.testing.assert_allclose(run_ort(fp32, images), small(images).numpy(), rtol=1e-4, atol=1e-4)
-    q = ptq(small, small_task, QuantConfig(bits=8))
+    q = ptq(small, small_task, QuantConfig(bits=8)).model
     proto = to_onnx(q, images[:1])
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     for name, out in widths.items():

@@ -20,8 +20,10 @@ from torch import nn
 from torchshrink.models import build_model
 from torchshrink.pack import load_compressed, save_compressed
 from torchshrink.pruning import make_permanent, prune_
+from torchshrink.pruning.config import PruneConfig
 from torchshrink.quant import QuantConfig, fold_batchnorm, quantize_, snap_floats_
 from torchshrink.recipes import TrainConfig, codebook, fit, ptq
+from torchshrink.recipes.quantize import CodebookConfig
 
 FLOAT = {"float32": "<f4", "float16": "<f2"}
 
@@ -122,16 +124,16 @@ def independent_read(data: bytes) -> dict[str, np.ndarray]:
 def test_independent_reader_agrees_with_the_model(small, tmp_path, bits, sparsity, compression, shared):
     torch.manual_seed(0)
     model = build_model("cnn_tiny")
-    fit(model, small.subset(train=500).task(batch_size=64), TrainConfig(epochs=1, lr=0.05), "cpu", progress=False,
+    fit(model, small.subset(train=500).task(batch_size=64), TrainConfig(epochs=1, lr=0.05), progress=False,
         log=None)  # fmt: skip
     if sparsity:
-        prune_(model, sparsity)
+        prune_(model, PruneConfig(sparsity))
         make_permanent(model)
     if shared:
-        q = codebook(model, small.task(), bits, act_bits=8, log=None)
+        q = codebook(model, small.task(), CodebookConfig(bits, act_bits=8), log=None, train=None).model
         snap_floats_(q)  # float16 biases and centroids
     else:
-        q = ptq(model, small.task(), QuantConfig(bits=bits))
+        q = ptq(model, small.task(), QuantConfig(bits=bits)).model
     path = tmp_path / "m.tshrink"
     header = save_compressed(q, path, "cnn_tiny", compression=compression)
     if shared:

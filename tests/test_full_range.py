@@ -20,6 +20,7 @@ from torchshrink.models import build_model
 from torchshrink.pack import encode_compressed, load_compressed, read_compressed, save_compressed
 from torchshrink.pack.encode import encoded_uniform_bytes
 from torchshrink.pruning import make_permanent, prune_
+from torchshrink.pruning.config import PruneConfig
 from torchshrink.quant import (
     FakeQuant,
     QuantConfig,
@@ -96,7 +97,7 @@ def test_zeros_stay_exact_zero_codes(gaussian):
 
 def test_defaults_are_unchanged():
     assert qrange(2, True, narrow=True) == (-1, 1) and qrange(2, True) == (-2, 1) and qrange(8, False) == (0, 255)
-    assert not QuantConfig().full_range_weights and not CompressConfig().full_range_weights
+    assert not QuantConfig().full_range_weights and not CompressConfig().quant.full_range_weights
     assert (QuantSpec(bits=2).qmin, QuantSpec(bits=2).qmax) == (-1, 1)
     assert (QuantSpec(bits=2, symmetric=False).qmin, QuantSpec(bits=4, signed=False).qmin) == (-2, 0)
     assert (QuantSpec(bits=2, narrow=True).qmin, QuantSpec(bits=4, signed=False, narrow=False).qmax) == (-1, 15)
@@ -112,16 +113,16 @@ def test_bad_settings_are_refused():
     with pytest.raises(ConfigError, match="narrow"):
         QuantSpec(narrow=1)
     with pytest.raises(ConfigError, match="codebook"):
-        CompressConfig(codebook=True, full_range_weights=True)
+        CompressConfig(quant=QuantConfig(full_range_weights=True), codebook=True)
 
 
 def _full_range_model(bits: int) -> nn.Module:
     """A random cnn_tiny, half pruned, W{bits}A{bits} PTQ with full-range weights."""
     torch.manual_seed(1)
     model = build_model("cnn_tiny").eval()
-    prune_(model, 0.5)
+    prune_(model, PruneConfig(0.5))
     make_permanent(model)
-    return ptq(model, [torch.randn(64, 1, 28, 28)], QuantConfig(bits=bits, full_range_weights=True))
+    return ptq(model, [torch.randn(64, 1, 28, 28)], QuantConfig(bits=bits, full_range_weights=True)).model
 
 
 @pytest.fixture(scope="module", params=[2, 4])
@@ -205,12 +206,13 @@ def test_compress_model_passes_the_range_to_quantization_and_the_planner(monkeyp
     monkeypatch.setattr(compress, "plan_uniform_mixed_precision", fake_plan)
     pruned = build_model("cnn_tiny")
     with pytest.raises(Captured):
-        compress.compress_model(pruned, None, CompressConfig(bits=2, qat_epochs=0, full_range_weights=True), log=None,
-                                pruned=pruned)  # fmt: skip
+        compress.compress_model(pruned, None, CompressConfig(quant=QuantConfig(bits=2, full_range_weights=True),
+                                                             finetune=None), log=None, pruned=pruned)  # fmt: skip
     assert seen["config"].full_range_weights
     with pytest.raises(Captured):
-        compress.compress_model(pruned, None, CompressConfig(bits=4, qat_epochs=0, full_range_weights=True,
-                                                             budget_bytes=10_000), log=None, pruned=pruned)  # fmt: skip
+        compress.compress_model(pruned, None, CompressConfig(quant=QuantConfig(bits=4, full_range_weights=True),
+                                                             finetune=None, budget_bytes=10_000), log=None,
+                                pruned=pruned)  # fmt: skip
     assert seen["plan"] is True
 
 

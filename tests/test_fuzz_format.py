@@ -33,8 +33,10 @@ from torchshrink.models import build_model
 from torchshrink.pack import FormatError, encode_compressed, inspect_compressed, load_compressed
 from torchshrink.pack.decode import UNCHECKED
 from torchshrink.pruning import make_permanent, prune_
+from torchshrink.pruning.config import PruneConfig
 from torchshrink.quant import QuantConfig, quantize_, snap_floats_
 from torchshrink.recipes import codebook, ptq
+from torchshrink.recipes.quantize import CodebookConfig
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:quantize_ left:UserWarning"),  # the tied model's float embedding
@@ -88,7 +90,7 @@ def _cnn(sparsity: float) -> nn.Module:
     torch.manual_seed(0)
     model = build_model("cnn_tiny")
     if sparsity:
-        prune_(model, sparsity)
+        prune_(model, PruneConfig(sparsity))
         make_permanent(model)
     return model
 
@@ -106,11 +108,11 @@ def make_seeds() -> list[Seed]:
     weight_only = QuantConfig(bits=4, quantize_inputs=False)
     lm = quantize_(TiedLM(), QuantConfig(bits=4, quantize_inputs=False), lambda m, name: name == "mix")
     made = {
-        "dense4-none": (ptq(_cnn(0), None, weight_only), "none", True),
-        "delta-zlib": (ptq(_cnn(0.9), None, weight_only), "zlib", True),
-        "bitmask-lzma": (ptq(_cnn(0.4), None, weight_only), "lzma", True),
-        "codebook-none": (snapped(codebook(_cnn(0.6), None, 3, log=None)), "none", True),
-        "inputs-packed": (ptq(_cnn(0.7), images, QuantConfig(bits=4)), "none", True),
+        "dense4-none": (ptq(_cnn(0), None, weight_only).model, "none", True),
+        "delta-zlib": (ptq(_cnn(0.9), None, weight_only).model, "zlib", True),
+        "bitmask-lzma": (ptq(_cnn(0.4), None, weight_only).model, "lzma", True),
+        "codebook-none": (snapped(codebook(_cnn(0.6), None, CodebookConfig(3), log=None, train=None).model), "none", True),
+        "inputs-packed": (ptq(_cnn(0.7), images, QuantConfig(bits=4)).model, "none", True),
         "tied-lzma": (lm, "lzma", False),
     }
     seeds = []

@@ -9,8 +9,11 @@ from torchshrink.data import normalize
 from torchshrink.errors import ConfigError
 from torchshrink.models import build_model
 from torchshrink.pruning import get_mask, prune_from_zeros_
+from torchshrink.pruning.config import PruneConfig
 from torchshrink.recipes import (
+    GradualConfig,
     GradualPruner,
+    IterativeConfig,
     TrainConfig,
     distillation_loss,
     evaluate,
@@ -33,7 +36,7 @@ def _task(data):
 def _trained(small, name="cnn_tiny"):
     torch.manual_seed(0)
     model = build_model(name)
-    fit(model, _task(small), TrainConfig(epochs=2, lr=0.05), "cpu", progress=False, log=None)
+    fit(model, _task(small), TrainConfig(epochs=2, lr=0.05), progress=False, log=None)
     return model
 
 
@@ -44,7 +47,8 @@ def test_iterative_pruning_reaches_target_and_never_unprunes(small):
     def remember(_):
         seen.append({n: get_mask(m).clone() for n, m in model.named_modules() if get_mask(m) is not None})
 
-    history = iterative_prune(model, _task(small), 0.7, steps=3, finetune=FT, schedule="agp", log=remember)
+    history = iterative_prune(model, _task(small), IterativeConfig(0.7, steps=3, finetune=FT, schedule="agp"),
+                              log=remember).steps
     assert [round(h.target, 3) for h in history] == [0.493, 0.674, 0.7]
     assert abs(history[-1].achieved - 0.7) < 1e-3
     for earlier, later in zip(seen, seen[1:], strict=False):
@@ -56,7 +60,7 @@ def test_iterative_pruning_reaches_target_and_never_unprunes(small):
 
 def test_oneshot_with_finetune_recovers_and_second_architecture_prunes(small):
     mlp = _trained(small, "mlp")
-    step = oneshot_prune(mlp, _task(small), 0.9, scope="layer", finetune=FT, log=None)
+    step = oneshot_prune(mlp, _task(small), PruneConfig(0.9, scope="layer"), finetune=FT, log=None).steps[0]
     assert abs(step.achieved - 0.9) < 1e-3
     assert step.val_acc_retrained >= step.val_acc_pruned - 0.02
     assert len(step.layers) == 3
@@ -83,8 +87,8 @@ def test_rewind_resets_survivors_and_keeps_the_mask(small):
     torch.manual_seed(0)
     model = build_model("cnn_tiny")
     early = {k: v.clone() for k, v in model.state_dict().items()}
-    fit(model, _task(small.subset(train=256)), TrainConfig(epochs=1, lr=0.05), "cpu", progress=False, log=None)
-    prune_(model, 0.6)
+    fit(model, _task(small.subset(train=256)), TrainConfig(epochs=1, lr=0.05), progress=False, log=None)
+    prune_(model, PruneConfig(0.6))
     rewind_(model, early)
     conv = model.features.conv2
     mask = get_mask(conv)
@@ -96,7 +100,8 @@ def test_gradual_pruning_follows_the_cubic_schedule_during_training(small):
     model = _trained(small)
     cfg = TrainConfig(epochs=2, lr=0.02)
     masks_seen = []
-    step = gradual_prune(model, _task(small), 0.8, cfg, start=0.1, end=0.6, frequency=5, log=lambda _: None)
+    config = GradualConfig(0.8, cfg, start=0.1, end=0.6, frequency=5)
+    step = gradual_prune(model, _task(small), config, log=lambda _: None).steps[0]
     assert abs(step.achieved - 0.8) < 1e-3
     assert step.val_acc_retrained > 0.5
     # the pruner's own schedule: monotone, cubic (fast first), ending at the target
@@ -114,7 +119,7 @@ def test_gradual_pruning_follows_the_cubic_schedule_during_training(small):
         pruner(m)
         masks_seen.append({n: get_mask(x).clone() for n, x in m.named_modules() if get_mask(x) is not None})
 
-    fit(model2, _task(small.subset(train=640)), TrainConfig(epochs=2, lr=0.02), "cpu", after_step=hook,
+    fit(model2, _task(small.subset(train=640)), TrainConfig(epochs=2, lr=0.02), after_step=hook,
         progress=False, log=None)  # fmt: skip
     for earlier, later in zip(masks_seen, masks_seen[1:], strict=False):
         for name in earlier:
@@ -129,9 +134,9 @@ def test_distillation_pulls_the_student_towards_the_teacher(small):
     student = build_model("cnn_tiny")
     cfg = TrainConfig(epochs=1, lr=0.05, distill=1.0, label_smoothing=0.0)
     with pytest.raises(ConfigError, match="teacher"):
-        fit(copy.deepcopy(student), _task(small), cfg, "cpu", progress=False, log=None)
+        fit(copy.deepcopy(student), _task(small), cfg, progress=False, log=None)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    fit(student, _task(small), cfg, "cpu", teacher=teacher, progress=False, log=None)
+    fit(student, _task(small), cfg, teacher=teacher, progress=False, log=None)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # the teacher never trains
     x = normalize(small.val_x[:500])
     with torch.no_grad():

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchshrink.errors import ConfigError
 from torchshrink.layers import FILTER_REJECTED, default_filter, prunable_layers, skipped_layers
 from torchshrink.pruning import prune_
+from torchshrink.pruning.config import PruneConfig
 from torchshrink.quant import QuantConfig, calibrate_, input_quantizer, quantize_, weight_quantizer
 
 MHA_REASON = (
@@ -167,7 +168,7 @@ def test_skipped_layers_give_a_reason_for_every_weight_left_in_float():
 
 def test_masked_and_quantized_weights_still_count_as_covered():
     model = _build("transformer")
-    _quiet(lambda: prune_(model, 0.5))
+    _quiet(lambda: prune_(model, PruneConfig(0.5)))
     _quiet(lambda: quantize_(model, QuantConfig(bits=4)))
     assert skipped_layers(model) == {"encoder.self_attn.in_proj_weight": MHA_REASON}
 
@@ -180,7 +181,7 @@ def test_masked_and_quantized_weights_still_count_as_covered():
 def test_prune_reaches_the_requested_sparsity_on_every_accepted_layer(name, scope):
     model = _build(name)
     amount = 0.6
-    masks = _quiet(lambda: prune_(model, amount, scope=scope))
+    masks = _quiet(lambda: prune_(model, PruneConfig(amount, scope)))
     assert set(masks) == MODELS[name][2]
     layers = prunable_layers(model)
     zeros = {n: int((layers[n].weight == 0).sum()) for n in masks}
@@ -196,7 +197,7 @@ def test_prune_reaches_the_requested_sparsity_on_every_accepted_layer(name, scop
 def test_prune_warns_once_listing_the_weights_it_skips():
     model = _build("transformer")
     with pytest.warns(UserWarning, match="prune_ left 1 weight") as record:
-        prune_(model, 0.3, scope="layer")
+        prune_(model, PruneConfig(0.3, "layer"))
     skipped = [w for w in record if "untouched" in str(w.message)]
     assert len(skipped) == 1
     assert "encoder.self_attn.in_proj_weight: " + MHA_REASON in str(skipped[0].message)
@@ -206,8 +207,8 @@ def test_prune_warns_once_listing_the_weights_it_skips():
 def test_prune_is_silent_when_nothing_is_skipped_or_only_by_choice():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        prune_(_build("depthwise"), 0.3, scope="layer")
-        prune_(_build("conv1d"), 0.3, scope="layer", filter_fn=lambda m, n: n != "fc" and default_filter(m, n))
+        prune_(_build("depthwise"), PruneConfig(0.3, "layer"))
+        prune_(_build("conv1d"), PruneConfig(0.3, "layer"), lambda m, n: n != "fc" and default_filter(m, n))
 
 
 # --- quantization on every model ------------------------------------------------------------------------------

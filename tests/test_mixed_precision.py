@@ -11,6 +11,7 @@ from torchshrink.errors import ConfigError
 from torchshrink.models import build_model
 from torchshrink.pack import encode_compressed, load_compressed, read_compressed, save_compressed
 from torchshrink.pruning import make_permanent, prune_
+from torchshrink.pruning.config import PruneConfig
 from torchshrink.recipes import (
     LayerWidth,
     MixedPlan,
@@ -22,6 +23,7 @@ from torchshrink.recipes import (
     fit_plan_to_file,
     plan_mixed_precision,
 )
+from torchshrink.recipes.quantize import CodebookConfig
 
 
 def _rows(layer, widths):
@@ -82,8 +84,8 @@ def test_fitting_to_the_real_file_spends_an_overestimated_header_and_recovers_fr
 def test_plan_fits_the_budget_and_the_file_uses_the_chosen_widths(small, small_task, tmp_path):
     torch.manual_seed(0)
     model = build_model("cnn_tiny")
-    fit(model, small_task, TrainConfig(epochs=2, lr=0.05), "cpu", progress=False, log=None)
-    prune_(model, 0.5)
+    fit(model, small_task, TrainConfig(epochs=2, lr=0.05), progress=False, log=None)
+    prune_(model, PruneConfig(0.5))
     make_permanent(model)
     wide = plan_mixed_precision(copy.deepcopy(model), small_task, budget_bytes=10**6, candidates=(2, 4), progress=False,
                                 log=None)  # fmt: skip
@@ -91,7 +93,7 @@ def test_plan_fits_the_budget_and_the_file_uses_the_chosen_widths(small, small_t
     budget = (wide.estimated_bytes + wide.fixed_bytes) // 2 + 300
     plan = plan_mixed_precision(model, small_task, budget_bytes=budget, candidates=(2, 4), progress=False, log=None)
     assert plan.estimated_bytes <= budget and 2 in plan.bits.values()
-    q = codebook(model, small_task, plan.bits, act_bits=8, log=None)
+    q = codebook(model, small_task, CodebookConfig(plan.bits, act_bits=8), log=None, train=None).model
     path = tmp_path / "mixed.tshrink"
     header = save_compressed(q, path, "cnn_tiny")
     stored = {t["name"].rsplit(".", 1)[0]: t["bits"] for t in header["tensors"] if t["encoding"] == "codebook"}
@@ -102,7 +104,7 @@ def test_plan_fits_the_budget_and_the_file_uses_the_chosen_widths(small, small_t
     read_compressed(path)
 
     def file_bytes(bits):
-        return len(encode_compressed(codebook(model, small_task, bits, act_bits=8, log=None), "cnn_tiny")[0])
+        return len(encode_compressed(codebook(model, small_task, CodebookConfig(bits, act_bits=8), log=None, train=None).model, "cnn_tiny")[0])
 
     fitted = fit_plan_to_file(plan, file_bytes, log=None)
     assert fitted.estimated_bytes == file_bytes(fitted.bits) <= budget  # measured, not estimated

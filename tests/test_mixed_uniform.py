@@ -12,10 +12,12 @@ import torch
 from torchshrink.errors import ConfigError
 from torchshrink.pack import encode_compressed, inspect_compressed, load_compressed, save_compressed
 from torchshrink.pruning import make_permanent, prune_
+from torchshrink.pruning.config import PruneConfig
 from torchshrink.quant import QuantConfig, fold_batchnorm, input_quantizer, quantize_, snap_floats_, weight_quantizer
 from torchshrink.quant.export import export_layers
 from torchshrink.recipes import (
     CompressConfig,
+    TrainConfig,
     allocate_bits,
     compress_model,
     fit_plan_to_file,
@@ -39,13 +41,13 @@ def quick_task(small):
 @pytest.fixture(scope="module")
 def pruned(trained_tiny):
     model = copy.deepcopy(trained_tiny)
-    prune_(model, 0.5)
+    prune_(model, PruneConfig(0.5))
     make_permanent(model)
     return model.eval()
 
 
 def _file_bytes(model, task, layer_bits):
-    q = ptq(model, task, QuantConfig(bits=8, layer_bits=layer_bits))
+    q = ptq(model, task, QuantConfig(bits=8, layer_bits=layer_bits)).model
     snap_floats_(q)
     return len(encode_compressed(q, "cnn_tiny")[0])
 
@@ -53,7 +55,7 @@ def _file_bytes(model, task, layer_bits):
 @pytest.mark.parametrize("bits", [2, 3, 5])
 def test_a_layer_width_applies_to_that_layer_only(trained_tiny, quick_task, bits):
     q = ptq(trained_tiny, quick_task, QuantConfig(bits=8, layer_bits={"features.conv2": bits},
-                                                  layer_act_bits={"classifier.fc1": bits}))  # fmt: skip
+                                                  layer_act_bits={"classifier.fc1": bits})).model  # fmt: skip
     for layer in export_layers(q):
         width = bits if layer.name == "features.conv2" else 8
         assert layer.spec.bits == width
@@ -65,11 +67,11 @@ def test_a_layer_width_applies_to_that_layer_only(trained_tiny, quick_task, bits
 
 
 def test_the_first_input_stays_8_bit_unless_named(trained_tiny, quick_task):
-    modules = dict(ptq(trained_tiny, quick_task, QuantConfig(bits=4)).named_modules())
+    modules = dict(ptq(trained_tiny, quick_task, QuantConfig(bits=4)).model.named_modules())
     assert input_quantizer(modules["features.conv1"]).spec.bits == 8
     assert input_quantizer(modules["features.conv2"]).spec.bits == 4
     modules = dict(
-        ptq(trained_tiny, quick_task, QuantConfig(bits=4, layer_act_bits={"features.conv1": 6})).named_modules()
+        ptq(trained_tiny, quick_task, QuantConfig(bits=4, layer_act_bits={"features.conv1": 6})).model.named_modules()
     )
     assert input_quantizer(modules["features.conv1"]).spec.bits == 6
 
@@ -108,7 +110,7 @@ def test_a_config_with_layer_widths_stays_hashable_and_serialisable():
 def test_a_file_with_mixed_widths_loads_back_to_the_same_outputs(pruned, small, quick_task, tmp_path):
     layer_bits = dict(zip(LAYERS, (8, 2, 3, 5, 6), strict=True))
     layer_act_bits = dict(zip(LAYERS, (8, 4, 3, 6, 5), strict=True))
-    q = ptq(pruned, quick_task, QuantConfig(bits=8, layer_bits=layer_bits, layer_act_bits=layer_act_bits))
+    q = ptq(pruned, quick_task, QuantConfig(bits=8, layer_bits=layer_bits, layer_act_bits=layer_act_bits)).model
     snap_floats_(q)
     path = tmp_path / "mixed.tshrink"
     header = save_compressed(q, path, "cnn_tiny")
@@ -126,7 +128,7 @@ def test_the_table_counts_the_bytes_the_file_spends(pruned, quick_task, tmp_path
     _, _, table = uniform_width_table(pruned, quick_task, candidates=(2, 5), val_images=100, progress=False)
     assert {(r.layer, r.bits) for r in table} == {(n, b) for n in LAYERS for b in (2, 5)}
     for bits in (2, 5):
-        q = ptq(pruned, None, QuantConfig(bits=bits, quantize_inputs=False))
+        q = ptq(pruned, None, QuantConfig(bits=bits, quantize_inputs=False)).model
         save_compressed(q, tmp_path / f"w{bits}.tshrink", "cnn_tiny")
         _, rows = inspect_compressed(tmp_path / f"w{bits}.tshrink")
         written = {r.name.removesuffix(".weight"): r.bytes for r in rows if r.encoding == "uniform"}
@@ -150,7 +152,7 @@ def planned(pruned, quick_task):
 
 def test_the_plan_fits_the_budget_in_the_written_file(pruned, quick_task, planned, tmp_path):
     budget, plan = planned
-    q = ptq(pruned, quick_task, QuantConfig(bits=8, layer_bits=plan.bits))
+    q = ptq(pruned, quick_task, QuantConfig(bits=8, layer_bits=plan.bits)).model
     snap_floats_(q)
     path = tmp_path / "planned.tshrink"
     header = save_compressed(q, path, "cnn_tiny")
@@ -190,7 +192,7 @@ def test_the_activation_plan_respects_its_budget(pruned, quick_task):
     assert set(plan.bits) == set(LAYERS[1:]) and plan.fixed_bytes == first
     spent = first + sum(-(-elements[n] * b // 8) for n, b in plan.bits.items())
     assert spent == plan.estimated_bytes <= budget and set(plan.bits.values()) != {8}
-    q = ptq(pruned, quick_task, QuantConfig(bits=8, layer_act_bits=plan.bits))
+    q = ptq(pruned, quick_task, QuantConfig(bits=8, layer_act_bits=plan.bits)).model
     modules = dict(q.named_modules())
     assert {n: input_quantizer(modules[n]).spec.bits for n in LAYERS} == {"features.conv1": 8, **plan.bits}
     with pytest.raises(ConfigError, match="narrowest widths"):
@@ -202,10 +204,11 @@ def test_compress_model_fits_a_budget_with_uniform_codes(trained_tiny, pruned, s
     wide = _file_bytes(pruned, quick_task, dict.fromkeys(LAYERS, 4))
     budget = (narrow + wide) // 2
     # inputs of one image: 784 bytes for the first layer's (8-bit), 1122 in all at 2 bits, 1460 at 4 bits
-    cfg = CompressConfig(bits=4, act_bits=4, budget_bytes=budget, qat_epochs=1, act_budget_bytes=1300)
+    cfg = CompressConfig(quant=QuantConfig(bits=4, act_bits=4), budget_bytes=budget,
+                         finetune=TrainConfig(epochs=1, lr=0.01), act_budget_bytes=1300)
     torch.manual_seed(0)
-    model, record = compress_model(trained_tiny, quick_task, cfg, "cpu", log=None, pruned=pruned,
-                                   model_name="cnn_tiny")  # fmt: skip
+    done = compress_model(trained_tiny, quick_task, cfg, log=None, pruned=pruned, model_name="cnn_tiny")
+    model, record = done.model, done.record
     result = write_and_verify(model, trained_tiny, small.test_batches(), tmp_path / "c.tshrink", "cnn_tiny")
     plan = record["mixed_precision"]
     assert result["file_bytes"] <= budget and set(plan["bits"].values()) <= {2, 3, 4}

@@ -67,7 +67,7 @@ def test_a_file_of_a_newly_registered_model_loads_by_name(tmp_path):
     def test_mlp(**kwargs):
         return MLP(hidden=(16,), in_features=12, num_classes=3, **kwargs)
 
-    q = ptq(test_mlp(), None, QuantConfig(bits=8, quantize_inputs=False))
+    q = ptq(test_mlp(), None, QuantConfig(bits=8, quantize_inputs=False)).model
     path = tmp_path / "m.tshrink"
     assert save_compressed(q, path, "test_mlp")["model"] == {"name": "test_mlp", "args": {}, "batchnorm_folded": True}
     x = torch.randn(4, 12)

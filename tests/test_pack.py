@@ -19,8 +19,10 @@ from torchshrink.pack.huffman import canonical_codes, code_lengths, encoded_bits
 from torchshrink.pack.sparse import decode_positions, encode_positions, gap_codes
 from torchshrink.pack.streams import decode_stream, encode_stream
 from torchshrink.pruning import make_permanent, prune_
+from torchshrink.pruning.config import PruneConfig
 from torchshrink.quant import QuantConfig, snap_floats_
 from torchshrink.recipes import TrainConfig, codebook, evaluate, fit, ptq, qat
+from torchshrink.recipes.quantize import CodebookConfig
 
 
 @settings(max_examples=200, deadline=None)
@@ -122,7 +124,7 @@ def test_streams_keep_the_smaller_coding():
 def trained(small_task):
     torch.manual_seed(0)
     model = build_model("cnn_tiny")
-    fit(model, small_task, TrainConfig(epochs=2, lr=0.05), "cpu", progress=False, log=None)
+    fit(model, small_task, TrainConfig(epochs=2, lr=0.05), progress=False, log=None)
     return model.eval()
 
 
@@ -138,9 +140,9 @@ def _predictions_equal(a, b, small):
 def test_save_load_gives_identical_predictions(trained, small, small_task, tmp_path, bits, sparsity):
     model = copy.deepcopy(trained)
     if sparsity:
-        prune_(model, sparsity)
+        prune_(model, PruneConfig(sparsity))
         make_permanent(model)
-    q = ptq(model, small_task, QuantConfig(bits=bits))
+    q = ptq(model, small_task, QuantConfig(bits=bits)).model
     path = tmp_path / "m.tshrink"
     save_compressed(q, path, "cnn_tiny")
     loaded = load_compressed(path)
@@ -157,16 +159,9 @@ def test_save_load_gives_identical_predictions(trained, small, small_task, tmp_p
 
 def test_sparsity_survives_qat_and_the_file_is_small(trained, small, small_task, tmp_path):
     model = copy.deepcopy(trained)
-    prune_(model, 0.8)
+    prune_(model, PruneConfig(0.8))
     make_permanent(model)
-    q, _ = qat(
-        model,
-        small_task,
-        QuantConfig(bits=4),
-        TrainConfig(epochs=1, lr=0.01),
-        log=None,
-        progress=False,
-    )
+    q = qat(model, small_task, QuantConfig(bits=4), train=TrainConfig(epochs=1, lr=0.01), log=None, progress=False).model
     path = tmp_path / "m.tshrink"
     header = save_compressed(q, path, "cnn_tiny")
     _predictions_equal(q, load_compressed(path), small)
@@ -182,9 +177,9 @@ def test_sparsity_survives_qat_and_the_file_is_small(trained, small, small_task,
 
 def test_codebook_round_trip_and_shared_gradient(trained, small, small_task, tmp_path):
     model = copy.deepcopy(trained)
-    prune_(model, 0.5)
+    prune_(model, PruneConfig(0.5))
     make_permanent(model)
-    q = codebook(model, small_task, bits=3, act_bits=8, train=TrainConfig(epochs=1, lr=0.005), log=None)
+    q = codebook(model, small_task, CodebookConfig(3, act_bits=8), train=TrainConfig(epochs=1, lr=0.005), log=None).model
     layer = q.features.conv2
     values = torch.unique(layer.weight)
     assert values.numel() <= 2**3  # 7 shared values and the pruned zero
@@ -208,7 +203,7 @@ def _with_plain_header(blob: bytes, change) -> bytes:
 
 
 def test_strict_reader_rejects_bad_files(trained, small_task, tmp_path):
-    q = ptq(trained, small_task, QuantConfig(bits=4))
+    q = ptq(trained, small_task, QuantConfig(bits=4)).model
     path = tmp_path / "m.tshrink"
     save_compressed(q, path, "cnn_tiny", compression="none")
     good = path.read_bytes()
@@ -235,7 +230,7 @@ def test_strict_reader_rejects_bad_files(trained, small_task, tmp_path):
 
 
 def test_plain_and_compressed_headers_read_alike(trained, small_task, tmp_path):
-    q = ptq(trained, small_task, QuantConfig(bits=4))
+    q = ptq(trained, small_task, QuantConfig(bits=4)).model
     path = tmp_path / "m.tshrink"
     save_compressed(q, path, "cnn_tiny")
     blob = path.read_bytes()

@@ -24,6 +24,7 @@ from torchshrink.pack import (
 )
 from torchshrink.quant import QuantConfig, fold_batchnorm, quantize_
 from torchshrink.recipes import codebook, ptq
+from torchshrink.recipes.quantize import CodebookConfig
 
 WEIGHT_ONLY = QuantConfig(bits=8, quantize_inputs=False)
 pytestmark = pytest.mark.filterwarnings("ignore:quantize_ left:UserWarning")  # the tied LM's float embedding
@@ -129,7 +130,7 @@ def _assert_same_predictions(a: nn.Module, b: nn.Module, x: torch.Tensor) -> Non
 
 
 def _quantized(kind: str, model: nn.Module) -> nn.Module:
-    return ptq(model, None, WEIGHT_ONLY) if kind == "ptq8" else codebook(model, None, 4, log=None)
+    return ptq(model, None, WEIGHT_ONLY).model if kind == "ptq8" else codebook(model, None, CodebookConfig(4), log=None, train=None).model
 
 
 @pytest.mark.parametrize("kind", ["ptq8", "codebook4"])
@@ -152,7 +153,7 @@ def test_unregistered_model_round_trips_into_a_fresh_instance(tmp_path, net, kin
 
 
 def test_a_registered_file_also_loads_into_a_given_instance(tmp_path):
-    q = ptq(_random(build_model("cnn_tiny")), None, WEIGHT_ONLY)
+    q = ptq(_random(build_model("cnn_tiny")), None, WEIGHT_ONLY).model
     path = tmp_path / "m.tshrink"
     save_compressed(q, path, "cnn_tiny")
     _assert_same_predictions(q, load_compressed(path, model=build_model("cnn_tiny")), torch.randn(3, 1, 28, 28))
@@ -161,7 +162,7 @@ def test_a_registered_file_also_loads_into_a_given_instance(tmp_path):
 @pytest.fixture(scope="module")
 def resnet_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("strict") / "resnet.tshrink"
-    save_compressed(ptq(_random(TinyResNet()), None, WEIGHT_ONLY), path)
+    save_compressed(ptq(_random(TinyResNet()), None, WEIGHT_ONLY).model, path)
     return path
 
 
@@ -207,7 +208,7 @@ def test_an_unfoldable_batchnorm_travels_as_floats(tmp_path):
     """Linear -> BatchNorm1d does not fold: its statistics (and integer num_batches_tracked) are stored as is."""
     net = nn.Sequential(nn.Linear(10, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
     net[1].num_batches_tracked.fill_(12345)
-    q = ptq(_random(net), None, WEIGHT_ONLY)
+    q = ptq(_random(net), None, WEIGHT_ONLY).model
     path = tmp_path / "m.tshrink"
     save_compressed(q, path)
     fresh = _random(nn.Sequential(nn.Linear(10, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3)), seed=2)
@@ -256,7 +257,7 @@ def test_a_tied_weight_quantized_alike_on_both_sides_is_stored_once(tmp_path):
 
 def test_a_module_used_twice_is_stored_once(tmp_path):
     shared = nn.Linear(6, 6)
-    q = ptq(_random(nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(6, 2))), None, WEIGHT_ONLY)
+    q = ptq(_random(nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(6, 2))), None, WEIGHT_ONLY).model
     path = tmp_path / "m.tshrink"
     header = save_compressed(q, path)
     assert header["aliases"] == {"2.weight": "0.weight", "2.bias": "0.bias"}
@@ -304,4 +305,4 @@ def test_a_tensor_named_twice_is_refused(tmp_path):
 
 def test_model_args_without_a_model_name_are_refused():
     with pytest.raises(ConfigError, match="model_args"):
-        encode_compressed(ptq(_random(NormMLP()), None, WEIGHT_ONLY), None, {"hidden": 3})
+        encode_compressed(ptq(_random(NormMLP()), None, WEIGHT_ONLY).model, None, {"hidden": 3})

@@ -26,6 +26,7 @@ from torchshrink.pruning import (
     prune_from_zeros_,
     sparsity_report,
 )
+from torchshrink.pruning.config import PruneConfig
 from torchshrink.pruning.masks import min_density_masks
 
 
@@ -129,7 +130,7 @@ def test_mask_table_functions_share_one_signature_and_unknown_scopes_list_them()
         assert [m.shape for m in masks] == [s.shape for s in scores], name
         assert not bool(((previous[1] == 0) & (masks[1] == 1)).any()), name
     with pytest.raises(ConfigError, match="'layer', 'global', 'lamp'"):
-        prune_(build_model("cnn_tiny"), 0.5, scope="magnitude")
+        prune_(build_model("cnn_tiny"), PruneConfig(0.5, "magnitude"))
 
 
 @pytest.mark.parametrize("scope", ["layer", "global", "lamp"])
@@ -137,9 +138,9 @@ def test_asking_for_less_than_the_previous_sparsity_revives_nothing(scope):
     """A layer already 50% sparse, pruned 'to 30%', keeps its 50% zeros (above the request, by design)."""
     torch.manual_seed(0)
     model = MLP(hidden=(64, 32))
-    prune_(model, 0.5, scope="layer")
+    prune_(model, PruneConfig(0.5, "layer"))
     before = {n: get_mask(m).clone() for n, m in model.named_modules() if get_mask(m) is not None}
-    masks = prune_(model, 0.3, scope=scope)
+    masks = prune_(model, PruneConfig(0.3, scope))
     for name, mask in masks.items():
         assert torch.equal(mask, before[name])  # every old zero stays, and 30% < 50% adds none
     assert abs(_total_sparsity(model) - 0.5) < 1e-3
@@ -172,13 +173,13 @@ def _small_middle_layer() -> nn.Module:
 def test_global_pruning_that_empties_a_layer_warns_and_min_density_keeps_a_floor():
     model = _small_middle_layer()
     with pytest.warns(UserWarning, match=r"2 \(0 of 4096 weights non-zero\).*scope='lamp'.*min_density") as record:
-        prune_(copy.deepcopy(model), 0.8)
+        prune_(copy.deepcopy(model), PruneConfig(0.8))
     assert len([w for w in record if "almost no weight" in str(w.message)]) == 1
 
     floored = copy.deepcopy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 5% kept: nothing to warn about
-        masks = prune_(floored, 0.8, min_density=0.05)
+        masks = prune_(floored, PruneConfig(0.8, min_density=0.05))
     n = model[2].weight.numel()
     assert int(masks["2"].sum()) == math.ceil(0.05 * n)
     assert torch.equal(masks["2"], layer_magnitude_mask(model[2].weight, 1 - math.ceil(0.05 * n) / n))  # its top 5%
@@ -191,7 +192,7 @@ def test_lamp_does_not_empty_the_small_layer():
     model = _small_middle_layer()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        masks = prune_(model, 0.8, scope="lamp")
+        masks = prune_(model, PruneConfig(0.8, "lamp"))
     assert masks["2"].mean() > 0.05
 
 
@@ -230,7 +231,7 @@ def test_zeros_survive_training_with_momentum_and_weight_decay(optimizer):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    prune_(model, 0.7, scope="layer")
+    prune_(model, PruneConfig(0.7, "layer"))
     params = list(model.parameters())  # the originals now, plus the rest
     opt2 = type(opt)(params, **{k: v for k, v in opt.defaults.items() if k in ("lr", "weight_decay", "momentum")})
     for _ in range(5):
@@ -246,7 +247,7 @@ def test_zeros_survive_training_with_momentum_and_weight_decay(optimizer):
 def test_make_permanent_leaves_plain_weights_with_the_zeros():
     torch.manual_seed(0)
     model = build_model("cnn_tiny")
-    prune_(model, 0.5)
+    prune_(model, PruneConfig(0.5))
     x = torch.randn(4, 1, 28, 28)
     model.eval()
     before = model(x)
@@ -267,29 +268,29 @@ def test_global_prunes_small_layers_harder_and_layer_scope_is_uniform():
         model.net[3].weight.mul_(0.01)  # a layer of small weights
     g = copy.deepcopy(model)
     with pytest.warns(UserWarning, match="net.3"):  # emptied: the warning says so
-        prune_(g, 0.5, scope="global")
+        prune_(g, PruneConfig(0.5, "global"))
     rows = {r.name: r for r in sparsity_report(g)}
     assert rows["net.3"].sparsity > 0.9 and rows["net.1"].sparsity < 0.5
-    prune_(model, 0.5, scope="layer")
+    prune_(model, PruneConfig(0.5, "layer"))
     assert all(abs(r.sparsity - 0.5) < 0.01 for r in sparsity_report(model))
 
 
 def test_filter_that_matches_nothing_is_an_error():
     with pytest.raises(ConfigError, match="no prunable layer"):
-        prune_(build_model("cnn_tiny"), 0.5, filter_fn=lambda m, n: False)
+        prune_(build_model("cnn_tiny"), PruneConfig(0.5), lambda m, n: False)
     with pytest.raises(ConfigError, match="no prunable layer named"):
-        prune_(build_model("cnn_tiny"), {"nope": 0.5}, scope="layer")
+        prune_(build_model("cnn_tiny"), PruneConfig({"nope": 0.5}, "layer"))
 
 
 def test_permanent_copy_leaves_the_original_masked():
     from torchshrink.pruning import permanent_copy, prunable_layers
 
     model = build_model("cnn_tiny")
-    prune_(model, 0.5)
+    prune_(model, PruneConfig(0.5))
     plain = permanent_copy(model)
     assert get_mask(plain.features.conv1) is None and get_mask(model.features.conv1) is not None
     assert len(prunable_layers(model)) == 5  # the original still has its weights and masks
-    prune_(model, 0.7)  # and can go on pruning, never reviving what the copy has as zeros
+    prune_(model, PruneConfig(0.7))  # and can go on pruning, never reviving what the copy has as zeros
     revived = (plain.features.conv1.weight == 0) & (get_mask(model.features.conv1) == 1)
     assert not bool(revived.any())
 
@@ -306,11 +307,11 @@ def test_lamp_scores_follow_the_definition_and_ignore_layer_scale():
     with torch.no_grad():
         model.net[3].weight.mul_(0.01)  # global magnitude would empty this layer first; LAMP does not care
     lamp = copy.deepcopy(model)
-    prune_(lamp, 0.8, scope="lamp")
+    prune_(lamp, PruneConfig(0.8, "lamp"))
     assert abs(_total_sparsity(lamp) - 0.8) < 1e-3
     torch.manual_seed(0)
     unscaled = MLP(hidden=(64, 32))
-    prune_(unscaled, 0.8, scope="lamp")
+    prune_(unscaled, PruneConfig(0.8, "lamp"))
     assert [get_mask(m).sum() for m in lamp.modules() if get_mask(m) is not None] == [
         get_mask(m).sum() for m in unscaled.modules() if get_mask(m) is not None
     ]

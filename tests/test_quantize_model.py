@@ -8,6 +8,7 @@ import torch
 from torchshrink.errors import ConfigError
 from torchshrink.models import build_model
 from torchshrink.pruning import make_permanent, prune_, sparsity_report
+from torchshrink.pruning.config import PruneConfig
 from torchshrink.quant import (
     FakeQuant,
     QuantConfig,
@@ -25,7 +26,7 @@ from torchshrink.recipes import TrainConfig, evaluate, fit, ptq, qat
 def trained(small_task):
     torch.manual_seed(0)
     model = build_model("cnn_tiny")
-    fit(model, small_task, TrainConfig(epochs=3, lr=0.05), "cpu", progress=False, log=None)
+    fit(model, small_task, TrainConfig(epochs=3, lr=0.05), progress=False, log=None)
     return model.eval()
 
 
@@ -38,10 +39,10 @@ def test_fold_batchnorm_preserves_outputs(trained):
 
 def test_ptq_8bit_stays_close_to_float(trained, small, small_task):
     float_acc, _ = evaluate(trained, small.test_batches())
-    q = ptq(trained, small_task, QuantConfig(bits=8))
+    q = ptq(trained, small_task, QuantConfig(bits=8)).model
     q_acc, _ = evaluate(q, small.test_batches())
     assert abs(q_acc - float_acc) < 0.01
-    low = ptq(trained, small_task, QuantConfig(bits=2))
+    low = ptq(trained, small_task, QuantConfig(bits=2)).model
     # a 2-bit model really is coarser: its weights take at most 3 values per channel
     layer = dict(low.named_modules())["features.conv2"]
     assert len(torch.unique(layer.weight[0])) <= 3
@@ -49,21 +50,14 @@ def test_ptq_8bit_stays_close_to_float(trained, small, small_task):
 
 def test_qat_trains_lsq_step_sizes_and_keeps_sparsity(trained, small_task):
     pruned = copy.deepcopy(trained)
-    prune_(pruned, 0.5)
+    prune_(pruned, PruneConfig(0.5))
     make_permanent(pruned)
     zeros_before = {r.name: r.params - r.nonzeros for r in sparsity_report(pruned)}
-    q = ptq(pruned, small_task, QuantConfig(bits=4))
+    q = ptq(pruned, small_task, QuantConfig(bits=4)).model
     scales_before = {
         n: weight_quantizer(m).scale.detach().clone() for n, m in q.named_modules() if weight_quantizer(m) is not None
     }
-    q2, _ = qat(
-        pruned,
-        small_task,
-        QuantConfig(bits=4),
-        TrainConfig(epochs=1, lr=0.01),
-        log=None,
-        progress=False,
-    )
+    q2 = qat(pruned, small_task, QuantConfig(bits=4), train=TrainConfig(epochs=1, lr=0.01), log=None, progress=False).model
     changed = [
         not torch.equal(weight_quantizer(m).scale, scales_before[n])
         for n, m in q2.named_modules()
@@ -76,12 +70,12 @@ def test_qat_trains_lsq_step_sizes_and_keeps_sparsity(trained, small_task):
 
 
 def test_storage_report_counts_bits(trained):
-    q = ptq(trained, None, QuantConfig(bits=4, quantize_inputs=False))
+    q = ptq(trained, None, QuantConfig(bits=4, quantize_inputs=False)).model
     rows = storage_report(q)
     assert all(r.bits == 4 for r in rows)
     total_params = sum(r.params for r in rows)
     assert sum(r.weight_bytes for r in rows) == total_params / 2
-    q8 = ptq(trained, None, QuantConfig(bits=4, keep_first_last_8bit=True, quantize_inputs=False))
+    q8 = ptq(trained, None, QuantConfig(bits=4, keep_first_last_8bit=True, quantize_inputs=False)).model
     bits = [r.bits for r in storage_report(q8)]
     assert bits[0] == 8 and bits[-1] == 8 and set(bits[1:-1]) == {4}
 
@@ -90,8 +84,8 @@ def test_exported_codes_reproduce_the_fake_quantized_weights(trained, small_task
     from torchshrink.quant.export import export_layers
 
     pruned = copy.deepcopy(trained)
-    prune_(pruned, 0.6)
-    q = ptq(pruned, small_task, QuantConfig(bits=3))
+    prune_(pruned, PruneConfig(0.6))
+    q = ptq(pruned, small_task, QuantConfig(bits=3)).model
     layers = export_layers(q)
     modules = dict(q.named_modules())
     for layer in layers:

@@ -10,6 +10,7 @@ from torch import nn
 from torchshrink.errors import ConfigError
 from torchshrink.measure import count_macs
 from torchshrink.models import MLP, ShrinkCNN, parameter_count
+from torchshrink.pruning.config import StructuredConfig
 from torchshrink.pruning.structured import filter_scores, structured_prune_, structured_report
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -53,7 +54,7 @@ def _masked_like(original: nn.Module, pruned: nn.Module) -> nn.Module:
 
 def _assert_prunes_like_masking(model: nn.Module, x: torch.Tensor, amount: float = 0.5) -> dict[str, tuple[int, int]]:
     original = copy.deepcopy(model)
-    changes = structured_prune_(model, amount)
+    changes = structured_prune_(model, StructuredConfig(amount))
     assert any(after < before for before, after in changes.values())
     assert parameter_count(model) < parameter_count(original)
     with torch.no_grad():
@@ -291,7 +292,7 @@ def test_hard_coded_reshape_is_not_guessed():
             return self.fc(self.conv(x).view(-1, 16))
 
     with pytest.raises(ConfigError, match=r"conv \(4 channels\): it reaches \.view\(\)"):
-        structured_prune_(Lenet(), 0.5)
+        structured_prune_(Lenet(), StructuredConfig(0.5))
 
 
 # --- refused models --------------------------------------------------------------------------------------------
@@ -309,22 +310,22 @@ def test_untraceable_model_is_refused():
             return x
 
     with pytest.raises(ConfigError, match="cannot trace Branchy.*control flow"):
-        structured_prune_(Branchy(), 0.5)
+        structured_prune_(Branchy(), StructuredConfig(0.5))
 
 
 def test_grouped_conv_is_refused_by_name():
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, groups=2), nn.Flatten(), nn.Linear(8, 2))
     with pytest.raises(ConfigError, match="1: a grouped convolution"):
-        structured_prune_(model, 0.5)
+        structured_prune_(model, StructuredConfig(0.5))
 
 
 def test_models_without_a_chain_are_rejected():
     with pytest.raises(ConfigError, match="no Conv1d"):
-        structured_prune_(MLP(), 0.5)
+        structured_prune_(MLP(), StructuredConfig(0.5))
     with pytest.raises(ConfigError, match="must be in"):
-        structured_prune_(_randomised_cnn(), 1.0)
+        structured_prune_(_randomised_cnn(), StructuredConfig(1.0))
     with pytest.raises(ConfigError, match="no prunable channels: 0 .*model output"):
-        structured_prune_(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)), 0.5)
+        structured_prune_(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)), StructuredConfig(0.5))
 
 
 # --- ShrinkCNN: the study's model, pruned exactly as before ------------------------------------------------------
@@ -364,7 +365,7 @@ def test_shrink_cnn_pruned_exactly_as_before(seed, amount):
     with torch.no_grad():
         model.features.bn2.weight[::3] *= -1  # |gamma| matters, not gamma
     expected = _chain_reference(model, amount)
-    changes = structured_prune_(model, amount)
+    changes = structured_prune_(model, StructuredConfig(amount))
     assert list(changes) == [f"features.conv{i}" for i in range(1, 5)]
     state = model.state_dict()
     assert list(state) == list(expected)
@@ -389,7 +390,7 @@ def test_removing_dead_channels_keeps_the_function(flatten):
     before = model(x)
     params = parameter_count(model)
     macs = count_macs(model)
-    changes = structured_prune_(model, 0.5)
+    changes = structured_prune_(model, StructuredConfig(0.5))
     after = model(x)
     assert torch.allclose(before, after, atol=1e-5)
     assert all(a == b // 2 for b, a in changes.values())
@@ -402,7 +403,7 @@ def test_scores_rank_by_the_folded_filter():
     with torch.no_grad():
         model.features.bn1.weight[3] = 0  # a zero gamma kills the channel whatever its filter
     assert filter_scores(model.features.conv1, model.features.bn1)[3] == 0
-    structured_prune_(model, 0.25)
+    structured_prune_(model, StructuredConfig(0.25))
     assert model.features.conv1.out_channels == 6
     assert ShrinkCNN(**model.arguments()).state_dict().keys() == model.state_dict().keys()
     assert [v.shape for v in ShrinkCNN(**model.arguments()).state_dict().values()] == [
@@ -412,7 +413,7 @@ def test_scores_rank_by_the_folded_filter():
 
 def test_rebuilt_model_trains_and_saves():
     model = _randomised_cnn().train()
-    structured_prune_(model, 0.5)
+    structured_prune_(model, StructuredConfig(0.5))
     assert all(m.training for m in model.modules())
     loss = nn.functional.cross_entropy(model(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3]))
     loss.backward()
@@ -444,13 +445,13 @@ def test_structured_prune_keeps_multiples_and_stays_exact():
     model = _randomised_cnn()
     x = torch.randn(4, 1, 28, 28)
     original = copy.deepcopy(model)
-    changes = structured_prune_(model, 0.6, multiple_of=8)
+    changes = structured_prune_(model, StructuredConfig(0.6, multiple_of=8))
     assert all(after % 8 == 0 for _, after in changes.values()), changes
     assert any(after < before for before, after in changes.values()), changes
     with torch.no_grad():
         assert torch.allclose(model(x), _masked_like(original, model)(x), atol=1e-5)
     with pytest.raises(ConfigError, match="multiple_of=0"):
-        structured_prune_(copy.deepcopy(original), 0.5, multiple_of=0)
+        structured_prune_(copy.deepcopy(original), StructuredConfig(0.5, multiple_of=0))
 
 
 def test_layer_amounts_override_the_amount_per_group_and_stay_exact():
@@ -460,19 +461,19 @@ def test_layer_amounts_override_the_amount_per_group_and_stay_exact():
     original = copy.deepcopy(model)
     labels = [g.label for g in structured_report(model) if g.prunable]
     first, *rest = labels
-    changes = structured_prune_(model, 0.5, layer_amounts={first: 0.75})
+    changes = structured_prune_(model, StructuredConfig(0.5, layer_sparsity={first: 0.75}))
     before = changes[first][0]
     assert changes[first][1] == before - round(0.75 * before)
     assert all(changes[label][1] == changes[label][0] - round(0.5 * changes[label][0]) for label in rest)
     with torch.no_grad():
         assert torch.allclose(model(x), _masked_like(original, model)(x), atol=1e-5)
-    untouched = structured_prune_(copy.deepcopy(original), 0.0, layer_amounts={rest[-1]: 0.5})
+    untouched = structured_prune_(copy.deepcopy(original), StructuredConfig(0.0, layer_sparsity={rest[-1]: 0.5}))
     assert [untouched[label][1] == untouched[label][0] for label in labels] == [True] * (len(labels) - 1) + [False]
 
 
 def test_layer_amounts_refuse_unknown_groups_and_bad_fractions():
     model = _randomised_cnn()
     with pytest.raises(ConfigError, match="'features.nope'.*its groups are features.conv1"):
-        structured_prune_(copy.deepcopy(model), 0.5, layer_amounts={"features.nope": 0.5})
+        structured_prune_(copy.deepcopy(model), StructuredConfig(0.5, layer_sparsity={"features.nope": 0.5}))
     with pytest.raises(ConfigError, match="sparsity 1.0"):
-        structured_prune_(copy.deepcopy(model), 0.5, layer_amounts={"features.conv1": 1.0})
+        structured_prune_(copy.deepcopy(model), StructuredConfig(0.5, layer_sparsity={"features.conv1": 1.0}))

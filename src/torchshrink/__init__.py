@@ -10,10 +10,23 @@ from torchshrink.errors import CheckpointError, ConfigError, DataError, Torchshr
 from torchshrink.layers import prunable_layers, skipped_layers
 from torchshrink.models import MODELS, build_model, fp32_bytes, layer_table, parameter_count, register_model
 from torchshrink.pack import FormatError, inspect_compressed, load_compressed, save_compressed
-from torchshrink.pruning import make_permanent, prune_, structured_prune_, structured_report
+from torchshrink.pruning import (
+    PruneConfig,
+    StructuredConfig,
+    make_permanent,
+    prune_,
+    structured_prune_,
+    structured_report,
+)
 from torchshrink.quant import QuantConfig, fold_batchnorm, quantize_, snap_floats_
 from torchshrink.recipes import (
+    CodebookConfig,
     CompressConfig,
+    CompressResult,
+    GradualConfig,
+    IterativeConfig,
+    PruneResult,
+    QuantResult,
     TrainConfig,
     codebook,
     compress_model,
@@ -53,19 +66,26 @@ __all__ = [
     "prunable_layers",
     "skipped_layers",
     # pruning
+    "PruneConfig",
     "prune_",
     "make_permanent",
+    "PruneResult",
     "oneshot_prune",
+    "IterativeConfig",
     "iterative_prune",
+    "GradualConfig",
     "gradual_prune",
+    "StructuredConfig",
     "structured_prune_",
     "structured_report",
     # quantization
     "QuantConfig",
     "fold_batchnorm",
     "quantize_",
+    "QuantResult",
     "ptq",
     "qat",
+    "CodebookConfig",
     "codebook",
     "plan_mixed_precision",
     "plan_uniform_mixed_precision",
@@ -73,6 +93,7 @@ __all__ = [
     "snap_floats_",
     # compressed files
     "CompressConfig",
+    "CompressResult",
     "compress_model",
     "save_compressed",
     "load_compressed",

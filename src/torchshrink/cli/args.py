@@ -145,10 +145,9 @@ def add_device(p: argparse.ArgumentParser, what: str = "run") -> None:
 
 
 def add_precision(p: argparse.ArgumentParser, what: str) -> None:
-    from torchshrink.recipes.train import PRECISIONS
-    from torchshrink.study.config import StudyConfig
+    from torchshrink.recipes.train import PRECISIONS, TrainConfig
 
-    p.add_argument("--precision", choices=PRECISIONS, default=StudyConfig.precision,
+    p.add_argument("--precision", choices=PRECISIONS, default=TrainConfig.precision,
                    help=f"{what} under bfloat16 autocast (bf16: 1.6-1.9x faster on CPUs with AVX-512 BF16 or AMX, "
                    "slower where it is emulated; weights, evaluation and quantization codes stay fp32) or in fp32 "
-                   "(default: %(default)s, as the study)")  # fmt: skip
+                   "(default: %(default)s, the library's; the study runs in bf16 to fit its time)")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,14 @@ from torchshrink.cli.args import (
 )
 from torchshrink.cli.outputs import COMPRESSED, RECORD, add_force, check_output
 from torchshrink.errors import TorchshrinkError
+from torchshrink.quant import QuantConfig
 from torchshrink.recipes.compress import CompressConfig
-from torchshrink.recipes.gradual import GradualConfig
+from torchshrink.recipes.gradual import GRADUAL_TRAIN, GradualConfig
+from torchshrink.recipes.prune import IterativeConfig
+from torchshrink.recipes.quantize import FINETUNE
+from torchshrink.recipes.train import TrainConfig
+
+ITERATIVE = IterativeConfig(0.5)  # the library's step-by-step recipe: the defaults of --prune-method iterative
 
 __all__ = ["add_compress_commands"]
 
@@ -38,17 +45,19 @@ def add_compress_commands(sub: Any) -> None:
         "--prune-method", choices=("iterative", "gradual"), default="iterative",
         help="prune -> retrain rounds, or pruning during one training run (default: %(default)s)",
     )  # fmt: skip
-    p.add_argument("--steps", type=positive_int, default=4, help="iterative: pruning steps (default: %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=ITERATIVE.steps,
+                   help="iterative: pruning steps (default: %(default)s)")  # fmt: skip
     p.add_argument(
         "--prune-epochs", type=positive_int, default=None,
-        help=f"iterative: retraining epochs per step (default: 1); gradual: epochs of the run (default: {GradualConfig.epochs})",
+        help=f"iterative: retraining epochs per step (default: {ITERATIVE.finetune.epochs}); gradual: epochs of the run "
+        f"(default: {GRADUAL_TRAIN.epochs})",
     )  # fmt: skip
     p.add_argument(
         "--distill", type=fraction, default=0.0,
         help="weight in [0, 1] of the dense model's soft predictions in every retraining loss (default: 0, off)",
     )  # fmt: skip
     p.add_argument(
-        "--temperature", type=positive_float, default=CompressConfig.temperature,
+        "--temperature", type=positive_float, default=TrainConfig.temperature,
         help="softmax temperature of those predictions (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
@@ -64,7 +73,7 @@ def add_compress_commands(sub: Any) -> None:
     p.add_argument(
         "--qat-epochs",
         type=non_negative_int,
-        default=CompressConfig.qat_epochs,
+        default=FINETUNE.epochs,
         help="QAT epochs, 0 for PTQ (default: %(default)s)",
     )
     p.add_argument("--codebook", action="store_true", help="k-means weight sharing instead of uniform levels")
@@ -104,7 +113,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from torchshrink.cli.inputs import check_fits_fashion_mnist
     from torchshrink.cli.ranks import main_writes
     from torchshrink.data import load_fashion_mnist
-    from torchshrink.recipes.compress import CompressConfig, compress_model, write_and_verify
+    from torchshrink.recipes.compress import compress_model, write_and_verify
     from torchshrink.recipes.train import evaluate, pick_device
 
     device = pick_device(args.device)
@@ -115,15 +124,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if args.full_range and args.codebook:
         raise TorchshrinkError("--full-range sets the range of uniform weight codes; codebooks have none: drop one")
     ckpt = load_checkpoint(args.checkpoint)
-    gradual = args.prune_method == "gradual"
-    prune_epochs = args.prune_epochs or (GradualConfig.epochs if gradual else 1)
-    cfg = CompressConfig(
-        sparsity=args.sparsity, bits=args.bits, act_bits=args.act_bits, prune_method=args.prune_method,
-        steps=args.steps, prune_epochs=prune_epochs, prune_lr=GradualConfig.lr if gradual else CompressConfig.prune_lr,
-        qat_epochs=args.qat_epochs, codebook=args.codebook, keep_first_last_8bit=args.keep_first_last_8bit,
-        distill=args.distill, temperature=args.temperature, budget_bytes=args.budget,
-        act_budget_bytes=args.act_budget, full_range_weights=args.full_range, precision=args.precision,
-    )  # fmt: skip
+    cfg = _config(args)
     full = "-full" if args.full_range else ""  # a full-range file must not replace the narrow one's
     out = Path(args.out) if args.out else Path(f"{ckpt.path}-s{args.sparsity:g}-w{args.bits}{full}.tshrink")
     out = check_output(out, COMPRESSED, force=args.force, inputs=[ckpt.path])
@@ -135,7 +136,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     base_acc, _ = evaluate(ckpt.model, data.test_batches())
     model_args = ckpt.meta.get("model_args", {})
     torch.manual_seed(0)  # no --seed here: every random draw of the fine-tuning repeats from run to run
-    model, record = compress_model(ckpt.model, data, cfg, device, model_name=ckpt.meta["model"], model_args=model_args)
+    done = compress_model(ckpt.model.to(device), data, cfg, model_name=ckpt.meta["model"], model_args=model_args)
+    model, record = done.model, done.record
     if not main_writes():
         return 0
     # written and verified under a temporary name: a file that fails its own check never appears at --out
@@ -159,6 +161,24 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         f"{100 * result['test_accuracy']:.2f}% (loaded back from the file)"
     )
     return 0
+
+
+def _config(args: argparse.Namespace) -> CompressConfig:
+    """The :class:`CompressConfig` the arguments ask for: the library's recipes, changed where an option says."""
+    common = {"distill": args.distill, "temperature": args.temperature, "precision": args.precision}
+    prune: IterativeConfig | GradualConfig | None = None
+    if args.sparsity > 0 and args.prune_method == "gradual":
+        train = replace(GRADUAL_TRAIN, **common, **({"epochs": args.prune_epochs} if args.prune_epochs else {}))
+        prune = GradualConfig(args.sparsity, train)
+    elif args.sparsity > 0:
+        epochs = args.prune_epochs or ITERATIVE.finetune.epochs
+        prune = replace(ITERATIVE, sparsity=args.sparsity, steps=args.steps,
+                        finetune=replace(ITERATIVE.finetune, epochs=epochs, **common))  # fmt: skip
+    q = QuantConfig(bits=args.bits, act_bits=args.act_bits, keep_first_last_8bit=args.keep_first_last_8bit,
+                    full_range_weights=args.full_range)  # fmt: skip
+    finetune = replace(FINETUNE, epochs=args.qat_epochs, **common) if args.qat_epochs else None
+    return CompressConfig(prune=prune, quant=q, codebook=args.codebook, finetune=finetune, budget_bytes=args.budget,
+                          act_budget_bytes=args.act_budget)  # fmt: skip
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,19 @@ from torchshrink.cli.args import (
 )
 from torchshrink.cli.outputs import CHECKPOINT, RECORD, add_force, check_output
 from torchshrink.errors import ConfigError
-from torchshrink.recipes.compress import CompressConfig
-from torchshrink.recipes.gradual import GradualConfig
+from torchshrink.pruning.config import PruneConfig, StructuredConfig
+from torchshrink.recipes.gradual import GRADUAL_TRAIN, GradualConfig
+from torchshrink.recipes.prune import STRUCTURED_FINETUNE, IterativeConfig
+from torchshrink.recipes.train import TrainConfig
 
-__all__ = ["add_pruning_commands"]
+__all__ = ["add_pruning_commands", "FINETUNE_DEFAULTS"]
 
-GRADUAL = GradualConfig()  # the library's gradual recipe: the defaults of --method gradual
+# each method's retraining when --finetune-epochs / --lr are not given: the library's defaults (one-shot pruning
+# retrains only when asked)
+ITERATIVE = IterativeConfig(0.5).finetune
+FINETUNE_DEFAULTS: dict[str, TrainConfig | None] = {
+    "iterative": ITERATIVE, "gradual": GRADUAL_TRAIN, "structured": STRUCTURED_FINETUNE, "oneshot": None,
+}  # fmt: skip
 
 
 def add_pruning_commands(sub: Any) -> None:
@@ -50,41 +58,44 @@ def add_pruning_commands(sub: Any) -> None:
     p.add_argument(
         "--scope",
         choices=("global", "lamp", "layer"),
-        default="global",
+        default=PruneConfig.scope,
         help="one magnitude threshold for all layers; one threshold on scale-free LAMP scores; or the same "
         "sparsity per layer (default: %(default)s)",
     )
     p.add_argument(
-        "--steps", type=positive_int, default=5, help="iterative: prune->retrain rounds (default: %(default)s)"
+        "--steps", type=positive_int, default=IterativeConfig.steps,
+        help="iterative: prune->retrain rounds (default: %(default)s)",
     )
     p.add_argument(
         "--schedule",
         choices=("agp", "linear"),
-        default="agp",
+        default=IterativeConfig.schedule,
         help="iterative: cubic (Zhu & Gupta) or equal steps (default: %(default)s)",
     )
     p.add_argument(
         "--finetune-epochs",
         type=non_negative_int,
         default=None,
-        help="epochs of retraining after each step (default: 2 for iterative, 0 for oneshot, 3 structured); "
-        f"gradual: epochs of the whole run (default: {GRADUAL.epochs})",
+        help=f"epochs of retraining after each step (default: {ITERATIVE.epochs} for iterative, 0 for oneshot, "
+        f"{STRUCTURED_FINETUNE.epochs} structured); gradual: epochs of the whole run (default: {GRADUAL_TRAIN.epochs})",
     )
     p.add_argument(
         "--lr", type=positive_float, default=None,
-        help=f"peak learning rate of the retraining (default: {CompressConfig.prune_lr}; gradual: {GRADUAL.lr})",
+        help=f"peak learning rate of the retraining (default: {ITERATIVE.lr}; structured: {STRUCTURED_FINETUNE.lr}; "
+        f"gradual: {GRADUAL_TRAIN.lr})",
     )  # fmt: skip
     p.add_argument(
-        "--distill", type=fraction, default=0.0,
-        help="weight in [0, 1] of the dense model's soft predictions in the retraining loss (default: 0, off)",
+        "--distill", type=fraction, default=None,
+        help=f"weight in [0, 1] of the dense model's soft predictions in the retraining loss (default: 0, off; "
+        f"gradual: {GRADUAL_TRAIN.distill})",
     )  # fmt: skip
     p.add_argument(
-        "--temperature", type=positive_float, default=GRADUAL.temperature,
+        "--temperature", type=positive_float, default=TrainConfig.temperature,
         help="softmax temperature of the dense model's predictions with --distill (default: %(default)s)",
     )  # fmt: skip
     add_precision(p, "retraining")
     p.add_argument(
-        "--multiple-of", type=positive_int, default=1, metavar="N",
+        "--multiple-of", type=positive_int, default=StructuredConfig.multiple_of, metavar="N",
         help="structured: keep a multiple of N channels in every layer, the nearest to --sparsity (16 suits "
         "AVX-512 CPUs, 8 AVX2; default: %(default)s, any count)",
     )  # fmt: skip
@@ -131,7 +142,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from torchshrink.models import parameter_count
     from torchshrink.pruning import make_permanent, sparsity_report, structured_prune_
     from torchshrink.recipes import gradual_prune, iterative_prune, oneshot_prune
-    from torchshrink.recipes.train import TrainConfig, evaluate, fit, pick_device
+    from torchshrink.recipes.train import evaluate, fit, pick_device
 
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device)
@@ -141,9 +152,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(f"{ckpt.path}-pruned-{args.method}-{args.sparsity:g}")
     out = check_output(out, CHECKPOINT, force=args.force, inputs=[ckpt.path])
     check_fits_fashion_mnist(ckpt.model, ckpt.path)
-    epochs = args.finetune_epochs
-    if epochs is None:
-        epochs = {"iterative": 2, "oneshot": 0, "structured": 3, "gradual": GRADUAL.epochs}[args.method]
+    default = FINETUNE_DEFAULTS[args.method]
+    epochs = args.finetune_epochs if args.finetune_epochs is not None else (default.epochs if default else 0)
     if args.method in ("iterative", "gradual") and epochs == 0:
         raise ConfigError(f"--finetune-epochs 0: {args.method} pruning trains while pruning; use --method oneshot")
     if args.distill and not epochs:
@@ -153,17 +163,19 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise ConfigError("--multiple-of applies to --method structured (whole channels) only")
     if args.layer_sparsity and args.method != "structured":
         raise ConfigError("--layer-sparsity applies to --method structured (whole channels) only")
-    lr = args.lr if args.lr is not None else (GRADUAL.lr if args.method == "gradual" else CompressConfig.prune_lr)
-    finetune = (TrainConfig(epochs=max(epochs, 1), lr=lr, distill=args.distill, temperature=args.temperature,
-                            precision=args.precision) if epochs else None)  # fmt: skip
-    teacher = copy.deepcopy(ckpt.model).eval() if args.distill else None
+    base = default or ITERATIVE
+    lr = args.lr if args.lr is not None else base.lr
+    distill = args.distill if args.distill is not None else (base.distill if default else 0.0)
+    finetune = (replace(base, epochs=max(epochs, 1), lr=lr, distill=distill, temperature=args.temperature,
+                        precision=args.precision) if epochs else None)  # fmt: skip
+    teacher = copy.deepcopy(ckpt.model).eval() if finetune is not None and finetune.distill else None
     data = load_fashion_mnist(args.data_dir)
     model = ckpt.model
     torch.manual_seed(0)  # no --seed here: every random draw of the retraining repeats from run to run
     before_acc, _ = evaluate(model, data.test_batches(), device=device)
     record: dict[str, Any] = {
         "method": args.method, "sparsity": args.sparsity, "scope": args.scope, "finetune_epochs": epochs, "lr": lr,
-        "distill": args.distill, "temperature": args.temperature,
+        "distill": distill, "temperature": args.temperature,
         "source": str(ckpt.path), "test_accuracy_before": before_acc, "params_before": parameter_count(model),
     }  # fmt: skip
     start = time.perf_counter()
@@ -173,28 +185,28 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                 f"model {ckpt.meta['model']!r}: structured pruning needs a model that can describe its shape"
             )
         dense = copy.deepcopy(model)
-        channels = structured_prune_(model, args.sparsity, multiple_of=args.multiple_of,
-                                     layer_amounts=args.layer_sparsity)  # fmt: skip
+        config = StructuredConfig(args.sparsity, multiple_of=args.multiple_of, layer_sparsity=args.layer_sparsity or {})
+        channels = structured_prune_(model, config)
         record["channels"] = {k: list(v) for k, v in channels.items()}
         record["multiple_of"] = args.multiple_of
         record["layer_sparsity"] = args.layer_sparsity or {}
         record["val_accuracy_pruned"], _ = evaluate(model, data.val_batches(), device=device)
         if finetune is not None:
-            fit(model, data, finetune, device, teacher=teacher)
+            fit(model, data, finetune, teacher=teacher)
         record.update(macs_before=count_macs(dense), macs_after=count_macs(model), params_after=parameter_count(model))
     elif args.method == "oneshot":
-        step = oneshot_prune(model, data, args.sparsity, args.scope, finetune, device, teacher=teacher)
-        record["steps"] = [step.to_dict()]
+        result = oneshot_prune(model, data, PruneConfig(args.sparsity, args.scope), finetune=finetune, teacher=teacher)
+        record["steps"] = [s.to_dict() for s in result.steps]
     elif args.method == "gradual":
         assert finetune is not None
-        step = gradual_prune(model, data, args.sparsity, finetune, scope=args.scope, teacher=teacher, device=device)
-        record["steps"] = [step.to_dict()]
+        config = GradualConfig(args.sparsity, finetune, scope=args.scope)
+        result = gradual_prune(model, data, config, teacher=teacher)
+        record["steps"] = [s.to_dict() for s in result.steps]
     else:
-        history = iterative_prune(
-            model, data, args.sparsity, args.steps, finetune, args.schedule, args.scope, rewind, device,
-            teacher=teacher,
-        )  # fmt: skip
-        record.update(steps=[h.to_dict() for h in history], schedule=args.schedule, rewind=args.rewind)
+        assert finetune is not None
+        config = IterativeConfig(args.sparsity, args.steps, finetune, args.schedule, args.scope)
+        result = iterative_prune(model, data, config, rewind_state=rewind, teacher=teacher)
+        record.update(steps=[s.to_dict() for s in result.steps], schedule=args.schedule, rewind=args.rewind)
     make_permanent(model)
     record["seconds"] = time.perf_counter() - start
     record["test_accuracy"], _ = evaluate(model, data.test_batches(), device=device)
@@ -233,7 +245,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     target = check_output(out / "sensitivity.json", RECORD, force=args.force, option="--out")
     check_fits_fashion_mnist(ckpt.model, ckpt.path)
     data = load_fashion_mnist(args.data_dir)
-    curves = layer_sensitivity(ckpt.model, data, args.sparsities or DEFAULT_SPARSITIES, device)
+    curves = layer_sensitivity(ckpt.model, data, args.sparsities or DEFAULT_SPARSITIES)
     print("validation accuracy (%) with one layer pruned, no retraining")
     print(sensitivity_table(curves))
     if not main_writes():

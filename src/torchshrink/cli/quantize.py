@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from torchshrink.cli.args import add_data_dir, add_device, add_full_range, bits, positive_float, positive_int
+from torchshrink.cli.args import (
+    add_data_dir,
+    add_device,
+    add_full_range,
+    add_precision,
+    bits,
+    positive_float,
+    positive_int,
+)
 from torchshrink.cli.outputs import QUANTIZED, add_force, check_output
 from torchshrink.quant.apply import QuantConfig
 from torchshrink.quant.fake_quant import CALIBRATIONS
-from torchshrink.recipes.compress import CompressConfig
+from torchshrink.recipes.quantize import FINETUNE
 
 __all__ = ["add_quant_commands"]
 
@@ -32,10 +41,11 @@ def add_quant_commands(sub: Any) -> None:
         default="ptq",
         help="post-training calibration only, or quantization-aware fine-tuning (default: %(default)s)",
     )
-    p.add_argument("--qat-epochs", type=positive_int, default=CompressConfig.qat_epochs,
+    p.add_argument("--qat-epochs", type=positive_int, default=FINETUNE.epochs,
                    help="QAT epochs (default: %(default)s)")  # fmt: skip
-    p.add_argument("--lr", type=positive_float, default=CompressConfig.lr,
+    p.add_argument("--lr", type=positive_float, default=FINETUNE.lr,
                    help="QAT peak learning rate (default: %(default)s)")  # fmt: skip
+    add_precision(p, "QAT")
     p.add_argument(
         "--calibration",
         choices=CALIBRATIONS,
@@ -70,7 +80,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from torchshrink.quant import QuantConfig, storage_report
     from torchshrink.quant.export import codes_state_dict, export_layers
     from torchshrink.recipes.quantize import ptq, qat
-    from torchshrink.recipes.train import TrainConfig, evaluate, pick_device
+    from torchshrink.recipes.train import evaluate, pick_device
 
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device="cpu")
@@ -83,15 +93,15 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(f"{ckpt.path}-{tag}")
     out = check_output(out, QUANTIZED, force=args.force, inputs=[ckpt.path])
     check_fits_fashion_mnist(ckpt.model, ckpt.path)
-    train = TrainConfig(epochs=args.qat_epochs, lr=args.lr)
+    train = replace(FINETUNE, epochs=args.qat_epochs, lr=args.lr, precision=args.precision)
     data = load_fashion_mnist(args.data_dir)
     float_acc, _ = evaluate(ckpt.model, data.test_batches())
     torch.manual_seed(0)  # no --seed here: every random draw of calibration or QAT repeats from run to run
     start = time.perf_counter()
     if args.mode == "qat":
-        model, _ = qat(ckpt.model, data, config, train, device)
+        model = qat(ckpt.model.to(device), data, config, train=train).model
     else:
-        model = ptq(ckpt.model, data, config)
+        model = ptq(ckpt.model, data, config).model
     seconds = time.perf_counter() - start
     acc, loss = evaluate(model.to(device), data.test_batches(), device=device)
     rows = storage_report(model)

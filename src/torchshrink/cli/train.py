@@ -236,7 +236,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             rewind.update({k: v.detach().clone() for k, v in trained.state_dict().items()})  # type: ignore[attr-defined]
 
     task = data.task(batch_size=args.batch_size, crop_padding=args.crop_padding, erase=args.erase)
-    history = fit(model, task, cfg, device, after_epoch=keep_rewind_point)
+    history = fit(model.to(device), task, cfg, after_epoch=keep_rewind_point)
     wall = time.perf_counter() - start
     test_acc, test_loss = evaluate(model, data.test_batches(), device=device)
     if not main_writes():

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from torchshrink.distributed.shard import slice_bounds
+from torchshrink.errors import ConfigError
 
 __all__ = ["Transform", "TensorBatches"]
 
@@ -51,13 +52,14 @@ class TensorBatches:
         world: int = 1,
     ):
         if len(x) != len(y):
-            raise ValueError(f"{len(x)} inputs but {len(y)} targets")
+            raise ConfigError(f"{len(x)} inputs but {len(y)} targets: give one target per input")
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}: must be at least 1")
+            raise ConfigError(f"batch_size={batch_size}: must be at least 1")
         if not 0 <= rank < world:
-            raise ValueError(f"rank={rank}, world={world}: need 0 <= rank < world")
+            raise ConfigError(f"rank={rank}, world={world}: need 0 <= rank < world")
         if world > batch_size:
-            raise ValueError(f"batch_size={batch_size} is smaller than the {world} ranks sharing each batch")
+            raise ConfigError(f"batch_size={batch_size} is smaller than the {world} ranks sharing each batch: give a "
+                              "batch size of at least the number of processes")  # fmt: skip
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.transform, self.seed = shuffle, transform, seed
         self.rank, self.world = rank, world

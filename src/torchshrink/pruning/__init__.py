@@ -14,6 +14,7 @@ from torchshrink.pruning.apply import (
     prune_from_zeros_,
     sparsity_report,
 )
+from torchshrink.pruning.config import PruneConfig, StructuredConfig
 from torchshrink.pruning.masks import (
     MASKS,
     global_magnitude_masks,
@@ -46,6 +47,9 @@ __all__ = [
     "linear_schedule",
     "agp_schedule",
     "make_schedule",
+    # configs of the transforms
+    "PruneConfig",
+    "StructuredConfig",
     # attaching masks
     "FilterFn",
     "default_filter",

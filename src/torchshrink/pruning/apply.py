@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -19,7 +20,8 @@ from torch.nn.utils import parametrize
 from torchshrink import distributed as dist
 from torchshrink.errors import ConfigError
 from torchshrink.layers import FilterFn, default_filter, find_parametrization, prunable_layers, warn_skipped
-from torchshrink.pruning.masks import MASKS, check_amount, check_density, min_density_masks
+from torchshrink.pruning.config import PruneConfig
+from torchshrink.pruning.masks import MASKS, min_density_masks
 
 __all__ = [
     "FilterFn",
@@ -89,57 +91,49 @@ def _warn_nearly_empty(layers: dict[str, nn.Module]) -> None:
         )
 
 
-def prune_(
-    model: nn.Module,
-    sparsity: float | dict[str, float],
-    scope: str = "global",
-    filter_fn: FilterFn = default_filter,
-    min_density: float = 0.0,
-) -> dict[str, torch.Tensor]:
+def prune_(model: nn.Module, config: PruneConfig, filter_fn: FilterFn | None = None) -> dict[str, torch.Tensor]:
     """Prune ``model`` in place by weight magnitude and return the masks by layer name.
 
     Masks already attached are respected: a weight once pruned is never revived. So a layer whose previous
-    mask pruned more than ``sparsity`` asks for keeps its previous zeros and ends above the request.
+    mask pruned more than ``config.sparsity`` asks for keeps its previous zeros and ends above the request.
 
     Warns (one warning each) about weight-like parameters no accepted layer covers (they stay dense; see
     :func:`torchshrink.layers.skipped_layers`) and about layers left with no or under 1% non-zero weights.
 
     Args:
-        sparsity: the fraction of zeros to reach; with ``scope="layer"`` it may be a dict of per-layer
-            sparsities (layers not named keep their current mask).
-        scope: a key of :data:`torchshrink.pruning.masks.MASKS`: ``"global"`` ranks all prunable weights
-            together by magnitude, ``"lamp"`` together by layer-adaptive (scale-free) magnitude, ``"layer"``
-            ranks each layer alone.
-        filter_fn: ``(module, qualified_name) -> bool`` choosing the prunable layers.
-        min_density: fraction of each layer's weights always kept: a layer the ranking leaves under it keeps
-            its top ``ceil(min_density * n)`` weights by magnitude (among those not pruned before), so the
-            total sparsity may end a little under ``sparsity``.
+        config: the sparsity (one fraction, or a dict per layer with ``scope="layer"``: layers not named keep
+            their current mask), the scope of the ranking and a floor per layer (see :class:`PruneConfig`).
+            ``min_density`` may leave the total sparsity a little under the request.
+        filter_fn: ``(module, qualified_name) -> bool`` choosing the prunable layers (default: every conv and
+            linear layer).
 
     Raises:
-        ConfigError: an unknown scope, a sparsity outside [0, 1), per-layer sparsities outside
-            ``scope="layer"``, an unknown layer name, or no prunable layer.
+        ConfigError: not a :class:`PruneConfig`, an unknown layer name, or no prunable layer.
+
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> masks = prune_(model, PruneConfig(0.5))
+    >>> sum(int((m == 0).sum()) for m in masks.values()), sum(m.numel() for m in masks.values())
+    (12, 24)
     """
-    if scope not in MASKS:
-        raise ConfigError(f"scope {scope!r}: choose one of {', '.join(repr(k) for k in MASKS)}")
-    check_density(min_density)
+    if not isinstance(config, PruneConfig):
+        raise ConfigError(f"prune_ takes a PruneConfig, not {type(config).__name__}: e.g. PruneConfig(sparsity=0.9)")
+    filter_fn = filter_fn or default_filter
     layers = prunable_layers(model, filter_fn)
-    if isinstance(sparsity, dict):
-        if scope != "layer":
-            raise ConfigError("per-layer sparsities need scope='layer'")
-        unknown = sorted(set(sparsity) - set(layers))
+    if isinstance(config.sparsity, Mapping):
+        unknown = sorted(set(config.sparsity) - set(layers))
         if unknown:
             raise ConfigError(f"no prunable layer named {unknown[0]!r}; prunable: {', '.join(layers)}")
-        groups = [([name], check_amount(amount)) for name, amount in sparsity.items()]
+        groups = [([name], amount) for name, amount in config.sparsity.items()]
     else:
-        groups = [(list(layers), check_amount(sparsity))]
+        groups = [(list(layers), config.sparsity)]
     warn_skipped(model, filter_fn, "prune_")
     with torch.no_grad():
         for names, amount in groups:
             weights = [_weight(layers[n]) for n in names]
             previous = [get_mask(layers[n]) for n in names]
-            masks = MASKS[scope](weights, amount, previous)
-            if min_density > 0:
-                masks = min_density_masks(weights, masks, previous, min_density)
+            masks = MASKS[config.scope](weights, amount, previous)
+            if config.min_density > 0:
+                masks = min_density_masks(weights, masks, previous, config.min_density)
             for name, mask in zip(names, masks, strict=True):
                 _set_mask(layers[name], mask)
         _warn_nearly_empty(layers)

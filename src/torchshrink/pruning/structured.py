@@ -16,12 +16,14 @@ alone; :func:`structured_report` says which and why, and :func:`structured_prune
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from torchshrink.errors import ConfigError
+from torchshrink.layers import FilterFn
+from torchshrink.pruning.config import StructuredConfig
 from torchshrink.pruning.dependency import channel_graph
 from torchshrink.pruning.groups import ChannelGraph, ChannelGroup
 from torchshrink.pruning.rebuild import kept_positions, replace_layer, shrink_layer
@@ -96,55 +98,51 @@ def kept_channels(before: int, amount: float, min_channels: int = 1, multiple_of
 
 
 def structured_prune_(
-    model: nn.Module,
-    amount: float,
-    min_channels: int = 1,
-    multiple_of: int = 1,
-    layer_amounts: Mapping[str, float] | None = None,
+    model: nn.Module, config: StructuredConfig, filter_fn: FilterFn | None = None
 ) -> dict[str, tuple[int, int]]:
-    """Remove ``round(amount * C)`` of the C channels of every prunable group, lowest scores first.
+    """Remove ``round(config.sparsity * C)`` of the C channels of every prunable group, lowest scores first.
 
     Args:
         model: changed in place: the affected layers are replaced by smaller ones of the same type.
-        amount: fraction of channels to remove, in ``[0, 1)``.
-        min_channels: no group is pruned below this many channels.
-        multiple_of: keep a multiple of this many channels in every group (nearest; see :func:`kept_channels`).
-        layer_amounts: a fraction per group label (``{"features.conv1": 0.75}``) overriding ``amount`` for
-            that group. Layers differ in what their channels cost and buy: on a CPU the convs at full image
-            resolution cost most time per channel, so a per-layer allocation removes more there.
+        config: the fraction removed (one for every group, or one per group in ``layer_sparsity``), a floor on
+            the channels kept and the multiple they are rounded to (see :class:`StructuredConfig`).
+        filter_fn: ``(module, qualified_name) -> bool``: a group is pruned only if the filter accepts each of its
+            producer convs (the layers whose filters would go; their consumers shrink with them); the groups it
+            rejects are kept whole (default: every group may be pruned).
 
     Returns:
         ``{label: (channels_before, channels_after)}`` for each pruned group, labelled by its first
-        producer conv (``"features.conv1"``). Skipped groups are left out and named in a warning.
+        producer conv (``"features.conv1"``). Groups that cannot be pruned are left out and named in a warning.
 
     Raises:
-        ConfigError: ``amount`` out of range, the model cannot be traced, a grouped conv reads prunable
-            channels, or no group can be pruned (the message lists each group and why).
+        ConfigError: not a :class:`StructuredConfig`, the model cannot be traced, a ``layer_sparsity`` name is
+            not a prunable group, or no group can be pruned (the message lists each group and why).
     """
-    layer_amounts = dict(layer_amounts or {})
-    for value in (amount, *layer_amounts.values()):
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"sparsity {value}: the fraction of channels to remove must be in [0, 1)")
-    if not isinstance(multiple_of, int) or multiple_of < 1:
-        raise ConfigError(f"multiple_of={multiple_of!r}: give a positive whole number of channels")
+    if not isinstance(config, StructuredConfig):
+        raise ConfigError(f"structured_prune_ takes a StructuredConfig, not {type(config).__name__}: e.g. "
+                          "StructuredConfig(sparsity=0.5)")  # fmt: skip
     graph = channel_graph(model)
     if not graph.groups:
         raise ConfigError("structured pruning found no Conv1d/Conv2d/Conv3d layer (groups=1) in the model")
-    check_group_names(layer_amounts, [g.label for g in graph.groups if g.prunable], "layer_amounts")
-    skipped = [g for g in graph.groups if not g.prunable]
-    if len(skipped) == len(graph.groups):
-        raise ConfigError(f"structured pruning found no prunable channels: {_describe(skipped)}")
+    chosen = [g for g in graph.groups
+              if filter_fn is None or all(filter_fn(model.get_submodule(n), n) for n in g.producers)]  # fmt: skip
+    check_group_names(config.layer_sparsity, [g.label for g in chosen if g.prunable], "layer_sparsity")
+    skipped = [g for g in chosen if not g.prunable]
+    if len(skipped) == len(chosen):
+        why = _describe(skipped) or "filter_fn accepts no group"
+        raise ConfigError(f"structured pruning found no prunable channels: {why}")
     if skipped:
         warnings.warn(
             f"structured pruning left {len(skipped)} channel group(s) whole: {_describe(skipped)}", stacklevel=2
         )
     sizes = [g.channels for g in graph.groups]
     changes = {}
-    for group in graph.groups:
+    for group in chosen:
         if not group.prunable:
             continue
         before = sizes[group.index]
-        n_keep = kept_channels(before, layer_amounts.get(group.label, amount), min_channels, multiple_of)
+        amount = config.layer_sparsity.get(group.label, config.sparsity)
+        n_keep = kept_channels(before, amount, config.min_channels, config.multiple_of)
         changes[group.label] = (before, n_keep)
         if n_keep == before:
             continue

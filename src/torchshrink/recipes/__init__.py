@@ -3,7 +3,7 @@ precision, and the compression pipeline. They take data through :class:`torchshr
 the pure layers below (``pruning``, ``quant``, ``pack``), which never import from here."""
 
 from torchshrink.recipes.compress import CompressConfig, compress_model, write_and_verify
-from torchshrink.recipes.gradual import GradualConfig, GradualPruner, gradual_prune
+from torchshrink.recipes.gradual import GRADUAL_TRAIN, GradualConfig, GradualPruner, gradual_prune
 from torchshrink.recipes.mixed_activations import activation_width_table, plan_activation_widths
 from torchshrink.recipes.mixed_precision import (
     LayerWidth,
@@ -14,8 +14,16 @@ from torchshrink.recipes.mixed_precision import (
     plan_mixed_precision,
 )
 from torchshrink.recipes.mixed_uniform import plan_uniform_mixed_precision, uniform_width_table
-from torchshrink.recipes.prune import PruneStep, achieved_sparsity, iterative_prune, oneshot_prune, rewind_
-from torchshrink.recipes.quantize import Calibration, codebook, prepare_quantized, ptq, qat
+from torchshrink.recipes.prune import (
+    STRUCTURED_FINETUNE,
+    IterativeConfig,
+    achieved_sparsity,
+    iterative_prune,
+    oneshot_prune,
+    rewind_,
+)
+from torchshrink.recipes.quantize import FINETUNE, Calibration, CodebookConfig, codebook, prepare_quantized, ptq, qat
+from torchshrink.recipes.results import CompressResult, PruneResult, PruneStep, QuantResult
 from torchshrink.recipes.sensitivity import layer_sensitivity, sensitivity_table, sparsities_for_tolerance
 from torchshrink.recipes.train import (
     EpochStats,
@@ -40,12 +48,19 @@ __all__ = [
     "distillation_loss",
     "model_device",
     "pick_device",
-    # pruning with retraining
+    # results
     "PruneStep",
+    "PruneResult",
+    "QuantResult",
+    "CompressResult",
+    # pruning with retraining
+    "IterativeConfig",
+    "STRUCTURED_FINETUNE",
     "oneshot_prune",
     "iterative_prune",
     "rewind_",
     "achieved_sparsity",
+    "GRADUAL_TRAIN",
     "GradualConfig",
     "GradualPruner",
     "gradual_prune",
@@ -54,6 +69,8 @@ __all__ = [
     "sparsities_for_tolerance",
     # quantization
     "Calibration",
+    "FINETUNE",
+    "CodebookConfig",
     "prepare_quantized",
     "ptq",
     "qat",

@@ -8,171 +8,161 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from torchshrink.data.task import Batches, Task, as_task
-from torchshrink.errors import ConfigError, check_finite
+from torchshrink.errors import ConfigError
 from torchshrink.layers import FilterFn, default_filter
 from torchshrink.models import fp32_bytes
 from torchshrink.pack import encode_compressed, inspect_compressed, load_compressed, save_compressed
 from torchshrink.pruning import make_permanent
-from torchshrink.pruning.masks import check_amount
 from torchshrink.quant import QuantConfig, snap_floats_
-from torchshrink.quant.primitives import check_bits
-from torchshrink.recipes.gradual import gradual_prune
+from torchshrink.recipes.gradual import GradualConfig, gradual_prune
 from torchshrink.recipes.mixed_activations import plan_activation_widths
 from torchshrink.recipes.mixed_precision import FILE_MARGIN, fit_plan_to_file, plan_mixed_precision
 from torchshrink.recipes.mixed_uniform import plan_uniform_mixed_precision
-from torchshrink.recipes.prune import iterative_prune
-from torchshrink.recipes.quantize import codebook, ptq, qat
-from torchshrink.recipes.train import PRECISIONS, TrainConfig, evaluate
+from torchshrink.recipes.prune import IterativeConfig, iterative_prune
+from torchshrink.recipes.quantize import FINETUNE, CodebookConfig, codebook, ptq, qat
+from torchshrink.recipes.results import CompressResult
+from torchshrink.recipes.train import TrainConfig, evaluate
 
 __all__ = ["CompressConfig", "compress_model", "write_and_verify"]
 
 
 @dataclass(frozen=True)
 class CompressConfig:
-    """One point of the compression frontier."""
+    """One point of the compression frontier: how to prune, how to quantize, how to fine-tune, what budget.
 
-    sparsity: float = 0.0  # fraction of weights pruned (global magnitude)
-    bits: int = 8  # weight bits (uniform codes, or log2 of the codebook size; the widest with a budget)
-    act_bits: int | None = None  # activation bits (None: same as bits)
-    prune_method: str = "iterative"  # "iterative": prune -> retrain rounds; "gradual": pruning during training
-    steps: int = 4  # iterative: pruning steps (AGP schedule)
-    prune_epochs: int = 1  # iterative: retraining epochs after each step; gradual: epochs of the whole run
-    prune_lr: float = 0.02  # peak learning rate of the pruning's retraining
-    qat_epochs: int = 2  # QAT / codebook fine-tuning epochs (0: post-training only)
-    lr: float = 0.01  # peak learning rate of the fine-tuning
-    distill: float = 0.0  # weight of the dense model's soft predictions in every retraining loss (0: off)
-    temperature: float = TrainConfig.temperature  # softmax temperature of those predictions
-    budget_bytes: int | None = None  # file size to fit with a weight width per layer, 2..bits (mixed precision)
+    >>> cfg = CompressConfig(prune=GradualConfig(0.9), quant=QuantConfig(bits=4, act_bits=8))
+    >>> cfg.sparsity, cfg.quant.bits, cfg.finetune.epochs
+    (0.9, 4, 2)
+    """
+
+    prune: IterativeConfig | GradualConfig | None = None  # how weights are pruned first (None: not pruned here)
+    quant: QuantConfig = QuantConfig()  # widths of weights and inputs (with codebook: bits is log2 of its size)
+    codebook: bool = False  # k-means weight sharing at quant.bits (inputs at quant.act_bits) instead of uniform codes
+    finetune: TrainConfig | None = FINETUNE  # QAT / codebook fine-tuning with the masks kept (None: post-training)
+    budget_bytes: int | None = None  # file size to fit with a weight width per layer, 2..quant.bits (mixed precision)
     act_budget_bytes: int | None = None  # uniform only: one sample's layer inputs in these bytes, widths 2..act_bits
-    codebook: bool = False  # k-means weight sharing instead of uniform levels
-    keep_first_last_8bit: bool = False  # first/last layers at 8 bits
     float16: bool = True  # round biases and centroids to float16 values: the file stores them in half the bytes
-    full_range_weights: bool = False  # uniform only: every signed weight code (4 levels at 2 bits, not ternary)
-    precision: str = "fp32"  # of every (re)training forward pass: "fp32" or "bf16" (see TrainConfig.precision)
 
     def __post_init__(self) -> None:
-        check_finite(self, "sparsity", "prune_lr", "lr", "distill", "temperature")
-        check_amount(self.sparsity)
-        check_bits(self.bits)
-        if self.act_bits is not None:
-            check_bits(self.act_bits)
-        if self.steps < 1:
-            raise ConfigError(f"steps={self.steps}: must be at least 1")
-        if self.prune_method not in ("iterative", "gradual"):
-            raise ConfigError(f"prune_method={self.prune_method!r}: choose 'iterative' or 'gradual'")
-        if self.budget_bytes is not None and self.keep_first_last_8bit and not self.codebook:
+        if self.prune is not None and not isinstance(self.prune, (IterativeConfig, GradualConfig)):
+            raise ConfigError(f"prune={self.prune!r}: give an IterativeConfig, a GradualConfig or None")
+        if not isinstance(self.quant, QuantConfig):
+            raise ConfigError(f"quant={self.quant!r}: give a QuantConfig")
+        if self.finetune is not None and not isinstance(self.finetune, TrainConfig):
+            raise ConfigError(f"finetune={self.finetune!r}: give a TrainConfig or None (post-training only)")
+        if self.budget_bytes is not None and self.quant.keep_first_last_8bit and not self.codebook:
             raise ConfigError("keep_first_last_8bit with a size budget: the budget chooses every layer's width, the "
                               "first and last included; drop one of them")  # fmt: skip
         if self.act_budget_bytes is not None and self.codebook:
             raise ConfigError("act_budget_bytes chooses the input widths of uniform quantization; codebook weight "
                               "sharing takes one act_bits: drop one of them")  # fmt: skip
-        if not isinstance(self.full_range_weights, bool):
-            raise ConfigError(f"full_range_weights={self.full_range_weights!r}: must be True or False")
-        if self.full_range_weights and self.codebook:
+        if self.quant.full_range_weights and self.codebook:
             raise ConfigError("full_range_weights sets the range of uniform weight codes; codebook weight sharing "
                               "has no such range: drop one of them")  # fmt: skip
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature={self.temperature}: must be positive")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if not (self.prune_lr > 0 and self.lr > 0 and 0 <= self.distill <= 1):
-            raise ConfigError(f"prune_lr={self.prune_lr}, lr={self.lr}, distill={self.distill}: need positive learning "
-                              "rates and distill in [0, 1]")  # fmt: skip
         if self.budget_bytes is not None and self.budget_bytes < 1:
             raise ConfigError(f"budget_bytes={self.budget_bytes}: must be positive")
         if self.act_budget_bytes is not None and self.act_budget_bytes < 1:
             raise ConfigError(f"act_budget_bytes={self.act_budget_bytes}: must be positive")
 
+    @property
+    def sparsity(self) -> float:
+        """The sparsity the pruning reaches (0.0 without pruning)."""
+        return 0.0 if self.prune is None else self.prune.sparsity
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        method = {IterativeConfig: "iterative", GradualConfig: "gradual"}.get(type(self.prune))
+        prune = None if self.prune is None else {"method": method, **self.prune.to_dict()}
+        return {"prune": prune, "quant": self.quant.to_dict(), "codebook": self.codebook,
+                "finetune": None if self.finetune is None else self.finetune.to_dict(),
+                "budget_bytes": self.budget_bytes, "act_budget_bytes": self.act_budget_bytes,
+                "float16": self.float16}  # fmt: skip
 
 
 def compress_model(
     base: nn.Module,
     task: Task,
-    cfg: CompressConfig,
-    device: str | torch.device | None = None,
-    log: Callable[[str], None] | None = print,
+    config: CompressConfig,
+    *,
     pruned: nn.Module | None = None,
+    teacher: nn.Module | None = None,
+    filter_fn: FilterFn | None = None,
+    log: Callable[[str], None] | None = print,
     model_name: str | None = None,
     model_args: dict[str, Any] | None = None,
-    filter_fn: FilterFn = default_filter,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Prune (unless ``pruned`` is given: an already-pruned model to reuse) and quantize a copy of ``base``.
+) -> CompressResult:
+    """Prune (unless ``pruned`` is given: an already-pruned model to reuse) and quantize a copy of ``base``,
+    where ``base`` is.
 
-    With a size budget the per-layer weight widths are fitted to the real file's size rather than to an
-    estimate of its header (``record["mixed_precision"]``); ``model_name`` and ``model_args`` are what the file
-    will carry (a registered architecture), or ``None`` for a model of your own. With an activation budget
-    (uniform only) the per-layer input widths are planned first (``record["activation_precision"]``).
+    Every retraining whose config sets ``distill > 0`` learns from ``teacher`` (default: ``base``). With a size
+    budget the per-layer weight widths are fitted to the real file's size rather than to an estimate of its
+    header (``record["mixed_precision"]``); ``model_name`` and ``model_args`` are what the file will carry (a
+    registered architecture), or ``None`` for a model of your own. With an activation budget (uniform only) the
+    per-layer input widths are planned first (``record["activation_precision"]``).
     """
     task = as_task(task) if task is not None else None
+    filter_fn = filter_fn or default_filter
+    cfg = config
     record: dict[str, Any] = {"config": cfg.to_dict()}
-    teacher = base if cfg.distill else None
+    trainings = [t for t in (getattr(cfg.prune, "finetune", None), getattr(cfg.prune, "train", None),
+                             getattr(cfg.prune, "final", None), cfg.finetune) if t is not None]  # fmt: skip
+    teacher = (teacher if teacher is not None else base) if any(t.distill > 0 for t in trainings) else None
     start = time.perf_counter()
     if pruned is None:
         pruned = copy.deepcopy(base)
-        if cfg.sparsity > 0:
-            prune_cfg = TrainConfig(epochs=cfg.prune_epochs, lr=cfg.prune_lr, distill=cfg.distill,
-                                    temperature=cfg.temperature, precision=cfg.precision)  # fmt: skip
-            if cfg.prune_method == "gradual":
-                steps = [gradual_prune(pruned, task, cfg.sparsity, prune_cfg, teacher=teacher, device=device, log=log,
-                                       filter_fn=filter_fn)]
+        if cfg.prune is not None and cfg.prune.sparsity > 0:
+            if isinstance(cfg.prune, GradualConfig):
+                result = gradual_prune(pruned, task, cfg.prune, teacher=teacher, log=log, filter_fn=filter_fn)
             else:
-                steps = iterative_prune(pruned, task, cfg.sparsity, cfg.steps, prune_cfg, device=device, log=log,
-                                        teacher=teacher, filter_fn=filter_fn)  # fmt: skip
-            record["prune_steps"] = [s.to_dict() for s in steps]
+                result = iterative_prune(pruned, task, cfg.prune, log=log, teacher=teacher, filter_fn=filter_fn)
+            record["prune_steps"] = [s.to_dict() for s in result.steps]
         make_permanent(pruned)
     record["prune_seconds"] = time.perf_counter() - start
     start = time.perf_counter()
-    act_bits = cfg.act_bits if cfg.act_bits is not None else cfg.bits
-    train = (TrainConfig(epochs=cfg.qat_epochs, lr=cfg.lr, distill=cfg.distill, temperature=cfg.temperature,
-                         precision=cfg.precision) if cfg.qat_epochs else None)  # fmt: skip
+    q = cfg.quant
+    widths = tuple(range(2, q.bits + 1))
     if cfg.codebook:
-        bits: int | dict[str, int] = cfg.bits
+        bits: int | dict[str, int] = q.bits
         if cfg.budget_bytes is not None:
-            plan = plan_mixed_precision(pruned, task, cfg.budget_bytes, tuple(range(2, cfg.bits + 1)), log=log,
-                                        filter_fn=filter_fn)
+            plan = plan_mixed_precision(pruned, task, cfg.budget_bytes, widths, log=log, filter_fn=filter_fn)
 
             def clustered_file(b: dict[str, int]) -> int:  # before fine-tuning, which keeps the indices
-                model = codebook(pruned, task, b, act_bits, None, "cpu", log=None, filter_fn=filter_fn)
+                model = codebook(pruned, task, CodebookConfig(b, q.activation_bits), train=None, log=None,
+                                 filter_fn=filter_fn).model  # fmt: skip
                 return _file_bytes(model, cfg, model_name, model_args)
 
             plan = fit_plan_to_file(plan, clustered_file, log=log)
             bits = plan.bits
             record["mixed_precision"] = plan.to_dict()
-        model = codebook(pruned, task, bits, act_bits, train, device, log=log, teacher=teacher, filter_fn=filter_fn)
+        model = codebook(pruned, task, CodebookConfig(bits, q.activation_bits), train=cfg.finetune, log=log,
+                         teacher=teacher, filter_fn=filter_fn).model  # fmt: skip
     else:
-        qcfg = QuantConfig(bits=cfg.bits, act_bits=act_bits, keep_first_last_8bit=cfg.keep_first_last_8bit,
-                           full_range_weights=cfg.full_range_weights)  # fmt: skip
         if cfg.act_budget_bytes is not None:  # first: the file measured for the weights holds these input widths
-            acts = plan_activation_widths(pruned, task, cfg.act_budget_bytes, tuple(range(2, act_bits + 1)), log=log,
-                                          filter_fn=filter_fn)  # fmt: skip
-            qcfg = replace(qcfg, layer_act_bits=acts.bits)
+            acts = plan_activation_widths(pruned, task, cfg.act_budget_bytes, tuple(range(2, q.activation_bits + 1)),
+                                          log=log, filter_fn=filter_fn)  # fmt: skip
+            q = replace(q, layer_act_bits=acts.bits)
             record["activation_precision"] = acts.to_dict()
         if cfg.budget_bytes is not None:
 
             def quantized_file(b: dict[str, int]) -> int:  # after PTQ, before QAT
-                model = ptq(pruned, task, replace(qcfg, layer_bits=b), filter_fn=filter_fn)
+                model = ptq(pruned, task, replace(q, layer_bits=b), filter_fn=filter_fn).model
                 return _file_bytes(model, cfg, model_name, model_args)
 
-            plan = plan_uniform_mixed_precision(pruned, task, cfg.budget_bytes, tuple(range(2, cfg.bits + 1)), log=log,
-                                                filter_fn=filter_fn, file_bytes=quantized_file,
-                                                full_range=cfg.full_range_weights)  # fmt: skip
+            plan = plan_uniform_mixed_precision(pruned, task, cfg.budget_bytes, widths, log=log, filter_fn=filter_fn,
+                                                file_bytes=quantized_file, full_range=q.full_range_weights)  # fmt: skip
             plan = fit_plan_to_file(plan, quantized_file, margin=_margin(cfg), log=log)
-            qcfg = replace(qcfg, layer_bits=plan.bits)
+            q = replace(q, layer_bits=plan.bits)
             record["mixed_precision"] = plan.to_dict()
-        if train:
-            model = qat(pruned, task, qcfg, train, device, log=log, teacher=teacher, filter_fn=filter_fn)[0]
+        if cfg.finetune is not None:
+            model = qat(pruned, task, q, train=cfg.finetune, log=log, teacher=teacher, filter_fn=filter_fn).model
         else:
-            model = ptq(pruned, task, qcfg, filter_fn=filter_fn)
+            model = ptq(pruned, task, q, filter_fn=filter_fn).model
     if cfg.float16:
         snap_floats_(model)
     record["quant_seconds"] = time.perf_counter() - start
@@ -181,7 +171,7 @@ def compress_model(
         size = _file_bytes(model, cfg, model_name, model_args)
         if size > cfg.budget_bytes:  # fine-tuning moved more codes (uniform) or header floats than the margin allows
             log(f"warning: the fine-tuned file takes {size:,} bytes, over the budget of {cfg.budget_bytes:,}")
-    return model, record
+    return CompressResult(model, record)
 
 
 def _file_bytes(
@@ -202,7 +192,7 @@ def _margin(cfg: CompressConfig) -> int:
     QAT moves weights and step sizes, so codes change and their Huffman-coded size with them: by 0.1-0.2% of
     the file on a small CNN (measured: +4 and +8 bytes on 3.5 and 4.3 KB); 0.5% of the budget covers that.
     """
-    return FILE_MARGIN + (cfg.budget_bytes or 0) // 200 if cfg.qat_epochs else FILE_MARGIN
+    return FILE_MARGIN + (cfg.budget_bytes or 0) // 200 if cfg.finetune is not None else FILE_MARGIN
 
 
 def write_and_verify(

@@ -7,53 +7,59 @@ rate schedule, optionally distilled from the dense model) both prunes and recove
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-import torch
 from torch import nn
 
 from torchshrink import distributed as dist
 from torchshrink.data.task import Task, as_task
 from torchshrink.errors import ConfigError, check_finite
 from torchshrink.pruning.apply import FilterFn, default_filter, prunable_layers, prune_, prune_from_zeros_
+from torchshrink.pruning.config import PruneConfig
 from torchshrink.pruning.masks import check_amount
 from torchshrink.pruning.schedules import agp_schedule
-from torchshrink.recipes.prune import PruneStep, achieved_sparsity
+from torchshrink.recipes.prune import achieved_sparsity
+from torchshrink.recipes.results import PruneResult, PruneStep
 from torchshrink.recipes.train import TrainConfig, fit, val_metric
 
-__all__ = ["GradualConfig", "GradualPruner", "gradual_prune"]
+__all__ = ["GRADUAL_TRAIN", "GradualConfig", "GradualPruner", "gradual_prune"]
+
+
+# the training of a gradual run, chosen on the validation split (benchmarks/pruning_recipes.py): 8 epochs at a
+# peak rate of 0.05, distilled from the dense model (weight 0.7, the temperature TrainConfig's)
+GRADUAL_TRAIN = TrainConfig(epochs=8, lr=0.05, distill=0.7)
 
 
 @dataclass(frozen=True)
 class GradualConfig:
-    """How a gradual pruning run trains. The defaults were chosen on the validation split
-    (``benchmarks/pruning_recipes.py``); the command line and the study take theirs from here."""
+    """A gradual pruning run: ``train`` trains the model while the mask tightens from its current sparsity to
+    ``sparsity`` between the fractions ``start`` and ``end`` of the run; the rest of the run recovers.
+    The defaults were chosen on the validation split; the command line and the study take theirs from here."""
 
-    epochs: int = 8  # epochs of the run
-    lr: float = 0.05  # peak learning rate
-    distill: float = 0.7  # weight of the dense model's soft predictions in the loss (0: labels only)
-    temperature: float = 2.0  # softmax temperature of those predictions (chosen on validation among 2 and 4)
+    sparsity: float  # fraction of zeros at the end of the run
+    train: TrainConfig = GRADUAL_TRAIN  # the run (epochs, learning rate, distillation from the dense model, ...)
     start: float = 0.0  # pruning starts at this fraction of the run ...
     end: float = 0.6  # ... and reaches the target here; the rest of the run recovers
     frequency: int = 50  # optimizer steps between mask updates
+    scope: str = "global"  # how weights are ranked: "global", "lamp" or "layer" (see PruneConfig)
 
     def __post_init__(self) -> None:
-        check_finite(self, "lr", "distill", "temperature", "start", "end")
-        if self.epochs < 1:
-            raise ConfigError(f"epochs={self.epochs}: must be at least 1")
-        if not self.lr > 0:
-            raise ConfigError(f"lr={self.lr}: must be positive")
-        if not 0 <= self.distill <= 1:
-            raise ConfigError(f"distill={self.distill}: must be in [0, 1]")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature={self.temperature}: must be positive")
+        check_finite(self, "start", "end")
+        PruneConfig(self.sparsity, self.scope)  # checks the sparsity and the scope
+        if not isinstance(self.train, TrainConfig):
+            raise ConfigError(f"train={self.train!r}: give a TrainConfig")
         if not 0 <= self.start < self.end <= 1:
             raise ConfigError(f"start={self.start}, end={self.end}: need 0 <= start < end <= 1 (fractions of the run)")
-        if self.frequency < 1:
-            raise ConfigError(f"frequency={self.frequency}: must be at least 1")
+        if not isinstance(self.frequency, int) or self.frequency < 1:
+            raise ConfigError(f"frequency={self.frequency!r}: must be a whole number, at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -93,7 +99,7 @@ class GradualPruner:
         if (self.step - self.start_step) % self.frequency and self.step != self.end_step:
             return
         target = self.sparsity_at(self.step)
-        prune_(model, target, self.scope, self.filter_fn)
+        prune_(model, PruneConfig(target, self.scope), self.filter_fn)
         self.updates.append((self.step, target))
 
 
@@ -108,35 +114,36 @@ def _batches_per_epoch(task: Task) -> int:
 def gradual_prune(
     model: nn.Module,
     task: Task,
-    sparsity: float,
-    train: TrainConfig,
-    start: float = GradualConfig.start,
-    end: float = GradualConfig.end,
-    frequency: int = GradualConfig.frequency,
-    scope: str = "global",
+    config: GradualConfig,
+    *,
     teacher: nn.Module | None = None,
-    device: str | torch.device | None = None,
-    filter_fn: FilterFn = default_filter,
+    filter_fn: FilterFn | None = None,
     log: Callable[[str], None] | None = print,
-) -> PruneStep:
-    """Train ``model`` for ``train.epochs`` epochs while pruning it from its current sparsity to ``sparsity``
-    between the fractions ``start`` and ``end`` of the run; the rest of the run recovers at the final mask.
+) -> PruneResult:
+    """Train ``model`` (in place, where it is) for ``config.train.epochs`` epochs while pruning it from its
+    current sparsity to ``config.sparsity`` between the fractions ``config.start`` and ``config.end`` of the run.
+
+    With ``config.train.distill > 0`` (the default) the run learns from ``teacher``'s soft predictions; without a
+    teacher, from a frozen copy of ``model`` as it was before the run (the dense model, usually).
 
     Returns one :class:`PruneStep` (validation accuracy before and after, per-layer sparsity).
     """
     task = as_task(task)
-    if not 0 <= start < end <= 1:
-        raise ConfigError(f"pruning window {start}..{end}: need 0 <= start < end <= 1 (fractions of the run)")
+    filter_fn = filter_fn or default_filter
     if not prunable_layers(model, filter_fn):
         raise ConfigError("the model has no prunable layer")
+    if config.train.distill > 0 and teacher is None:
+        teacher = copy.deepcopy(model).eval()
     t0 = time.perf_counter()
-    before = val_metric(model, task, device)
+    before = val_metric(model, task)
     prune_from_zeros_(model, filter_fn)  # masks exist before the optimizer sees the parameters
     initial, _ = achieved_sparsity(model, filter_fn)
-    total = train.epochs * _batches_per_epoch(task)
-    pruner = GradualPruner(sparsity, int(start * total), max(int(end * total), int(start * total) + 1),
-                           frequency, initial, scope, filter_fn)  # fmt: skip
-    fit(model, task, train, device, after_step=pruner, teacher=teacher, log=log)
-    after = val_metric(model, task, device)
+    total = config.train.epochs * _batches_per_epoch(task)
+    first = int(config.start * total)
+    pruner = GradualPruner(config.sparsity, first, max(int(config.end * total), first + 1), config.frequency, initial,
+                           config.scope, filter_fn)  # fmt: skip
+    fit(model, task, config.train, after_step=pruner, teacher=teacher, log=log)
+    after = val_metric(model, task)
     achieved, layers = achieved_sparsity(model, filter_fn)
-    return PruneStep(1, sparsity, achieved, before, after, time.perf_counter() - t0, layers)
+    return PruneResult(model, [PruneStep(1, config.sparsity, achieved, before, after, time.perf_counter() - t0,
+                                         layers)])  # fmt: skip

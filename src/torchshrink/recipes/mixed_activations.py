@@ -147,7 +147,7 @@ def plan_activation_widths(
     Example::
 
         acts = plan_activation_widths(pruned, task, 40_000)
-        q = ptq(pruned, task, QuantConfig(bits=4, layer_act_bits=acts.bits))
+        q = ptq(pruned, task, QuantConfig(bits=4, layer_act_bits=acts.bits)).model
     """
     float_acc, float_loss, table, fixed = _measure(model, as_task(task), candidates, include_first, val_images,
                                                    calibration_samples, method, progress, filter_fn)  # fmt: skip

@@ -126,7 +126,7 @@ def plan_uniform_mixed_precision(
     Example::
 
         plan = plan_uniform_mixed_precision(pruned, task, 30_000)
-        q = ptq(pruned, task, QuantConfig(bits=8, act_bits=8, layer_bits=plan.bits))
+        q = ptq(pruned, task, QuantConfig(bits=8, act_bits=8, layer_bits=plan.bits)).model
     """
     task = as_task(task)
     folded = folded_copy(model)

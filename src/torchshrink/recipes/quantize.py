@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,10 +23,12 @@ from torchshrink.quant.apply import (
     set_scales_trainable,
 )
 from torchshrink.quant.fold import fold_batchnorm
+from torchshrink.quant.primitives import check_bits
 from torchshrink.quant.sharing import codebook_layers, codebook_quantize_
+from torchshrink.recipes.results import QuantResult
 from torchshrink.recipes.train import EpochStats, TrainConfig, fit, model_device
 
-__all__ = ["Calibration", "prepare_quantized", "ptq", "qat", "codebook"]
+__all__ = ["Calibration", "FINETUNE", "CodebookConfig", "prepare_quantized", "ptq", "qat", "codebook"]
 
 # where activation ranges come from: a Task (its calibration batches, else its first training batches), or
 # any iterable of input tensors or (inputs, targets) batches, e.g. a DataLoader
@@ -37,13 +40,44 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     return permanent_copy(model).cpu().eval().to(memory_format=torch.contiguous_format)
 
 
+# the fine-tuning of QAT and of codebooks where none is given: two epochs at a peak rate of 0.01
+FINETUNE = TrainConfig(epochs=2, lr=0.01)
+
+
+@dataclass(frozen=True)
+class CodebookConfig:
+    """k-means weight sharing (:func:`codebook`): each layer's weights clustered into ``2^bits - 1`` shared
+    values plus the exact zero of pruned weights.
+
+    >>> CodebookConfig(bits={"fc": 3}).bits
+    {'fc': 3}
+    """
+
+    bits: int | Mapping[str, int] = 4  # log2 of the codebook size: one for every layer, or one per layer name
+    act_bits: int | None = None  # input code width of each layer (None: inputs stay float); the first layer's is 8
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, Mapping):
+            object.__setattr__(self, "bits", dict(self.bits))
+            for width in self.bits.values():
+                check_bits(width)
+        else:
+            check_bits(self.bits)
+        if self.act_bits is not None:
+            check_bits(self.act_bits)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bits": dict(self.bits) if isinstance(self.bits, Mapping) else self.bits, "act_bits": self.act_bits}
+
+
 def prepare_quantized(
-    model: nn.Module, config: QuantConfig, keep_sparsity: bool = True, filter_fn: FilterFn = default_filter
+    model: nn.Module, config: QuantConfig, keep_sparsity: bool = True, filter_fn: FilterFn | None = None
 ) -> nn.Module:
     """A quantizable copy of ``model``: masks made permanent, BatchNorm folded, masks re-attached from the
     zeros (so pruned weights stay exact zeros through QAT), fake quant attached to the layers ``filter_fn``
     accepts. The original is untouched.
     """
+    filter_fn = filter_fn or default_filter
     q = _plain_copy(model)
     fold_batchnorm(q)
     if keep_sparsity and any(bool((p == 0).any()) for p in q.parameters() if p.ndim > 1):
@@ -55,76 +89,81 @@ def ptq(
     model: nn.Module,
     calibration: Calibration,
     config: QuantConfig,
+    *,
     calibration_samples: int | None = None,
-    filter_fn: FilterFn = default_filter,
-) -> nn.Module:
-    """Post-training quantization: a quantized copy whose activation ranges are calibrated on ``calibration``
-    (at most ``calibration_samples`` samples of it; ``None`` may be given for weight-only quantization).
-    ``filter_fn(module, name)`` chooses the layers to quantize (default: every conv and linear layer)."""
+    filter_fn: FilterFn | None = None,
+) -> QuantResult:
+    """Post-training quantization: a quantized copy (on the CPU) whose activation ranges are calibrated on
+    ``calibration`` (a Task, a DataLoader or a list of batches; at most ``calibration_samples`` samples of it;
+    ``None`` for weight-only quantization). ``filter_fn(module, name)`` chooses the layers to quantize
+    (default: every conv and linear layer)."""
     q = prepare_quantized(model, config, filter_fn=filter_fn)
     if config.quantize_inputs:
         calibrate_(q, calibration_inputs(calibration, calibration_samples), config.act_calibration)
-    return q
+    return QuantResult(q)
 
 
 def qat(
     model: nn.Module,
     task: Task,
     config: QuantConfig,
-    train: TrainConfig,
-    device: str | torch.device | None = None,
-    calibration_samples: int | None = None,
-    log: Callable[[str], None] | None = print,
-    progress: bool = True,
+    *,
+    train: TrainConfig = FINETUNE,
     teacher: nn.Module | None = None,
-    filter_fn: FilterFn = default_filter,
-) -> tuple[nn.Module, list[EpochStats]]:
-    """Quantization-aware training: start from PTQ, then fine-tune weights and LSQ step sizes together
-    with fake quant in the loop (straight-through rounding), distilled from ``teacher`` if ``train.distill``."""
+    filter_fn: FilterFn | None = None,
+    log: Callable[[str], None] | None = print,
+    calibration_samples: int | None = None,
+    progress: bool = True,
+) -> QuantResult:
+    """Quantization-aware training: start from PTQ, then fine-tune weights and LSQ step sizes together with
+    fake quant in the loop (straight-through rounding), distilled from ``teacher`` if ``train.distill``.
+    Trains where ``model`` is; the original is untouched."""
     task = as_task(task)
-    device = device if device is not None else model_device(model)
-    q = ptq(model, task, config, calibration_samples, filter_fn)
+    device = model_device(model)
+    q = ptq(model, task, config, calibration_samples=calibration_samples, filter_fn=filter_fn).model.to(device)
     set_scales_trainable(q, True)
-    history = fit(q, task, train, device, log=log, progress=progress, teacher=teacher)
+    history = fit(q, task, train, log=log, progress=progress, teacher=teacher)
     set_scales_trainable(q, False)
-    return q.eval().to(memory_format=torch.contiguous_format), history
+    return QuantResult(q.eval().to(memory_format=torch.contiguous_format), history)
 
 
 def codebook(
     model: nn.Module,
     task: Task | None,
-    bits: int | dict[str, int],
-    act_bits: int | None = None,
-    train: TrainConfig | None = None,
-    device: str | torch.device | None = None,
-    calibration_samples: int | None = None,
-    log: Callable[[str], None] | None = print,
+    config: CodebookConfig,
+    *,
+    train: TrainConfig | None = FINETUNE,
     teacher: nn.Module | None = None,
-    filter_fn: FilterFn = default_filter,
-) -> nn.Module:
+    filter_fn: FilterFn | None = None,
+    log: Callable[[str], None] | None = print,
+    calibration_samples: int | None = None,
+) -> QuantResult:
     """Weight sharing: a copy of ``model`` with BatchNorm folded, each layer's weights clustered into a
-    ``bits``-bit codebook (or per-layer widths from a dict; pruned zeros kept exact), inputs quantized at ``act_bits`` (none if ``None``; the
-    first layer's input at 8 bits, as in :func:`quantize_`), then the centroids fine-tuned if ``train``
-    (distilled from ``teacher`` if ``train.distill``).
+    ``config.bits``-bit codebook (pruned zeros kept exact), inputs quantized at ``config.act_bits`` (the first
+    layer's input at 8 bits, as in :func:`quantize_`), then the centroids fine-tuned with ``train`` (``None``:
+    no fine-tuning; distilled from ``teacher`` if ``train.distill``). Fine-tunes where ``model`` is.
     """
     task = as_task(task) if task is not None else None
-    device = device if device is not None else model_device(model)
+    filter_fn = filter_fn or default_filter
+    device = model_device(model)
     q = _plain_copy(model)
     fold_batchnorm(q)
-    codebook_quantize_(q, bits, filter_fn)
+    codebook_quantize_(q, config.bits, filter_fn)
     if dist.is_distributed():  # k-means on each rank's copy of the weights: the assignments must agree
         dist.check_same_on_all_ranks({n: cb.indices for n, cb in codebook_layers(q).items()}, "codebook assignments")
-    if act_bits is not None:
+    if config.act_bits is not None:
         layers = list(codebook_layers(q))
         modules = dict(q.named_modules())
         for i, name in enumerate(layers):
             if input_skip_reason(q, name) is None:  # e.g. attention's out_proj: weight shared, input left in float
-                attach_input_quant_(modules[name], 8 if i == 0 else act_bits)
+                attach_input_quant_(modules[name], 8 if i == 0 else config.act_bits)
         calibrate_(q, calibration_inputs(task, calibration_samples))
+    history: list[EpochStats] = []
     if train is not None:
         if task is None:
-            raise ConfigError("fine-tuning the codebooks needs a Task with training batches")
+            raise ConfigError("fine-tuning the codebooks needs a Task with training batches (or train=None)")
+        q.to(device)
         set_scales_trainable(q, True)
-        fit(q, task, train, device, log=log, teacher=teacher)
+        history = fit(q, task, train, log=log, teacher=teacher)
         set_scales_trainable(q, False)
-    return q.eval().to(memory_format=torch.contiguous_format)
+    return QuantResult(q.eval().to(memory_format=torch.contiguous_format), history)

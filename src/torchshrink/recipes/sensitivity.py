@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from torchshrink.data.task import Task, as_task
 from torchshrink.pruning.apply import FilterFn, default_filter, prunable_layers, prune_
+from torchshrink.pruning.config import PruneConfig
 from torchshrink.recipes.train import evaluate
 
 __all__ = ["DEFAULT_SPARSITIES", "layer_sensitivity", "sensitivity_table", "sparsities_for_tolerance"]
@@ -22,12 +22,12 @@ def layer_sensitivity(
     model: nn.Module,
     task: Task,
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
-    device: str | torch.device | None = None,
-    filter_fn: FilterFn = default_filter,
+    *,
+    filter_fn: FilterFn | None = None,
     progress: bool = True,
 ) -> dict[str, dict[float, float]]:
     """The validation metric (top-1 accuracy by default) after pruning one layer at a time to each sparsity,
-    the others untouched.
+    the others untouched, where the model is.
 
     Returns ``{layer: {sparsity: metric}}``; sparsity 0.0 is the unpruned model's.
     """
@@ -35,17 +35,17 @@ def layer_sensitivity(
     val = task.need("val", "layer sensitivity")
 
     def measure(m: nn.Module) -> float:
-        return evaluate(m, val, loss=task.loss, metric=task.metric, device=device)[0]
+        return evaluate(m, val, loss=task.loss, metric=task.metric)[0]
 
     base = measure(model)
-    names = list(prunable_layers(model, filter_fn))
+    names = list(prunable_layers(model, filter_fn or default_filter))
     result: dict[str, dict[float, float]] = {}
     bar = tqdm(total=len(names) * len(sparsities), desc="sensitivity", leave=False, disable=None if progress else True)
     for name in names:
         curve = {0.0: base}
         for s in sparsities:
             trial = copy.deepcopy(model)
-            prune_(trial, {name: s}, scope="layer", filter_fn=filter_fn)
+            prune_(trial, PruneConfig({name: s}, scope="layer"), filter_fn)
             curve[float(s)] = measure(trial)
             bar.update()
         result[name] = curve

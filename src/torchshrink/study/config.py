@@ -17,8 +17,8 @@ from torchshrink.data.task import DEFAULT_CALIBRATION_SAMPLES
 from torchshrink.errors import ConfigError, first_line, show_value
 from torchshrink.quant.apply import QuantConfig
 from torchshrink.quant.fake_quant import CALIBRATIONS
-from torchshrink.recipes.compress import CompressConfig
-from torchshrink.recipes.gradual import GradualConfig
+from torchshrink.recipes.gradual import GRADUAL_TRAIN, GradualConfig
+from torchshrink.recipes.quantize import FINETUNE
 from torchshrink.recipes.train import PRECISIONS, TrainConfig
 
 __all__ = ["StudyConfig", "load_config", "quick_config"]
@@ -69,8 +69,24 @@ class IterativeSection:
 
 
 @dataclass(frozen=True)
-class GradualSection(GradualConfig):  # the library's gradual recipe (epochs, lr, distill, ...) and a target
+class GradualSection:  # the library's gradual recipe (GradualConfig and its GRADUAL_TRAIN) and a target
     sparsity: float = 0.9  # target, reached during one training run from the dense baseline
+    epochs: int = GRADUAL_TRAIN.epochs  # epochs of the run
+    lr: float = GRADUAL_TRAIN.lr  # peak learning rate
+    distill: float = GRADUAL_TRAIN.distill  # weight of the dense model's soft predictions in the loss
+    temperature: float = GRADUAL_TRAIN.temperature  # softmax temperature of those predictions
+    start: float = GradualConfig.start  # pruning starts at this fraction of the run ...
+    end: float = GradualConfig.end  # ... and reaches the target here; the rest of the run recovers
+    frequency: int = GradualConfig.frequency  # optimizer steps between mask updates
+
+    def __post_init__(self) -> None:
+        self.recipe()  # the library's checks fire when the section is built
+
+    def recipe(self, seed: int = 0, precision: str = "fp32") -> GradualConfig:
+        """The library's :class:`GradualConfig` this section runs."""
+        train = TrainConfig(epochs=self.epochs, lr=self.lr, distill=self.distill, temperature=self.temperature,
+                            seed=seed, precision=precision)  # fmt: skip
+        return GradualConfig(self.sparsity, train, self.start, self.end, self.frequency)
 
 
 @dataclass(frozen=True)
@@ -89,7 +105,7 @@ class QuantSection:
     # benchmarks/low_bit.py at 2 bits
     full_range_bits: tuple[int, ...] = (2,)
     qat_epochs: int = 1  # QAT epochs per width (the library's default is 2: one fits the study's time budget)
-    lr: float = CompressConfig.lr  # QAT peak learning rate
+    lr: float = FINETUNE.lr  # QAT peak learning rate
     calibration: str = QuantConfig.act_calibration  # activation ranges: minmax, percentile or mse
 
 
@@ -137,6 +153,9 @@ class CombinedSection:
     qat_epochs: int = 1  # fine-tuning epochs with the masks kept
     lr: float = 0.01  # fine-tuning peak learning rate
     distill: float = 0.7  # weight of the dense model's soft predictions in the fine-tuning loss
+    # softmax temperature of those predictions: 4.0 is what these points have always run at (the gradual and
+    # structured stages' 2.0, TrainConfig's default, was chosen on validation for pruning runs)
+    temperature: float = 4.0
     codebook_gradient: str = "mean"  # shared-gradient update of codebook centroids: mean over the cluster
 
 
@@ -207,7 +226,8 @@ def _check(cfg: StudyConfig) -> None:
     for where, value in [("baseline.lr", cfg.baseline.lr), ("iterative.lr", cfg.iterative.lr),
                          ("quantization.lr", cfg.quantization.lr), ("combined.lr", cfg.combined.lr),
                          ("structured.lr", cfg.structured.lr), ("gradual.lr", cfg.gradual.lr),
-                         ("gradual.temperature", cfg.gradual.temperature)]:  # fmt: skip
+                         ("gradual.temperature", cfg.gradual.temperature),
+                         ("combined.temperature", cfg.combined.temperature)]:  # fmt: skip
         need(value > 0, where, value, "must be positive")
     g = cfg.gradual
     need(0 < g.sparsity < 1, "gradual.sparsity", g.sparsity, "must be a sparsity in (0, 1)")

@@ -193,6 +193,8 @@ def _run(
             results["quantization"].append(result)
 
     results["combined"] = []
+    # every setting of the section but the list of points: a setting added later is in the key by itself
+    shared = {k: v for k, v in asdict(cfg.combined).items() if k != "points"}
     for point in cfg.combined.points:
         pkey = sources[point.source] if point.source in sources else pruned_keys[point.sparsity]
 
@@ -201,9 +203,8 @@ def _run(
             return stages.combined_point(ctx, base, pruned, point, folder)
 
         key, result = stage(f"combined-{stages.point_file(point).removesuffix('.tshrink')}",
-                            {**_settings(point), "epochs": cfg.combined.qat_epochs, "lr": cfg.combined.lr,
-                             "distill": cfg.combined.distill, "codebook_gradient": cfg.combined.codebook_gradient,
-                             "calibration_images": cfg.data.calibration_images, **_precision(cfg)}, [base_key, pkey],
+                            {**_settings(point), **shared, "calibration_images": cfg.data.calibration_images,
+                             **_precision(cfg)}, [base_key, pkey],
                             compress)  # fmt: skip
         atomic_copy(cache.folder(key) / result["file"], out / "compressed" / result["file"])
         results["combined"].append(result)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,21 @@ from torchshrink.checkpoint import load_checkpoint, save_checkpoint
 from torchshrink.data import FashionMNIST, Task
 from torchshrink.measure import count_macs, latency
 from torchshrink.models import build_model, fp32_bytes, layer_table, parameter_count
-from torchshrink.pruning import permanent_copy, prune_, sparsity_report, structured_prune_, structured_report
+from torchshrink.pruning import (
+    PruneConfig,
+    StructuredConfig,
+    permanent_copy,
+    prune_,
+    sparsity_report,
+    structured_prune_,
+    structured_report,
+)
 from torchshrink.pruning.structured import check_group_names
 from torchshrink.quant import QuantConfig, storage_report
 from torchshrink.recipes import (
     CompressConfig,
+    GradualConfig,
+    IterativeConfig,
     TrainConfig,
     compress_model,
     evaluate,
@@ -69,7 +79,7 @@ def baseline(ctx: Context, folder: Path) -> dict[str, Any]:
     train = TrainConfig(epochs=b.epochs, lr=b.lr, seed=ctx.cfg.seed, ema=b.ema, precision=ctx.cfg.precision)
     task = ctx.data.task(batch_size=b.batch_size, crop_padding=b.crop_padding, erase=b.erase)
     start = time.perf_counter()
-    history = fit(model, task, train, ctx.device, log=ctx.log)
+    history = fit(model.to(ctx.device), task, train, log=ctx.log)
     seconds = time.perf_counter() - start
     acc = ctx.test(model)
     save_checkpoint(folder / "model", model, b.model, _model_args(model), metrics={"test_accuracy": acc})
@@ -92,13 +102,13 @@ def oneshot(ctx: Context, base: nn.Module) -> dict[str, Any]:
         curves[scope] = {}
         for s in ctx.cfg.oneshot.sparsities:
             model = copy.deepcopy(base)
-            prune_(model, s, scope)
+            prune_(model, PruneConfig(s, scope))
             curves[scope][str(s)] = ctx.test(model)
     return {"test_accuracy": curves}
 
 
 def sensitivity(ctx: Context, base: nn.Module) -> dict[str, Any]:
-    curves = layer_sensitivity(base, ctx.task, ctx.cfg.sensitivity.sparsities, ctx.device, progress=False)
+    curves = layer_sensitivity(base, ctx.task, ctx.cfg.sensitivity.sparsities, progress=False)
     return {"val_accuracy": {n: {str(s): a for s, a in c.items()} for n, c in curves.items()}}
 
 
@@ -106,10 +116,9 @@ def iterative_step(ctx: Context, model: nn.Module, start: float, target: float, 
     """Continue step-by-step pruning of ``model`` (in place) from sparsity ``start`` to ``target``."""
     it = ctx.cfg.iterative
     t0 = time.perf_counter()
-    steps = iterative_prune(model, ctx.task, target, it.steps_per_target,
-                            TrainConfig(epochs=it.epochs_per_step, lr=it.lr, seed=ctx.cfg.seed,
-                                        precision=ctx.cfg.precision), "agp", "global",
-                            device=ctx.device, log=ctx.log, initial=start)  # fmt: skip
+    finetune = TrainConfig(epochs=it.epochs_per_step, lr=it.lr, seed=ctx.cfg.seed, precision=ctx.cfg.precision)
+    config = IterativeConfig(target, it.steps_per_target, finetune, initial=start)
+    steps = iterative_prune(model, ctx.task, config, log=ctx.log).steps
     seconds = time.perf_counter() - t0
     plain = permanent_copy(model)
     rows = sparsity_report(plain)
@@ -125,34 +134,29 @@ def iterative_step(ctx: Context, model: nn.Module, start: float, target: float, 
 
 def gradual(ctx: Context, base: nn.Module, folder: Path) -> dict[str, Any]:
     """Prune a copy of the dense baseline during one training run, distilled from the baseline."""
-    g = ctx.cfg.gradual
-    return _gradual_run(ctx, copy.deepcopy(base), base, g.sparsity, g.epochs, g.lr, g.start, g.end, folder)
+    config = ctx.cfg.gradual.recipe(ctx.cfg.seed, ctx.cfg.precision)
+    return _gradual_run(ctx, copy.deepcopy(base), base, config, folder)
 
 
 def continued(ctx: Context, base: nn.Module, pruned: nn.Module, folder: Path) -> dict[str, Any]:
     """Prune the gradual stage's model further in a second, shorter run, still distilled from the baseline."""
-    c = ctx.cfg.continued
+    c, first = ctx.cfg.continued, ctx.cfg.gradual.recipe(ctx.cfg.seed, ctx.cfg.precision)
     assert c.sparsity is not None
-    return _gradual_run(ctx, pruned, base, c.sparsity, c.epochs, c.lr, 0.0, c.end, folder)
+    train = replace(first.train, epochs=c.epochs, lr=c.lr)
+    return _gradual_run(ctx, pruned, base, replace(first, sparsity=c.sparsity, train=train, start=0.0, end=c.end), folder)
 
 
-def _gradual_run(
-    ctx: Context, model: nn.Module, base: nn.Module, sparsity: float, epochs: int, lr: float, start: float,
-    end: float, folder: Path,
-) -> dict[str, Any]:  # fmt: skip
-    g = ctx.cfg.gradual
-    train = TrainConfig(epochs=epochs, lr=lr, distill=g.distill, temperature=g.temperature, seed=ctx.cfg.seed,
-                        precision=ctx.cfg.precision)
-    step = gradual_prune(model, ctx.task, sparsity, train, start, end, g.frequency,
-                         teacher=base if g.distill else None, device=ctx.device, log=ctx.log)  # fmt: skip
+def _gradual_run(ctx: Context, model: nn.Module, base: nn.Module, config: GradualConfig, folder: Path) -> dict[str, Any]:
+    teacher = base if config.train.distill else None
+    step = gradual_prune(model, ctx.task, config, teacher=teacher, log=ctx.log).steps[0]
     plain = permanent_copy(model)
     rows = sparsity_report(plain)
     acc = ctx.test(plain)
     save_checkpoint(folder / "model", plain, ctx.cfg.baseline.model, _model_args(plain), metrics={"test_accuracy": acc})
     return {
-        "target": sparsity, "sparsity": step.achieved, "test_accuracy": acc, "val_accuracy": step.val_acc_retrained,
+        "target": config.sparsity, "sparsity": step.achieved, "test_accuracy": acc, "val_accuracy": step.val_acc_retrained,
         "seconds": step.seconds, "nonzeros": sum(r.nonzeros for r in rows), "params": sum(r.params for r in rows),
-        "layers": [r.to_dict() for r in rows], "train_config": train.to_dict(),
+        "layers": [r.to_dict() for r in rows], "train_config": config.train.to_dict(),
     }  # fmt: skip
 
 
@@ -160,16 +164,16 @@ def quantize_width(ctx: Context, base: nn.Module, bits: int, first_last_8bit: bo
     q = ctx.cfg.quantization
     config = QuantConfig(bits=bits, act_calibration=q.calibration, keep_first_last_8bit=first_last_8bit,
                          full_range_weights=bits in q.full_range_bits)  # fmt: skip
-    model = ptq(base, ctx.task, config)
+    model = ptq(base, ctx.task, config).model
     ptq_acc = ctx.test(model)
     storage = sum(r.total_bytes for r in storage_report(model))
     t0 = time.perf_counter()
     qat_acc, seconds = None, 0.0
     if q.qat_epochs:
         train = TrainConfig(epochs=q.qat_epochs, lr=q.lr, seed=ctx.cfg.seed, precision=ctx.cfg.precision)
-        model, _ = qat(base, ctx.task, config, train, ctx.device, log=ctx.log)
+        model = qat(base, ctx.task, config, train=train, log=ctx.log).model
         qat_acc, seconds = ctx.test(model), time.perf_counter() - t0
-        qat_val = val_metric(model, ctx.task, ctx.device)
+        qat_val = val_metric(model, ctx.task)
     return {"bits": bits, "act_bits": bits, "first_last_8bit": first_last_8bit,
             "full_range": config.full_range_weights, "ptq_test_accuracy": ptq_acc,
             "qat_test_accuracy": qat_acc, "qat_seconds": seconds, "weight_bytes": storage,
@@ -180,17 +184,19 @@ def combined_point(
     ctx: Context, base: nn.Module, pruned: nn.Module, point: CombinedPoint, folder: Path
 ) -> dict[str, Any]:
     c = ctx.cfg.combined
-    cfg = CompressConfig(sparsity=point.sparsity, bits=point.bits, act_bits=point.act_bits, codebook=point.codebook,
-                         qat_epochs=c.qat_epochs, lr=c.lr, distill=c.distill, budget_bytes=point.budget_bytes,
-                         precision=ctx.cfg.precision)  # fmt: skip
+    finetune = TrainConfig(epochs=c.qat_epochs, lr=c.lr, distill=c.distill, temperature=c.temperature,
+                           precision=ctx.cfg.precision) if c.qat_epochs else None  # fmt: skip
+    cfg = CompressConfig(quant=QuantConfig(bits=point.bits, act_bits=point.act_bits), codebook=point.codebook,
+                         finetune=finetune, budget_bytes=point.budget_bytes)  # fmt: skip
     name, args = ctx.cfg.baseline.model, _model_args(base)
-    model, record = compress_model(base, ctx.task, cfg, ctx.device, log=ctx.log, pruned=pruned, model_name=name,
-                                   model_args=args)  # fmt: skip
+    done = compress_model(base, ctx.task, cfg, log=ctx.log, pruned=pruned, model_name=name, model_args=args)
+    model, record = done.model, done.record
     result = write_and_verify(model, base, ctx.data.test_batches(), folder / point_file(point), name, args)
     result["file"] = point_file(point)
-    result["val_accuracy"] = val_metric(model, ctx.task, ctx.device)  # the model written (its file scores the same)
+    result["val_accuracy"] = val_metric(model, ctx.task)  # the model written (its file scores the same)
     extra = {"mixed_precision": record["mixed_precision"]} if "mixed_precision" in record else {}
-    return {"label": point.label, "role": point.role, "source": point.source, "config": cfg.to_dict(), **result, **extra,
+    return {"label": point.label, "role": point.role, "source": point.source, "sparsity": point.sparsity,
+            "config": cfg.to_dict(), **result, **extra,
             "seconds": record["quant_seconds"]}  # fmt: skip
 
 
@@ -211,13 +217,13 @@ def check_structured(cfg: StudyConfig) -> None:
 def structured(ctx: Context, base: nn.Module) -> dict[str, Any]:
     s = ctx.cfg.structured
     small = copy.deepcopy(base)
-    channels = structured_prune_(small, s.amount, layer_amounts=s.layer_amounts)
+    channels = structured_prune_(small, StructuredConfig(s.amount, layer_sparsity=s.layer_amounts))
     pruned_acc = ctx.test(small)
     if s.finetune_epochs:
         train = TrainConfig(epochs=s.finetune_epochs, lr=s.lr, distill=s.distill, temperature=s.temperature,
                             seed=ctx.cfg.seed, precision=ctx.cfg.precision)  # fmt: skip
-        fit(small, ctx.task, train, ctx.device, log=ctx.log, teacher=base if s.distill else None)
-    acc, val = ctx.test(small), val_metric(small, ctx.task, ctx.device)
+        fit(small, ctx.task, train, log=ctx.log, teacher=base if s.distill else None)
+    acc, val = ctx.test(small), val_metric(small, ctx.task)
     base_cpu, small_cpu = copy.deepcopy(base).cpu(), copy.deepcopy(small).cpu()
     lat = {}
     for batch in (256, 1):
