@@ -3,7 +3,7 @@
 Every case must load into a model that runs with finite outputs, or be refused by ``inspect`` and ``load``
 alike with a one-line ``FormatError`` naming the file; crashes (any other exception, or refusal messages
 that name no field), hangs (over 20 s) and slow cases (over 2 s) must all be 0. The mutator and the seed
-files live with the CI-sized test (``tests/test_fuzz_format.py``); this adds the volume and the memory
+files live with the CI-sized test (``tests/pack/test_fuzz_format.py``); this adds the volume and the memory
 figures: the largest traced (Python + numpy) peak of any case and the process's peak RSS, which also counts
 torch's allocations.
 

@@ -57,7 +57,7 @@ def about(path: str | os.PathLike[str]) -> Iterator[None]:
     """Prefix the file name to a :class:`FormatError` raised inside, once.
 
     Every check names its field; an error of another type means one is missing. It still reaches the user
-    as one line rather than a traceback, marked so (the fuzzer, ``tests/test_fuzz_format.py``, counts it).
+    as one line rather than a traceback, marked so (the fuzzer, ``tests/pack/test_fuzz_format.py``, counts it).
     """
     try:
         yield

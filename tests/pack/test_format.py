@@ -275,11 +275,11 @@ def test_centroid_gradient_is_a_serial_sum_the_same_every_run():
     assert torch.equal(runs[0], serial)
 
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "fixtures"
 
 
 def test_version_2_file_still_loads_with_the_same_predictions():
-    """tests/data/v2_cnn_tiny_4bit.tshrink was written by the version-2 writer (cnn_tiny, random weights and
+    """tests/fixtures/v2_cnn_tiny_4bit.tshrink was written by the version-2 writer (cnn_tiny, random weights and
     BatchNorm statistics, weight-only 4-bit PTQ); the .json beside it holds the logits that writer's loader gave."""
     header, _ = read_compressed(DATA / "v2_cnn_tiny_4bit.tshrink")
     assert header["version"] == 2 and "aliases" not in header

@@ -25,7 +25,7 @@ LAUGHS = "a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n" + "".join(
 
 def test_documented_defaults_match_the_code():
     """docs/study.yaml lists every setting with the value the code uses."""
-    doc = Path(__file__).resolve().parents[1] / "docs" / "study.yaml"
+    doc = Path(__file__).resolve().parents[2] / "docs" / "study.yaml"
     assert load_config(doc) == StudyConfig()
 
 

@@ -174,7 +174,7 @@ def test_independent_reader_reads_aliases_of_an_unregistered_model(tmp_path):
 
 
 def test_independent_reader_reads_the_version_2_fixture():
-    path = Path(__file__).parent / "data" / "v2_cnn_tiny_4bit.tshrink"
+    path = Path(__file__).parents[1] / "fixtures" / "v2_cnn_tiny_4bit.tshrink"
     tensors = independent_read(path.read_bytes())
     state = load_compressed(path).state_dict()
     assert sorted(tensors) == sorted(state)

@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from test_format_independent_reader import independent_read
+from pack.test_independent_reader import independent_read
 from torchshrink.checkpoint import save_checkpoint
 from torchshrink.cli import main
 from torchshrink.errors import ConfigError
