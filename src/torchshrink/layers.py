@@ -24,7 +24,12 @@ from torchshrink.errors import ConfigError
 
 __all__ = [
     "FilterFn",
+    "CONVS",
+    "CONV_TRANSPOSES",
+    "BATCH_NORMS",
+    "NORMS",
     "SUPPORTED_LAYERS",
+    "LEAF_LAYERS",
     "default_filter",
     "prunable_layers",
     "skipped_layers",
@@ -35,16 +40,18 @@ __all__ = [
 
 FilterFn = Callable[[nn.Module, str], bool]  # (module, qualified name) -> accept?
 
-# nn.Linear covers its subclasses, e.g. NonDynamicallyQuantizableLinear (the out_proj of MultiheadAttention)
-SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
+# The layer kinds, in one place: what pruning, quantization, folding, the tracer and the exporter call a layer.
+CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)  # weight (out, in / groups, *kernel)
+CONV_TRANSPOSES: tuple[type[nn.Module], ...] = (  # weight (in, out / groups, *kernel)
     nn.ConvTranspose1d,
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
-    nn.Linear,
 )
+BATCH_NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)  # foldable into a conv
+NORMS: tuple[type[nn.Module], ...] = (*BATCH_NORMS, nn.SyncBatchNorm)  # per-channel norms channels flow through
+# nn.Linear covers its subclasses, e.g. NonDynamicallyQuantizableLinear (the out_proj of MultiheadAttention)
+SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (*CONVS, *CONV_TRANSPOSES, nn.Linear)  # pruned and quantized
+LEAF_LAYERS: tuple[type[nn.Module], ...] = (*SUPPORTED_LAYERS, *NORMS)  # single nodes in a traced graph
 
 FILTER_REJECTED = "rejected by filter_fn"
 _MHA_REASON = (

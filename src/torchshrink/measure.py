@@ -18,10 +18,10 @@ import time
 import torch
 from torch import nn
 
+from torchshrink.layers import CONV_TRANSPOSES, CONVS, SUPPORTED_LAYERS
+
 __all__ = ["layer_macs", "count_macs", "latency"]
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def layer_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
@@ -36,9 +36,9 @@ def layer_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torc
         >>> layer_macs(conv, (x,), conv(x))  # 4 channels * 8 positions * (2 * 3)
         192
     """
-    if isinstance(module, _CONVS):
+    if isinstance(module, CONVS):
         return output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
-    if isinstance(module, _CONV_TRANSPOSES):
+    if isinstance(module, CONV_TRANSPOSES):
         return inputs[0].numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
     if isinstance(module, nn.Linear):
         return output.numel() * module.in_features
@@ -65,7 +65,7 @@ def count_macs(
         nonlocal total
         total += layer_macs(module, inputs, output)
 
-    layers = (*_CONVS, *_CONV_TRANSPOSES, nn.Linear)
+    layers = SUPPORTED_LAYERS
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, layers)]
     was_training = model.training
     model.eval()

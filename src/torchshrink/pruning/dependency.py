@@ -23,40 +23,18 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from torchshrink.errors import ConfigError
+from torchshrink.layers import CONV_TRANSPOSES, CONVS, LEAF_LAYERS, NORMS
 from torchshrink.pruning.channel_ops import OpKind, module_kind, normalize_dims, op_kind
 from torchshrink.pruning.groups import (
-    CONV_TRANSPOSES,
-    CONVS,
-    NORMS,
     ChannelGraph,
     ChannelGroup,
     LayerSlot,
     Layout,
     UnionFind,
 )
+from torchshrink.tracing import trace
 
-__all__ = ["LeafTracer", "trace", "channel_graph"]
-
-
-class LeafTracer(fx.Tracer):
-    """Traces into user modules; stops at torch.nn layers (Conv, BatchNorm, Linear, LayerNorm, ...)."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, (*CONVS, *CONV_TRANSPOSES, *NORMS, nn.Linear)) or super().is_leaf_module(
-            m, module_qualified_name
-        )
-
-
-def trace(model: nn.Module) -> fx.Graph:
-    """The fx graph of ``model``; ConfigError with fx's reason if it cannot be traced."""
-    try:
-        return LeafTracer().trace(model)
-    except Exception as err:  # fx raises TraceError, TypeError, RuntimeError... on what it cannot follow
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(
-            f"structured pruning cannot trace {type(model).__name__} with torch.fx: {first}. "
-            "It needs a forward without data-dependent control flow (no `if x.sum() > 0:`)"
-        ) from err
+__all__ = ["channel_graph"]
 
 
 def channel_graph(model: nn.Module) -> ChannelGraph:
@@ -70,7 +48,7 @@ def channel_graph(model: nn.Module) -> ChannelGraph:
         if parametrize.is_parametrized(module):
             raise ConfigError(f"{name}: has parametrizations (pruning masks?); call make_permanent(model) first")
     analysis = _Analysis(model)
-    for node in trace(model).nodes:
+    for node in trace(model, "structured pruning").nodes:
         analysis.visit(node)
     return analysis.result()
 
@@ -121,7 +99,7 @@ class _Analysis:
 
     def _module(self, node: fx.Node, name: str, m: nn.Module) -> Layout | None:
         kind = type(m)
-        if kind not in (*CONVS, *CONV_TRANSPOSES, *NORMS, nn.Linear):
+        if kind not in LEAF_LAYERS:
             if module_kind(m) is OpKind.UNKNOWN:
                 self._block_inputs(node, f"it reaches {name} ({kind.__name__}), which is not understood")
                 return None

@@ -19,15 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
 from torchshrink.pruning.channel_ops import normalize_dims
 
-__all__ = ["CONVS", "CONV_TRANSPOSES", "NORMS", "Layout", "UnionFind", "LayerSlot", "ChannelGroup", "ChannelGraph"]
+__all__ = ["Layout", "UnionFind", "LayerSlot", "ChannelGroup", "ChannelGraph"]
 
-CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from torchshrink.pruning.groups import CONV_TRANSPOSES, CONVS, NORMS, LayerSlot
+from torchshrink.layers import CONV_TRANSPOSES, CONVS, NORMS
+from torchshrink.pruning.groups import LayerSlot
 
 __all__ = ["kept_positions", "shrink_layer", "replace_layer"]
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import fx, nn
@@ -20,6 +18,8 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
 from torchshrink.errors import ConfigError
+from torchshrink.layers import BATCH_NORMS, CONV_TRANSPOSES, CONVS, NORMS
+from torchshrink.tracing import TraceError, trace
 
 __all__ = [
     # model-level transform
@@ -28,46 +28,6 @@ __all__ = [
     "batchnorm_pairs",
 ]
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)  # weight (out, in/groups, *k): scale axis 0
-_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)  # weight (in, out/groups, *k)
-_FOLDABLE_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_NORMS = (*_FOLDABLE_NORMS, nn.SyncBatchNorm)  # every norm that gets reported when it stays
-_LEAVES = (*_CONVS, *_TRANSPOSED, *_FOLDABLE_NORMS, nn.SyncBatchNorm, nn.Linear)
-
-
-class _LayerTracer(fx.Tracer):
-    """Keeps convs, norms and linears (subclasses and ``Parametrized*`` classes too) as single graph nodes."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (
-            isinstance(m, _LEAVES)
-            or type(m).__name__.startswith("Parametrized")  # tracing into one would evaluate its parametrization
-            or super().is_leaf_module(m, module_qualified_name)
-        )
-
-
-@contextmanager
-def _attributes_restored(model: nn.Module) -> Iterator[None]:
-    # fx stores tensors created in forward (``torch.tensor(2.0)``) as ``_tensor_constant0`` on the root, and
-    # a forward that caches ``self.last = x`` would keep a Proxy: the graph is thrown away, so undo both
-    saved = [(table, dict(table)) for m in model.modules() for table in _attribute_tables(m)]
-    try:
-        yield
-    finally:
-        for table, before in saved:
-            if table.keys() != before.keys() or any(table[k] is not v for k, v in before.items()):
-                table.clear()
-                table.update(before)
-
-
-def _attribute_tables(module: nn.Module) -> tuple[dict, ...]:
-    # __dict__ first: it holds the other three, whose contents are then restored in turn
-    return module.__dict__, module._parameters, module._buffers, module._modules
-
-
-def _trace(model: nn.Module) -> fx.Graph:
-    with _attributes_restored(model):
-        return _LayerTracer().trace(model)
 
 
 def _describe(node: object, modules: dict[str, nn.Module]) -> str:
@@ -98,7 +58,7 @@ def _partner(
 ) -> tuple[str | None, str]:
     """The conv that ``bn_name`` folds into, or ``None`` and the reason it cannot fold."""
     bn = modules[bn_name]
-    if not isinstance(bn, _FOLDABLE_NORMS):
+    if not isinstance(bn, BATCH_NORMS):
         return None, f"{type(bn).__name__} is not folded (only BatchNorm1d/2d/3d)"
     if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
         return None, "has no running statistics (track_running_stats=False)"
@@ -114,14 +74,14 @@ def _partner(
         is_module = isinstance(source, fx.Node) and source.op == "call_module"
         if is_module and isinstance(modules[source.target], nn.Linear):
             return None, f"follows {_describe(source, modules)}; Linear -> BatchNorm is not folded"
-        if not (is_module and isinstance(modules[source.target], _CONVS + _TRANSPOSED)):
+        if not (is_module and isinstance(modules[source.target], CONVS + CONV_TRANSPOSES)):
             return None, f"follows {_describe(source, modules)}, not a convolution"
     conv_names = sorted({source.target for source in sources})
     if len(conv_names) > 1:
         return None, f"its calls follow different convolutions ({', '.join(conv_names)})"
     conv_name = conv_names[0]
     conv = modules[conv_name]
-    if isinstance(conv, _TRANSPOSED) and conv.groups != 1:
+    if isinstance(conv, CONV_TRANSPOSES) and conv.groups != 1:
         return None, f"follows a grouped {type(conv).__name__} (groups={conv.groups}); only groups=1 is folded"
     if _is_lazy(conv):
         return None, f"its convolution {conv_name} is a lazy module that has not seen an input yet"
@@ -160,14 +120,13 @@ def batchnorm_pairs(model: nn.Module) -> tuple[list[tuple[str, str]], dict[str, 
         ([('0', '1')], {'3': 'follows 2 (ReLU), not a convolution'})
     """
     modules = dict(model.named_modules())  # first name of each module object, as fx names its calls
-    norms = [name for name, module in modules.items() if isinstance(module, _NORMS)]
+    norms = [name for name, module in modules.items() if isinstance(module, NORMS)]
     if not norms:
         return [], {}
     try:
-        graph = _trace(model)
-    except Exception as error:  # noqa: BLE001 - fx fails on user code in many ways; report it, never guess
-        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        return [], dict.fromkeys(norms, f"the model cannot be traced by torch.fx: {first.strip()}")
+        graph = trace(model, "BatchNorm folding")
+    except TraceError as error:  # report it for every norm, never guess
+        return [], dict.fromkeys(norms, f"the model cannot be traced by torch.fx: {error.reason}")
     calls: dict[str, list[fx.Node]] = defaultdict(list)  # module name -> its call sites
     reads = {str(node.target) for node in graph.nodes if node.op == "get_attr"}
     for node in graph.nodes:
@@ -198,7 +157,7 @@ def _fold_into(conv: nn.Module, bn: nn.Module) -> None:
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
     new_bias = ((bias - bn.running_mean) * factor + shift).to(conv.weight.device, conv.weight.dtype)
-    axis = 1 if isinstance(conv, _TRANSPOSED) else 0  # output channels: (in, out, *k) or (out, in/groups, *k)
+    axis = 1 if isinstance(conv, CONV_TRANSPOSES) else 0  # output channels: (in, out, *k) or (out, in/groups, *k)
     shape = [1] * conv.weight.ndim
     shape[axis] = -1
     conv.weight.mul_(factor.to(conv.weight.device).reshape(shape))  # (out,) -> e.g. (out, 1, 1, 1)
