@@ -125,7 +125,7 @@ def test_values_in_messages_are_cut_short(tmp_path):
             "combined.points\\[0\\].sparsity: nan must be a finite number",
         ),
         (lambda: {"combined": CombinedSection(points=())}, "combined.points: \\[\\] must hold at least one point"),
-        (lambda: {"precision": "fp16"}, "precision: 'fp16' is not one of fp32, bf16"),
+        (lambda: {"precision": "fp16"}, "precision: 'fp16' is not one of auto, fp32, bf16"),
     ],
 )
 def test_configs_built_in_python_are_checked_too(change, message):
@@ -167,3 +167,15 @@ def test_structured_layer_amounts_naming_no_channel_group_are_refused_before_any
                        "channel group; its groups are features.conv1, features.conv2, features.conv3"):  # fmt: skip
         run_study(cfg, tmp_path / "study", data_dir=str(tmp_path / "no-data"))
     assert not any((tmp_path / "study").glob("cache/*"))
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(monkeypatch, native, expected):
+    import torch
+
+    import torchshrink.study.run as run
+
+    monkeypatch.setattr(run, "native_bf16", lambda device: native)
+    assert StudyConfig().precision == "auto"
+    assert run.resolve_precision(StudyConfig(), torch.device("cpu")).precision == expected
+    assert run.resolve_precision(StudyConfig(precision="fp32"), torch.device("cpu")).precision == "fp32"

@@ -176,10 +176,11 @@ class StructuredSection:
 class StudyConfig:
     seed: int = 0  # initialisation, shuffling and augmentation
     # every training stage in "fp32" or under bfloat16 autocast ("bf16": 1.6-1.9x faster epochs on CPUs with
-    # AVX-512 BF16 or AMX, slower where it is emulated). bf16 keeps the study under 20 minutes here; over four
-    # seeds its baselines scored 0.22 lower on validation and 0.11 higher on test (benchmarks/baseline_recipes.py),
-    # both within the seeds' spread
-    precision: str = "bf16"
+    # AVX-512 BF16 or AMX; emulated elsewhere, 14x slower than fp32 on an AVX2 CPU). bf16 keeps the study under 20
+    # minutes there; over four seeds its baselines scored 0.22 lower on validation and 0.11 higher on test
+    # (benchmarks/baseline_recipes.py), both within the seeds' spread. "auto": bf16 where the device computes it
+    # natively, else fp32; the run records which
+    precision: str = "auto"
     data: DataSection = field(default_factory=DataSection)
     baseline: BaselineSection = field(default_factory=BaselineSection)
     oneshot: OneshotSection = field(default_factory=OneshotSection)
@@ -208,7 +209,8 @@ def _check(cfg: StudyConfig) -> None:
     for where, value in _floats(cfg, ""):  # first: every comparison below is meaningless for NaN and inf
         need(math.isfinite(value), where, value, "must be a finite number")
     need(0 <= cfg.seed <= MAX_INT, "seed", cfg.seed, f"must be from 0 to 2**63-1 ({MAX_INT}), as on the command line")
-    need(cfg.precision in PRECISIONS, "precision", cfg.precision, f"is not one of {', '.join(PRECISIONS)}")
+    need(cfg.precision in ("auto", *PRECISIONS), "precision", cfg.precision,
+         f"is not one of auto, {', '.join(PRECISIONS)}")  # fmt: skip
     need(cfg.baseline.model in MODELS, "baseline.model", cfg.baseline.model, f"is not one of {', '.join(MODELS)}")
     for where, value in [("baseline.epochs", cfg.baseline.epochs), ("baseline.batch_size", cfg.baseline.batch_size),
                          ("iterative.steps_per_target", cfg.iterative.steps_per_target),
