@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
+# as the torchshrink command does (torchshrink._threads): OpenMP threads that sleep while they wait, so the
+# in-process command tests do not spin against the subprocesses other tests start; set before torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 import torch
 from torch import nn
 

@@ -1,7 +1,10 @@
-"""Command-line smoke tests, run as a user would: in a subprocess."""
+"""Command-line tests: in-process through ``main`` (as the console script calls it), in a subprocess where
+that is the point (the module entry, a user's own modules on PYTHONPATH)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import subprocess
@@ -9,14 +12,36 @@ import sys
 
 import pytest
 
+from torchshrink.cli import main
+
 
 def run(*args: str, cwd=None, pythonpath=None) -> subprocess.CompletedProcess[str]:
+    """The command's exit code, stdout and stderr."""
+    if cwd is not None or pythonpath is not None:
+        return run_process(*args, cwd=cwd, pythonpath=pythonpath)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: usage errors and --help
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def run_process(*args: str, cwd=None, pythonpath=None) -> subprocess.CompletedProcess[str]:
     env = None
     if pythonpath is not None:  # the user's own modules, for --model-factory
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(pythonpath), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(
         [sys.executable, "-m", "torchshrink.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
     )
+
+
+def test_the_module_entry_runs_in_a_fresh_process():
+    r = run_process("--help")
+    assert r.returncode == 0 and "compress" in r.stdout and r.stderr == ""
+    r = run_process("frobnicate")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_help_explains_every_option():
