@@ -110,9 +110,7 @@ def compress_model(
     filter_fn = filter_fn or default_filter
     cfg = config
     record: dict[str, Any] = {"config": cfg.to_dict()}
-    trainings = [t for t in (getattr(cfg.prune, "finetune", None), getattr(cfg.prune, "train", None),
-                             getattr(cfg.prune, "final", None), cfg.finetune) if t is not None]  # fmt: skip
-    teacher = (teacher if teacher is not None else base) if any(t.distill > 0 for t in trainings) else None
+    teacher = (teacher if teacher is not None else base) if any(t.distill > 0 for t in _trainings(cfg)) else None
     start = time.perf_counter()
     if pruned is None:
         pruned = copy.deepcopy(base)
@@ -172,6 +170,15 @@ def compress_model(
         if size > cfg.budget_bytes:  # fine-tuning moved more codes (uniform) or header floats than the margin allows
             log(f"warning: the fine-tuned file takes {size:,} bytes, over the budget of {cfg.budget_bytes:,}")
     return CompressResult(model, record)
+
+
+def _trainings(cfg: CompressConfig) -> list[TrainConfig]:
+    """Every training the config runs: the pruning's (rounds and final fine-tune, or the gradual run), then QAT's."""
+    if isinstance(cfg.prune, GradualConfig):
+        pruning = [cfg.prune.train]
+    else:
+        pruning = [] if cfg.prune is None else [cfg.prune.finetune, cfg.prune.final]
+    return [t for t in (*pruning, cfg.finetune) if t is not None]
 
 
 def _file_bytes(

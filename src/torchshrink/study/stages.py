@@ -195,8 +195,7 @@ def combined_point(
     result["file"] = point_file(point)
     result["val_accuracy"] = val_metric(model, ctx.task)  # the model written (its file scores the same)
     extra = {"mixed_precision": record["mixed_precision"]} if "mixed_precision" in record else {}
-    return {"label": point.label, "role": point.role, "source": point.source, "sparsity": point.sparsity,
-            "config": cfg.to_dict(), **result, **extra,
+    return {"label": point.label, "role": point.role, "source": point.source, "config": cfg.to_dict(), **result, **extra,
             "seconds": record["quant_seconds"]}  # fmt: skip
 
 
