@@ -154,7 +154,7 @@ def test_file_round_trip_is_bit_identical(saved):
 
 def test_onnx_exports_agree_with_the_model(saved):
     pytest.importorskip("onnxruntime")
-    from test_export import check_agreement, run_ort
+    from onnx_checks import check_agreement, run_ort
     from torchshrink.export import load_for_export, to_onnx
 
     bits, q, path = saved

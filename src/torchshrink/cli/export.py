@@ -6,9 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from torchshrink._optional import require
 from torchshrink.cli.args import add_data_dir
 from torchshrink.cli.outputs import ONNX, RECORD, add_force, check_output
 from torchshrink.cli.train import factory_spec
+from torchshrink.errors import ConfigError
 
 __all__ = ["add_export_command"]
 
@@ -35,7 +37,14 @@ def _opset(text: str) -> int:
 
 
 def add_export_command(sub: Any) -> None:
-    from torchshrink.export import OPSET
+    try:
+        from torchshrink.export import OPSET, WEIGHT_TYPES
+    except ConfigError:  # the [onnx] extra is not installed: the command says so when it is run
+        p = sub.add_parser("export", help="write an ONNX model (needs: pip install 'torchshrink[onnx]')",
+                           add_help=False)  # fmt: skip
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_needs_onnx)
+        return
 
     p = sub.add_parser(
         "export",
@@ -60,6 +69,10 @@ def add_export_command(sub: Any) -> None:
                    help="keep every bias in float: onnxruntime then computes exactly torchshrink's model, but runs "
                         "the 8-bit layers as float convs (by default their biases are int32 codes, which lets it "
                         "fuse them into integer kernels)")  # fmt: skip
+    p.add_argument("--weight-type", choices=tuple(WEIGHT_TYPES), default="uint8",
+                   help="container of 8-bit weight codes: uint8 (code + 128) is exact on every CPU; int8 is faster "
+                        "where the CPU multiplies u8 x s8 exactly (AVX-512 VNNI, AVX-VNNI) and can saturate on AVX2 "
+                        "(default: %(default)s)")  # fmt: skip
     p.add_argument("--no-check", action="store_true", help="skip running the ONNX model against torchshrink's")
     p.add_argument("--speed", action="store_true",
                    help="also time onnxruntime and torchshrink's model in torch on batches of 1 and 256 (images/s, "
@@ -69,11 +82,15 @@ def add_export_command(sub: Any) -> None:
     p.set_defaults(func=_cmd_export)
 
 
+def _needs_onnx(args: argparse.Namespace) -> int:
+    require("onnx", "torchshrink export")  # raises, naming the extra to install
+    return 1
+
+
 def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[str]]:
     """The model, the integer codes of its weights (for a .tshrink file) and its layers left on float weights."""
     from torchshrink.checkpoint import load_checkpoint
     from torchshrink.cli.train import build_from_factory
-    from torchshrink.errors import ConfigError
     from torchshrink.export import load_for_export
 
     source = Path(args.model)
@@ -100,11 +117,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     summary = check_output(out.with_name(out.name + ".json"), RECORD, force=args.force, option="--out (its record)")
     model, weights, float_layers = _load(args)
     example = torch.zeros(1, *args.input_shape)
-    proto = to_onnx(model, example, args.opset, weights, integer_bias=False if args.float_bias else None)
+    proto = to_onnx(model, example, args.opset, weights, integer_bias=False if args.float_bias else None,
+                    weight_type=args.weight_type)  # fmt: skip
     blob = proto.SerializeToString()
     quantized = bool(weights) or is_fake_quantized(model)
     record: dict[str, Any] = {"source": str(source), "onnx_bytes": len(blob), "opset": args.opset,
                               "graph": "QDQ" if quantized else "fp32", "float_bias": args.float_bias,
+                              "weight_type": args.weight_type,
                               "float_weight_layers": float_layers}  # fmt: skip
     if not args.no_check:
         with torch.no_grad():

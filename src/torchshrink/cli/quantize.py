@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from torchshrink._optional import require
 from torchshrink.cli.args import (
     add_data_dir,
     add_device,
@@ -82,6 +83,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from torchshrink.recipes.quantize import ptq, qat
     from torchshrink.recipes.train import evaluate, pick_device
 
+    if args.onnx:  # before any work
+        require("onnx", "quantize --onnx")
+        require("onnxruntime", "quantize --onnx")
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device="cpu")
     config = QuantConfig(

@@ -1,9 +1,16 @@
-"""Export compressed models to formats other runtimes read: ONNX (fp32, or QDQ from the integer codes)."""
+"""Export compressed models to formats other runtimes read: ONNX (fp32, or QDQ from the integer codes).
 
-from torchshrink.export.check import onnx_agreement, onnx_speed
-from torchshrink.export.from_file import load_for_export
-from torchshrink.export.onnx_export import OPSET, export_onnx, is_fake_quantized, to_onnx
-from torchshrink.export.onnx_graph import SUPPORTED, build_qdq_model
+Needs the ``[onnx]`` extra (onnx and onnxruntime)."""
+
+from torchshrink._optional import require
+
+require("onnx", "ONNX export (torchshrink.export)")  # first: a clear message, not a bare ImportError below
+
+from torchshrink.export.check import onnx_agreement, onnx_speed  # noqa: E402
+from torchshrink.export.from_file import load_for_export  # noqa: E402
+from torchshrink.export.onnx_export import OPSET, export_onnx, is_fake_quantized, to_onnx  # noqa: E402
+from torchshrink.export.onnx_graph import SUPPORTED, build_qdq_model  # noqa: E402
+from torchshrink.export.onnx_layers import WEIGHT_TYPES, WeightType  # noqa: E402
 
 __all__ = [
     # ONNX
@@ -16,4 +23,6 @@ __all__ = [
     "onnx_speed",
     "SUPPORTED",
     "OPSET",
+    "WEIGHT_TYPES",
+    "WeightType",
 ]

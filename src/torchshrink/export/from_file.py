@@ -1,7 +1,7 @@
 """A ``.tshrink`` file back to a model and the integer codes behind its weights, ready for the QDQ exporter.
 
 :func:`~torchshrink.pack.load_compressed` gives a model on float weights (codes times scales) with its input
-quantizers; the exporter needs the codes themselves to store INT8 weights. They come from the same read of the
+quantizers; the exporter needs the codes themselves to store integer weights. They come from the same read of the
 file, so the graph holds exactly what the file holds. Codebook (weight-sharing) tensors have no uniform codes:
 their layers export on float weights, named by :func:`load_for_export`.
 """

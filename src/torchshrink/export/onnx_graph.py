@@ -2,8 +2,11 @@
 
 Each quantized layer becomes the standard QDQ pattern that ONNX runtimes recognise:
 
-* its weight: the integer codes as an INT8 initializer -> ``DequantizeLinear`` (per output channel: axis 0,
-  zero point 0) -> ``Conv`` / ``Gemm`` / ``MatMul``, then the bias in float as its own ``Add`` (given as the
+* its weight: the integer codes as an initializer -> ``DequantizeLinear`` (per output channel: axis 0) ->
+  ``Conv`` / ``Gemm`` / ``MatMul``; 8-bit codes as UINT8 ``code + 128`` with zero point 128 by default, which
+  onnxruntime multiplies exactly on every CPU (see :data:`~torchshrink.export.onnx_layers.WEIGHT_TYPES`),
+  narrower codes as INT8 with zero point 0. Its bias: int32 codes where both weight and input are 8-bit
+  (then onnxruntime fuses the layer into one integer kernel), else in float as its own ``Add`` (given as the
   layer's bias input, onnxruntime's optimizer would round it to int32 codes: a different model);
 * its input quantizer: ``QuantizeLinear`` -> ``DequantizeLinear`` (``uint8`` for an unsigned spec, the input of
   a layer after a ReLU; ``int8`` otherwise). A code range narrower than its container (widths under 8 bits,
@@ -25,7 +28,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from torchshrink.errors import ConfigError
-from torchshrink.export.onnx_layers import GraphBuilder, emit_conv, emit_linear, emit_qdq
+from torchshrink.export.onnx_layers import GraphBuilder, WeightType, check_weight_type, emit_conv, emit_linear, emit_qdq
 from torchshrink.quant.apply import input_quantizer, weight_quantizer
 from torchshrink.quant.export import QuantizedLayer, export_layers
 from torchshrink.quant.fake_quant import FakeQuant
@@ -95,6 +98,7 @@ def _emit_layer(
     shape: tuple[int, ...],
     quantized_input: bool,
     integer_bias: bool | None,
+    weight_type: WeightType,
 ) -> str:
     """Input QDQ (if the layer has an enabled input quantizer and ``x`` was not quantized by it already), then
     the layer on its (de)quantized weight, its bias as int32 codes where ``integer_bias`` says so (``None``:
@@ -111,8 +115,8 @@ def _emit_layer(
         if q is not None and (integer_bias if integer_bias is not None else eight_bit):
             bias_from = input_scale
     if isinstance(layer, nn.Conv2d):
-        return emit_conv(g, name, layer, x, q, bias_from)
-    return emit_linear(g, name, layer, x, q, len(shape), bias_from)
+        return emit_conv(g, name, layer, x, q, bias_from, weight_type=weight_type)
+    return emit_linear(g, name, layer, x, q, len(shape), bias_from, weight_type=weight_type)
 
 
 def _emit_module(
@@ -123,10 +127,12 @@ def _emit_module(
     q: QuantizedLayer | None,
     quantized_input: bool,
     integer_bias: bool | None,
+    weight_type: WeightType,
 ) -> str:
     name = str(node.target)
     if isinstance(module, (nn.Conv2d, nn.Linear)):
-        return _emit_layer(g, name, module, x, q, _shape(node.args[0]), quantized_input, integer_bias)
+        shape = _shape(node.args[0])
+        return _emit_layer(g, name, module, x, q, shape, quantized_input, integer_bias, weight_type)
     if isinstance(module, nn.ReLU):
         return g.node("Relu", [x], name)
     if isinstance(module, nn.MaxPool2d):
@@ -232,6 +238,8 @@ def build_qdq_model(
     opset: int = 17,
     weights: dict[str, QuantizedLayer] | None = None,
     integer_bias: bool | None = None,
+    *,
+    weight_type: WeightType = "uint8",
 ) -> onnx.ModelProto:
     """The ONNX graph of a fake-quantized ``model`` (in eval mode) with a dynamic batch axis.
 
@@ -243,11 +251,14 @@ def build_qdq_model(
         weights: integer codes of layers whose weights are plain tensors in ``model`` (e.g. decoded from a
             ``.tshrink`` file), by layer name; they must reproduce those weights.
         integer_bias: see :func:`torchshrink.export.to_onnx`.
+        weight_type: how 8-bit weight codes are stored, ``"uint8"`` or ``"int8"`` (see
+            :data:`torchshrink.export.onnx_layers.WEIGHT_TYPES`).
 
     Raises:
         ConfigError: an operation or layer the exporter does not translate, a graph with several inputs
-            or outputs, or codes that do not reproduce the model's quantized weights.
+            or outputs, codes that do not reproduce the model's quantized weights, or an unknown weight type.
     """
+    check_weight_type(weight_type)
     try:
         graph_module = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as exc:  # fx raises several types for data-dependent control flow and untraceable calls
@@ -287,7 +298,7 @@ def build_qdq_model(
                 target = str(node.target)
                 quantized_input = fq is not None and early[source][0] == target
                 values[node.name] = _emit_module(
-                    g, node, modules[target], x, layers.get(target), quantized_input, integer_bias
+                    g, node, modules[target], x, layers.get(target), quantized_input, integer_bias, weight_type
                 )
             else:
                 values[node.name] = _emit_call(g, node, x)

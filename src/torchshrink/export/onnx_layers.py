@@ -10,7 +10,7 @@ the integer codes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -24,7 +24,17 @@ from torchshrink.quant.export import QuantizedLayer
 from torchshrink.quant.fake_quant import QuantSpec
 from torchshrink.quant.primitives import broadcast_to_axis
 
-__all__ = ["GraphBuilder", "emit_qdq", "emit_conv", "emit_linear"]
+__all__ = ["WEIGHT_TYPES", "WeightType", "check_weight_type", "GraphBuilder", "emit_qdq", "emit_conv", "emit_linear"]
+
+WeightType = Literal["uint8", "int8"]
+# how 8-bit signed weight codes are stored (narrower codes stay int8, unsigned ones uint8, under either). On x86
+# without VNNI (AVX2, AVX-512 without VNNI), onnxruntime's uint8 x int8 kernels add two products in a saturating
+# int16 (VPMADDUBSW): 2 * 255 * 127 = 64,770 > 32,767, so 8-bit int8 weights give other outputs there. Codes of 7
+# bits or fewer cannot reach that limit (2 * 255 * 64 = 32,640).
+WEIGHT_TYPES: dict[str, str] = {
+    "uint8": "exact on every CPU",  # code + 128, zero point + 128: the same values, multiplied uint8 x uint8
+    "int8": "faster; on x86, exact only with VNNI",  # the codes as they are
+}
 
 
 class GraphBuilder:
@@ -55,6 +65,13 @@ class GraphBuilder:
         output = out if out is not None else name
         self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
         return output
+
+
+def check_weight_type(weight_type: str) -> None:
+    """Raise :class:`~torchshrink.errors.ConfigError` unless ``weight_type`` is a key of :data:`WEIGHT_TYPES`."""
+    if weight_type not in WEIGHT_TYPES:
+        choices = "; ".join(f"{k!r} ({v})" for k, v in WEIGHT_TYPES.items())
+        raise ConfigError(f"weight_type {weight_type!r}: give one of {choices}")
 
 
 def _container(signed: bool) -> tuple[type[np.integer], int, int]:
@@ -101,33 +118,45 @@ def emit_qdq(
     return g.node("DequantizeLinear", [q, s, z], f"{name}.dequantize", axis=axis)
 
 
-def _quantized_weight(g: GraphBuilder, name: str, layer: nn.Module, q: QuantizedLayer, transpose: bool) -> str:
+def _quantized_weight(
+    g: GraphBuilder, name: str, layer: nn.Module, q: QuantizedLayer, transpose: bool, weight_type: WeightType
+) -> str:
     """The integer codes as an initializer -> ``DequantizeLinear`` (per output channel: axis 0, or 1 once
-    transposed for ``MatMul``). Checks first that the codes reproduce the layer's fake-quantized weight."""
-    dtype = _container(q.spec.signed)[0]
+    transposed for ``MatMul``). 8-bit signed codes are stored as ``weight_type`` (see :data:`WEIGHT_TYPES`).
+    Checks first that the stored codes reproduce the layer's fake-quantized weight."""
     # export_layers stores codes as int8: an unsigned spec's codes 128..255 wrapped around, and view() undoes it
-    codes = (q.codes.view(torch.uint8) if dtype is np.uint8 else q.codes).cpu()  # (out, in, kh, kw) or (out, in)
+    codes = (q.codes.cpu() if q.spec.signed else q.codes.cpu().view(torch.uint8)).to(torch.int32)  # (out, in, ...)
     axis = q.spec.axis
     scale = q.scale.cpu() if q.spec.per_channel else q.scale.cpu()[0]
     fq = weight_quantizer(layer)  # None for codes decoded from a file, which are symmetric (zero point 0)
     zp = torch.from_numpy(_integer_zero_point(f"{name}.weight", fq.zero_point if fq is not None else q.scale * 0))
     zp = zp if q.spec.per_channel else zp[0]
+    dtype = _container(q.spec.signed)[0]
+    if q.spec.signed and q.spec.bits == 8 and weight_type == "uint8":
+        codes, zp, dtype = codes + 128, zp + 128, np.uint8  # the same values, (code + 128 - (zp + 128)) * scale
     deq = (codes.to(torch.float32) - broadcast_to_axis(zp, codes, axis)) * broadcast_to_axis(scale, codes, axis)
     if not torch.allclose(deq, layer.weight.detach().cpu(), rtol=1e-6, atol=0.0):
         raise ConfigError(f"{name}: its integer codes do not reproduce its quantized weight; export refused")
-    codes = codes.numpy()
+    stored = codes.numpy().astype(dtype)
     if transpose:
-        codes, axis = codes.T, (1 if axis is not None else None)  # (out, in) -> (in, out) for MatMul
-    w = g.const(f"{name}.weight_codes", codes)
+        stored, axis = stored.T, (1 if axis is not None else None)  # (out, in) -> (in, out) for MatMul
+    w = g.const(f"{name}.weight_codes", stored)
     s = g.const(f"{name}.weight_scale", scale.numpy().astype(np.float32))
     z = g.const(f"{name}.weight_zero_point", zp.numpy().astype(dtype))
     attrs = {} if axis is None else {"axis": axis}
     return g.node("DequantizeLinear", [w, s, z], f"{name}.weight", **attrs)
 
 
-def _weight(g: GraphBuilder, name: str, layer: nn.Module, q: QuantizedLayer | None, transpose: bool = False) -> str:
+def _weight(
+    g: GraphBuilder,
+    name: str,
+    layer: nn.Module,
+    q: QuantizedLayer | None,
+    weight_type: WeightType,
+    transpose: bool = False,
+) -> str:
     if q is not None:
-        return _quantized_weight(g, name, layer, q, transpose)
+        return _quantized_weight(g, name, layer, q, transpose, weight_type)
     w = layer.weight.detach().cpu().numpy().astype(np.float32)  # any other parametrization, evaluated
     return g.const(f"{name}.weight", w.T if transpose else w)
 
@@ -179,12 +208,19 @@ def _add_bias(g: GraphBuilder, name: str, layer: nn.Module, y: str, channel_dims
 
 
 def emit_conv(
-    g: GraphBuilder, name: str, layer: nn.Conv2d, x: str, q: QuantizedLayer | None, input_scale: float | None = None
+    g: GraphBuilder,
+    name: str,
+    layer: nn.Conv2d,
+    x: str,
+    q: QuantizedLayer | None,
+    input_scale: float | None = None,
+    *,
+    weight_type: WeightType,
 ) -> str:
     """``Conv`` on the (dequantized) weight with its bias (see :func:`_bias_and_add`).
 
     ``input_scale``: the scale of the quantized input ``x`` to store the bias as int32 codes of ``input_scale *
-    weight_scale``; ``None`` keeps it float."""
+    weight_scale``; ``None`` keeps it float. ``weight_type``: see :data:`WEIGHT_TYPES`."""
     if layer.padding_mode != "zeros":
         raise ConfigError(f"{name}: Conv2d padding_mode={layer.padding_mode!r} not supported by the ONNX exporter yet")
     if isinstance(layer.padding, str):
@@ -194,7 +230,7 @@ def emit_conv(
         pad = (0, 0)
     else:
         pad = tuple(layer.padding)
-    weight = _weight(g, name, layer, q)
+    weight = _weight(g, name, layer, q, weight_type)
     bias, add = _bias_and_add(g, name, layer, q, input_scale)
     y = g.node("Conv", [x, weight, *bias], f"{name}.conv" if add else name, kernel_shape=list(layer.kernel_size),
                strides=list(layer.stride), pads=[*pad, *pad], dilations=list(layer.dilation), group=layer.groups)  # fmt: skip
@@ -209,12 +245,14 @@ def emit_linear(
     q: QuantizedLayer | None,
     rank: int,
     input_scale: float | None = None,
+    *,
+    weight_type: WeightType,
 ) -> str:
     """``Gemm`` on a (batch, features) input, ``MatMul`` (bias added after it) on inputs of any other rank."""
     if rank == 2:
-        weight = _weight(g, name, layer, q)
+        weight = _weight(g, name, layer, q, weight_type)
         bias, add = _bias_and_add(g, name, layer, q, input_scale)
         y = g.node("Gemm", [x, weight, *bias], f"{name}.gemm" if add else name, transB=1)
     else:
-        y, add = g.node("MatMul", [x, _weight(g, name, layer, q, transpose=True)], f"{name}.matmul"), True
+        y, add = g.node("MatMul", [x, _weight(g, name, layer, q, weight_type, transpose=True)], f"{name}.matmul"), True
     return _add_bias(g, name, layer, y, channel_dims=0) if add and layer.bias is not None else y

@@ -18,6 +18,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from torchshrink._io import atomic_copy, atomic_write_bytes, atomic_write_json
+from torchshrink._optional import require
 from torchshrink.data import load_fashion_mnist
 from torchshrink.errors import TorchshrinkError
 from torchshrink.provenance import machine, versions
@@ -109,6 +110,7 @@ def run_study(
     One study at a time per folder: a second one raises :class:`StudyBusy` before any work.
     """
     out = Path(out)
+    require("matplotlib", "the study's plots")  # before any work: a study without its plots is not finished
     with study_lock(out):
         return _run(cfg, out, data_dir, device, log, stop_after, progress)
 

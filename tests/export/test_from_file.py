@@ -15,7 +15,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from test_export import check_agreement, run_ort
+from onnx_checks import check_agreement, run_ort
 from torchshrink.cli import main
 from torchshrink.data import FashionMNIST, Task
 from torchshrink.export import load_for_export, to_onnx
@@ -56,8 +56,9 @@ def sparse_w8a8(
 def test_export_from_a_file_stores_its_codes_and_agrees(
     sparse_w8a8: tuple[nn.Module, Path], images: torch.Tensor
 ) -> None:
-    """The codes read from the file are the model's own (pruned zeros included), the graph's INT8 initializers
-    are those codes, and onnxruntime on the loaded model agrees as for the in-memory model."""
+    """The codes read from the file are the model's own (pruned zeros included), the graph's initializers are
+    those codes (8-bit: UINT8 ``code + 128``), and onnxruntime on the loaded model agrees as for the in-memory
+    model."""
     q, path = sparse_w8a8
     model, weights, float_layers = load_for_export(path)
     assert float_layers == [] and set(weights) == set(quantized_layers(q))
@@ -69,7 +70,8 @@ def test_export_from_a_file_stores_its_codes_and_agrees(
     proto = to_onnx(model, images[:1], weights=weights)
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     for name, layer in weights.items():
-        np.testing.assert_array_equal(inits[f"{name}.weight_codes"], layer.codes.numpy())
+        np.testing.assert_array_equal(inits[f"{name}.weight_codes"], layer.codes.numpy().astype(np.int32) + 128)
+        assert inits[f"{name}.weight_codes"].dtype == inits[f"{name}.weight_zero_point"].dtype == np.uint8
     check_agreement(q, proto, images, "enable_all")
     np.testing.assert_allclose(run_ort(proto, images), run_ort(to_onnx(q, images[:1]), images), atol=1e-5)
 
@@ -111,8 +113,15 @@ def test_export_command_writes_the_model_and_its_agreement(
     record = json.loads(out.with_name("m.onnx.json").read_text())
     onnx.checker.check_model(onnx.load(out), full_check=True)
     assert record["graph"] == "QDQ" and record["agreement"]["images"] == 10_000
-    assert record["agreement"]["top1_agreement"] >= 0.999
+    assert record["agreement"]["top1_agreement"] >= 0.999 and record["weight_type"] == "uint8"
     assert "same top-1 on" in capsys.readouterr().out
+    weights = {t.name: t for t in onnx.load(out).graph.initializer if t.name.endswith(".weight_codes")}
+    assert weights and all(t.data_type == onnx.TensorProto.UINT8 for t in weights.values())  # 8-bit codes + 128
+    int8 = tmp_path / "out" / "int8.onnx"
+    assert main(["export", str(path), "--out", str(int8), "--weight-type", "int8", "--no-check"]) == 0
+    assert json.loads(int8.with_name("int8.onnx.json").read_text())["weight_type"] == "int8"
+    assert all(t.data_type == onnx.TensorProto.INT8 for t in onnx.load(int8).graph.initializer
+               if t.name.endswith(".weight_codes"))  # fmt: skip
 
 
 def test_export_command_refuses_bad_outputs_and_inputs(
