@@ -48,3 +48,15 @@ def test_an_untraceable_forward_is_refused_with_fx_reason():
     with pytest.raises(TraceError, match="a test cannot trace Branchy with torch.fx: .*control flow") as error:
         trace(Branchy(), "a test")
     assert error.value.reason
+
+
+def test_a_graph_module_keeps_the_constants_its_forward_made():
+    from torchshrink.tracing import trace_module
+
+    model = Caching().eval()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        module = trace_module(model, "a test")
+        assert torch.equal(module(x), expected)
+    assert not hasattr(model, "_tensor_constant0")

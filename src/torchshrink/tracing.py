@@ -15,7 +15,7 @@ from torch import fx, nn
 from torchshrink.errors import ConfigError, first_line
 from torchshrink.layers import LEAF_LAYERS
 
-__all__ = ["LayerTracer", "TraceError", "trace", "attributes_restored"]
+__all__ = ["LayerTracer", "TraceError", "trace", "trace_module", "attributes_restored"]
 
 
 class TraceError(ConfigError):
@@ -66,9 +66,17 @@ def trace(model: nn.Module, purpose: str) -> fx.Graph:
     Raises:
         TraceError: fx cannot trace the model (data-dependent control flow, ...), with fx's reason.
     """
+    return trace_module(model, purpose).graph
+
+
+def trace_module(model: nn.Module, purpose: str) -> fx.GraphModule:
+    """:func:`trace` as a runnable ``GraphModule``, which holds its own references to the constants a forward
+    made (the model gives them back)."""
     try:
         with attributes_restored(model):
-            return LayerTracer().trace(model)
+            tracer = LayerTracer()
+            graph = tracer.trace(model)
+            return fx.GraphModule(tracer.root, graph)
     except Exception as err:  # fx raises TraceError, TypeError, RuntimeError... on what it cannot follow
         reason = first_line(str(err).strip()) or type(err).__name__
         raise TraceError(

@@ -32,22 +32,12 @@ from torchshrink.export.onnx_layers import GraphBuilder, WeightType, check_weigh
 from torchshrink.quant.apply import input_quantizer, weight_quantizer
 from torchshrink.quant.export import QuantizedLayer, export_layers
 from torchshrink.quant.fake_quant import FakeQuant
+from torchshrink.tracing import trace_module
 
 __all__ = ["SUPPORTED", "build_qdq_model"]
 
 SUPPORTED = "Conv2d, Linear, ReLU, MaxPool2d, AdaptiveAvgPool2d(1), Flatten (from dim 1), Identity, Dropout (eval)"
 INPUT_NAME, OUTPUT_NAME = "input", "output"
-
-
-class _Tracer(fx.Tracer):
-    """Keeps convs and linears (``Parametrized*`` ones too) as single call_module nodes."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (
-            isinstance(m, (nn.Conv2d, nn.Linear))
-            or type(m).__name__.startswith("Parametrized")  # tracing into one would evaluate its parametrization
-            or super().is_leaf_module(m, module_qualified_name)
-        )
 
 
 def _unsupported(what: str) -> ConfigError:
@@ -259,11 +249,7 @@ def build_qdq_model(
             or outputs, codes that do not reproduce the model's quantized weights, or an unknown weight type.
     """
     check_weight_type(weight_type)
-    try:
-        graph_module = fx.GraphModule(model, _Tracer().trace(model))
-    except Exception as exc:  # fx raises several types for data-dependent control flow and untraceable calls
-        raise ConfigError(f"{type(model).__name__}: torch.fx cannot trace its forward ({exc}); the ONNX exporter "
-                          "of quantized models needs a traceable forward") from exc  # fmt: skip
+    graph_module = trace_module(model, "the ONNX exporter of quantized models")
     ShapeProp(graph_module).propagate(example_input)  # ranks, to tell Gemm from MatMul and check flattens
     modules = dict(model.named_modules())
     layers = {q.name: q for q in export_layers(model) if weight_quantizer(modules[q.name]).enabled}
