@@ -35,6 +35,8 @@ __all__ = [
     "skipped_layers",
     "warn_skipped",
     "find_parametrization",
+    "stored_weight",
+    "weight_ties",
     "FILTER_REJECTED",
 ]
 
@@ -181,3 +183,34 @@ def find_parametrization(module: nn.Module, kind: type[P], name: str = "weight")
             if isinstance(p, kind):
                 return p
     return None
+
+
+def stored_weight(module: nn.Module) -> torch.Tensor:
+    """The tensor a layer's ``weight`` is stored in: the parametrization's original where there is one."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    return module.weight
+
+
+def weight_ties(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, list[str]]:
+    """For each of ``layers`` whose weight tensor another module also holds (a language model's head tied to its
+    embedding), the names of those other holders. A module reached under two names is one layer, not a tie.
+
+    >>> emb, head = nn.Embedding(10, 4), nn.Linear(4, 10, bias=False)
+    >>> head.weight = emb.weight
+    >>> weight_ties(nn.ModuleDict({"emb": emb, "head": head}), {"head": head})
+    {'head': ['emb.weight']}
+    """
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, parametrize.ParametrizationList):
+            continue  # the original of a parametrized weight: its layer is the holder, found through stored_weight
+        for pname, p in module._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), []).append((module, f"{name}.{pname}" if name else pname))
+    ties = {}
+    for name, layer in layers.items():
+        others = [label for module, label in holders.get(id(stored_weight(layer)), []) if module is not layer]
+        if others:
+            ties[name] = others
+    return ties

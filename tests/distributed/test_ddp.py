@@ -24,7 +24,7 @@ from torch import nn
 
 from torchshrink import distributed as dist
 from torchshrink.data import Task, TensorBatches
-from torchshrink.errors import DistributedError
+from torchshrink.errors import ConfigError, DistributedError
 from torchshrink.pruning.apply import get_mask, prune_
 from torchshrink.pruning.config import PruneConfig
 from torchshrink.quant import QuantConfig
@@ -234,9 +234,9 @@ def test_batches_that_cannot_be_split_are_refused_by_name(monkeypatch):
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.zeros(8, 2), torch.zeros(8)), batch_size=4
     )
-    with pytest.raises(Exception, match="DistributedSampler"):
+    with pytest.raises(ConfigError, match="DistributedSampler"):
         dist.training_shard(loader)
-    with pytest.raises(Exception, match="generator cannot be split"):
+    with pytest.raises(ConfigError, match="generator cannot be split"):
         dist.training_shard(b for b in [(torch.zeros(2), torch.zeros(2))])
     sampled = torch.utils.data.DataLoader(
         loader.dataset, batch_size=4,

@@ -19,7 +19,15 @@ from torch.nn.utils import parametrize
 
 from torchshrink import distributed as dist
 from torchshrink.errors import ConfigError
-from torchshrink.layers import FilterFn, default_filter, find_parametrization, prunable_layers, warn_skipped
+from torchshrink.layers import (
+    FilterFn,
+    default_filter,
+    find_parametrization,
+    prunable_layers,
+    stored_weight,
+    warn_skipped,
+    weight_ties,
+)
 from torchshrink.pruning.config import PruneConfig
 from torchshrink.pruning.masks import MASKS, min_density_masks
 
@@ -51,10 +59,17 @@ class Mask(nn.Module):
         return weight * self.mask
 
 
-def _weight(module: nn.Module) -> torch.Tensor:
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original
-    return module.weight
+def _check_untied(model: nn.Module, layers: dict[str, nn.Module]) -> None:
+    # a mask on a weight another module also reads would prune that module too once made permanent (an
+    # embedding tied to a language model's head becoming mostly zeros), while during training only the masked
+    # layer would see the zeros: refused by name rather than a silently different model
+    ties = weight_ties(model, layers)
+    if ties:
+        name, others = next(iter(ties.items()))
+        raise ConfigError(
+            f"{name}.weight is the same tensor as {', '.join(others)}: a mask on one would change the other. "
+            f"Leave {name} out with filter_fn, or untie them (give {name} its own copy of the weight)"
+        )
 
 
 def get_mask(module: nn.Module) -> torch.Tensor | None:
@@ -65,7 +80,7 @@ def get_mask(module: nn.Module) -> torch.Tensor | None:
 
 def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
     existing = get_mask(module)
-    mask = mask.to(device=_weight(module).device, dtype=_weight(module).dtype)
+    mask = mask.to(device=stored_weight(module).device, dtype=stored_weight(module).dtype)
     if existing is not None:
         existing.copy_(mask)
     else:
@@ -79,7 +94,7 @@ def _warn_nearly_empty(layers: dict[str, nn.Module]) -> None:
         mask = get_mask(layer)
         if mask is None:
             continue
-        kept, n = int(((_weight(layer) != 0) & (mask != 0)).sum()), mask.numel()
+        kept, n = int(((stored_weight(layer) != 0) & (mask != 0)).sum()), mask.numel()
         if kept == 0 or kept < SPARSE_LAYER_DENSITY * n:
             sparse.append(f"{name} ({kept} of {n} weights non-zero)")
     if sparse:
@@ -126,10 +141,11 @@ def prune_(model: nn.Module, config: PruneConfig, filter_fn: FilterFn | None = N
         groups = [([name], amount) for name, amount in config.sparsity.items()]
     else:
         groups = [(list(layers), config.sparsity)]
+    _check_untied(model, layers)
     warn_skipped(model, filter_fn, "prune_")
     with torch.no_grad():
         for names, amount in groups:
-            weights = [_weight(layers[n]) for n in names]
+            weights = [stored_weight(layers[n]) for n in names]
             previous = [get_mask(layers[n]) for n in names]
             masks = MASKS[config.scope](weights, amount, previous)
             if config.min_density > 0:
@@ -153,8 +169,9 @@ def _check_ranks_agree(masks: dict[str, torch.Tensor]) -> None:
 def prune_from_zeros_(model: nn.Module, filter_fn: FilterFn = default_filter) -> dict[str, torch.Tensor]:
     """Attach masks that keep exactly the non-zero weights (to resume work on a saved pruned model)."""
     layers = prunable_layers(model, filter_fn)
+    _check_untied(model, layers)
     for module in layers.values():
-        _set_mask(module, (_weight(module) != 0).float())
+        _set_mask(module, (stored_weight(module) != 0).float())
     masks = {name: get_mask(module) for name, module in layers.items()}
     _check_ranks_agree(masks)
     return masks
