@@ -507,7 +507,7 @@ def bases(tmp_path_factory: pytest.TempPathFactory, data_dir: str) -> Bases:
     return make_bases(tmp_path_factory.mktemp("fuzz-bases"), Path(data_dir))
 
 
-@pytest.mark.parametrize("area, cases", [("checkpoint", 800), ("data", 400), ("config", 800)])
+@pytest.mark.parametrize("area, cases", [("checkpoint", 400), ("data", 200), ("config", 400)])
 def test_fuzzed_inputs_load_correctly_or_fail_with_one_clear_error(bases, tmp_path, area, cases):
     """Every mutated input loads correctly or raises its area's error naming the file: no other exception,
     no case over 2 s, and none that raises the peak memory by more than 512 MiB (the 1 GiB bomb would)."""

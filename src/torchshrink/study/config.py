@@ -36,6 +36,7 @@ MAX_INT = 2**63 - 1  # |integer setting|: what torch's seeds and sizes can hold
 class DataSection:
     train_subset: int | None = None  # train on the first N training images (None: all 55,000)
     test_subset: int | None = None  # evaluate on the first N test images (None: all 10,000)
+    val_subset: int | None = None  # validate on the first N validation images (None: all 5,000)
     calibration_images: int = DEFAULT_CALIBRATION_SAMPLES  # training images used to calibrate activation ranges
 
 
@@ -294,7 +295,8 @@ def _check(cfg: StudyConfig) -> None:
              "bits must be from 2 to 8")  # fmt: skip
     need(cfg.combined.codebook_gradient == "mean", "combined.codebook_gradient", cfg.combined.codebook_gradient,
          "must be 'mean' (the only update implemented)")  # fmt: skip
-    for where, value in [("data.train_subset", cfg.data.train_subset), ("data.test_subset", cfg.data.test_subset)]:
+    for where, value in [("data.train_subset", cfg.data.train_subset), ("data.test_subset", cfg.data.test_subset),
+                         ("data.val_subset", cfg.data.val_subset)]:  # fmt: skip
         need(value is None or value >= 100, where, value, "must be empty or at least 100")
 
 
@@ -461,7 +463,7 @@ def quick_config(cfg: StudyConfig) -> StudyConfig:
     r = dataclasses.replace
     return r(
         cfg,
-        data=r(cfg.data, train_subset=4000, test_subset=2000, calibration_images=256),
+        data=r(cfg.data, train_subset=4000, test_subset=2000, val_subset=1000, calibration_images=256),
         baseline=r(cfg.baseline, epochs=2),
         oneshot=r(cfg.oneshot, sparsities=(0.3, 0.6, 0.9)),
         sensitivity=r(cfg.sensitivity, sparsities=(0.5, 0.9)),

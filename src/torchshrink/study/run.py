@@ -91,6 +91,15 @@ def _precision(cfg: StudyConfig) -> dict[str, str]:
     return {} if cfg.precision == "fp32" else {"precision": cfg.precision}
 
 
+def _data_key(cfg: StudyConfig) -> dict[str, Any]:
+    """The data section in a stage's settings: all validation images was the only choice before ``val_subset``
+    existed, so a study on them keeps the keys it had."""
+    data = asdict(cfg.data)
+    if data["val_subset"] is None:
+        del data["val_subset"]
+    return data
+
+
 def _settings(point: Any) -> dict[str, Any]:
     # what the point computes: its role only names it in the report, so it stays out of the cache key
     return {k: v for k, v in asdict(point).items() if k != "role"}
@@ -129,7 +138,8 @@ def _run(
 
     started = time.perf_counter()
     stages.check_structured(cfg)
-    data = load_fashion_mnist(data_dir).subset(train=cfg.data.train_subset, test=cfg.data.test_subset)
+    d = cfg.data
+    data = load_fashion_mnist(data_dir).subset(train=d.train_subset, val=d.val_subset, test=d.test_subset)
     device = pick_device(device)
     cfg = resolve_precision(cfg, device)  # before any cache key: a bf16 and an fp32 stage are different stages
     ctx = stages.Context(cfg, data, device, lambda line: tqdm.write(line) if progress else log(line))
@@ -153,7 +163,7 @@ def _run(
             raise StudyInterrupted(name)
         return key, result
 
-    common = {"seed": cfg.seed, "data": asdict(cfg.data)}
+    common = {"seed": cfg.seed, "data": _data_key(cfg)}
     base_key, results["baseline"] = stage("baseline", {**common, **asdict(cfg.baseline), **_precision(cfg)}, [],
                                           lambda folder: stages.baseline(ctx, folder))  # fmt: skip
     base = stages.load_model(cache.folder(base_key), ctx.device)
