@@ -30,7 +30,7 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=10
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
