@@ -50,6 +50,8 @@ class GradualConfig:
 
     def __post_init__(self) -> None:
         check_finite(self, "start", "end")
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
+            raise ConfigError(f"sparsity={self.sparsity!r}: one fraction for the whole model, e.g. 0.9")
         PruneConfig(self.sparsity, self.scope)  # checks the sparsity and the scope
         if not isinstance(self.train, TrainConfig):
             raise ConfigError(f"train={self.train!r}: give a TrainConfig")

@@ -65,6 +65,8 @@ class IterativeConfig:
     final: TrainConfig | None = None  # one longer fine-tune after the last round (None: none)
 
     def __post_init__(self) -> None:
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
+            raise ConfigError(f"sparsity={self.sparsity!r}: one fraction for the whole model, e.g. 0.9")
         PruneConfig(self.sparsity, self.scope)  # checks the sparsity and the scope
         if not check_amount(self.initial) <= self.sparsity:
             raise ConfigError(f"initial={self.initial}: the schedule starts at or below its target {self.sparsity}")
