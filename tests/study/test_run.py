@@ -17,7 +17,7 @@ from torchshrink.study.cache import StageCache
 from torchshrink.study.run import LOCK, StudyBusy, study_lock
 
 TINY = {
-    "data": {"train_subset": 1000, "test_subset": 500, "val_subset": 500, "calibration_images": 128},
+    "data": {"train_subset": 600, "test_subset": 300, "val_subset": 300, "calibration_images": 128},
     "baseline": {"model": "cnn_tiny", "epochs": 1, "lr": 0.05},
     "oneshot": {"sparsities": [0.5, 0.9]},
     "sensitivity": {"sparsities": [0.5]},
