@@ -178,7 +178,7 @@ def test_compress_inspect_and_eval_a_file(tmp_path, data_dir, tiny_checkpoint):
     base = tiny_checkpoint
     out = tmp_path / "m.tshrink"
     r = run("compress", str(base), "--sparsity", "0.7", "--bits", "4", "--steps", "1", "--qat-epochs", "0",
-            "--train-subset", "2000", "--data-dir", data_dir, "--out", str(out))  # fmt: skip
+            "--train-subset", "1000", "--data-dir", data_dir, "--out", str(out))  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "loaded back from the file" in r.stdout and out.is_file()
     import json
@@ -200,7 +200,7 @@ def test_compress_gradual_distilled_mixed_precision_under_a_budget(tmp_path, dat
     out = tmp_path / "mixed.tshrink"
     r = run("compress", str(tiny_checkpoint), "--sparsity", "0.6", "--bits", "4", "--codebook", "--budget", "3200",
             "--prune-method", "gradual", "--prune-epochs", "1", "--distill", "0.5", "--qat-epochs", "1",
-            "--train-subset", "2000", "--data-dir", data_dir, "--out", str(out))  # fmt: skip
+            "--train-subset", "1000", "--data-dir", data_dir, "--out", str(out))  # fmt: skip
     assert r.returncode == 0, r.stderr
     summary = json.loads(out.with_name(out.name + ".json").read_text())
     plan = summary["mixed_precision"]

@@ -3,14 +3,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 
 import matplotlib.image as mpimg
 import pytest
 import yaml
 
+from torchshrink.cli import main
 from torchshrink.errors import ConfigError, TorchshrinkError
 from torchshrink.study import StudyConfig, StudyInterrupted, load_config, run_study
 from torchshrink.study.cache import StageCache
@@ -176,27 +175,28 @@ def test_invalid_config_is_a_clear_error(tmp_path, text, message):
         load_config(path)
 
 
-def test_cli_rejects_a_bad_config_before_any_work(tmp_path):
+def test_cli_rejects_a_bad_config_before_any_work(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("seed: [1]\n")
-    r = subprocess.run([sys.executable, "-m", "torchshrink.cli", "study", "--config", str(bad), "--out",
-                        str(tmp_path / "out")], capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert r.returncode == 1 and "seed: expected an integer" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    assert main(["study", "--config", str(bad), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "seed: expected an integer" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
-def test_a_second_study_on_the_same_folder_fails_at_once(tiny_config, tmp_path, data_dir):
-    """Two studies on one --out would both compute everything and delete each other's live temporaries."""
+def test_a_second_study_on_the_same_folder_fails_at_once(tiny_config, tmp_path, data_dir, capsys):
+    """Two studies on one --out would both compute everything and delete each other's live temporaries. (flock
+    locks belong to open files, so a second open in the same process is refused as another process's is.)"""
     out = tmp_path / "study"
     with study_lock(out):
         start = time.perf_counter()
         with pytest.raises(StudyBusy, match=re.escape(f"{out}: another study is running in this folder")):
             run_study(tiny_config, out, data_dir, "cpu", progress=False, log=lambda _: None)
         assert time.perf_counter() - start < 5  # before loading the data, let alone training
-        r = subprocess.run([sys.executable, "-m", "torchshrink.cli", "study", "--quick", "--data-dir", data_dir,
-                            "--out", str(out)], capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert r.returncode == 1 and "another study is running" in r.stderr and str(out) in r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert main(["study", "--quick", "--data-dir", data_dir, "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert "another study is running" in err and str(out) in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert [p.name for p in out.iterdir()] == [LOCK]  # the lock file stays; the kernel's lock went with the fd
 
 
