@@ -166,6 +166,8 @@ def test_study_produces_every_artifact_and_resumes(tiny_config, tmp_path, data_d
             "must be continued.sparsity",
         ),
         ("[1, 2", "not valid YAML"),
+        ("seed: 1\nbaseline: {epochs: 3}\nseed: 2", "line 3: 'seed' is given twice; keep one"),
+        ("baseline:\n  epochs: 3\n  lr: 0.1\n  epochs: 4", "line 4: 'epochs' is given twice"),
     ],
 )
 def test_invalid_config_is_a_clear_error(tmp_path, text, message):

@@ -389,7 +389,7 @@ def _value(hint: Any, value: Any, where: str) -> Any:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` without aliases and without deep nesting, and with bounded integers.
+    """``yaml.safe_load`` without aliases, duplicate keys or deep nesting, and with bounded integers.
 
     An alias repeats a value by reference: nine nested ones in 300 bytes ("billion laughs") make a value
     whose printout is gigabytes. Deep nesting exhausts the stack of the recursive composer, and a
@@ -412,6 +412,20 @@ class _StrictLoader(yaml.SafeLoader):
         finally:
             self.depth -= 1
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # YAML itself lets the last of two equal keys win: a setting written twice would be half ignored
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if duplicate:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: {show_value(key)} is given twice; keep one")
+        return super().construct_mapping(node, deep=deep)
+
     def construct_bounded_int(self, node: yaml.ScalarNode) -> int:
         digits = str(self.construct_scalar(node)).replace("_", "")
         if len(digits) > MAX_DIGITS:
@@ -426,7 +440,7 @@ def load_config(path: str | os.PathLike[str] | None) -> StudyConfig:
     """Read and validate a YAML file (``None``: the defaults). Raises :class:`ConfigError` naming the key.
 
     Nothing in the file can make this hang, allocate much or raise anything else: its size, nesting and
-    integers are bounded, aliases are refused, and every value a message prints is cut short.
+    integers are bounded, aliases and duplicate keys are refused, and every value a message prints is cut short.
     """
     if path is None:
         return StudyConfig()
