@@ -578,3 +578,19 @@ def test_train_records_its_augmentation_and_weight_average(tmp_path, data_dir):
     assert r.returncode == 0, r.stderr
     config = json.loads((out / "model.json").read_text())["train_config"]
     assert (config["ema"], config["erase"], config["crop_padding"]) == (0.5, 0.25, 2)
+
+
+def test_eval_escapes_what_a_file_says_its_class_is(tmp_path, data_dir):
+    """A file's ``model.class`` is the file's word: a newline or a terminal escape in it is shown escaped."""
+    from torch import nn
+
+    from torchshrink.pack import save_compressed
+    from torchshrink.quant import QuantConfig
+    from torchshrink.recipes import ptq
+
+    evil = type("Net\n\x1b[31mred", (nn.Sequential,), {})
+    model = ptq(evil(nn.Flatten(), nn.Linear(784, 10)), None, QuantConfig(bits=8, quantize_inputs=False)).model
+    save_compressed(model, tmp_path / "evil.tshrink")
+    r = run("eval", str(tmp_path / "evil.tshrink"), "--data-dir", data_dir)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "\x1b" not in r.stderr and "\\x1b[31mred" in r.stderr

@@ -19,7 +19,7 @@ from torchshrink.cli.args import (
     seed_int,
 )
 from torchshrink.cli.outputs import CHECKPOINT, add_force, check_output
-from torchshrink.errors import ConfigError, TorchshrinkError
+from torchshrink.errors import ConfigError, TorchshrinkError, show_value
 
 if TYPE_CHECKING:
     from torch import nn
@@ -298,7 +298,7 @@ def _eval_file(args: argparse.Namespace, device: Any) -> int:
         name = info.get("name") if isinstance(info, dict) else None
         if isinstance(info, dict) and (name is None or (isinstance(name, str) and name not in MODELS)):
             saved = info.get("class") if name is None else name
-            shown = saved if isinstance(saved, str) and len(saved) <= 120 else "?"  # a file may hold anything
+            shown = show_value(saved, 120)  # escaped and cut: a file may hold anything, newlines and escapes too
             raise TorchshrinkError(f"{path}: saved from a model that is not registered ({shown}); pass "
                                    "--model-factory MODULE:CALLABLE naming your code that builds it, e.g. "
                                    "mypkg.nets:MyNet")  # fmt: skip
