@@ -211,23 +211,29 @@ def test_compress_gradual_distilled_mixed_precision_under_a_budget(tmp_path, dat
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, message, code",
     [
-        (("compress", "X", "--sparsity", "0.5", "--bits", "4", "--act-budget", "1000", "--codebook"), "--codebook"),
+        (("compress", "X", "--sparsity", "0.5", "--bits", "4", "--act-budget", "1000", "--codebook"), "--codebook", 2),
         (("compress", "X", "--sparsity", "0.5", "--bits", "4", "--budget", "1000", "--keep-first-last-8bit"),
-         "--keep-first-last-8bit"),
+         "--keep-first-last-8bit", 2),
         (("prune", "X", "--sparsity", "0.5", "--method", "structured", "--distill", "0.5", "--finetune-epochs", "0"),
-         "--distill"),
-        (("prune", "X", "--sparsity", "0.5", "--multiple-of", "8"), "--multiple-of"),
-        (("prune", "X", "--sparsity", "0.5", "--layer-sparsity", "features.conv1=0.5"), "--layer-sparsity"),
+         "--distill", 2),
+        (("prune", "X", "--sparsity", "0.5", "--multiple-of", "8"), "--multiple-of", 2),
+        (("prune", "X", "--sparsity", "0.5", "--layer-sparsity", "features.conv1=0.5"), "--layer-sparsity", 2),
+        (("prune", "X", "--sparsity", "0.5", "--method", "oneshot", "--rewind"), "--rewind", 2),
+        (("prune", "nowhere", "--sparsity", "0.5", "--method", "oneshot", "--rewind"), "--rewind", 2),  # before I/O
+        (("sensitivity", "X", "--sparsities", ""), "--sparsities", 2),
+        (("train", "--model", "resnet"), "invalid choice: 'resnet'", 2),
+        # a name the model does not have is about the input, not the options: exit 1
         (("prune", "X", "--sparsity", "0.5", "--method", "structured", "--layer-sparsity", "features.nope=0.5"),
-         "its groups are features.conv1"),
+         "its groups are features.conv1", 1),
     ],
 )
-def test_options_that_do_not_combine_are_one_line_errors(tmp_path, data_dir, tiny_checkpoint, args, message):
+def test_options_that_do_not_combine_are_one_line_errors(tmp_path, data_dir, tiny_checkpoint, args, message, code):
+    """Options that do not go together are usage errors (exit 2, as argparse's own), found before any work."""
     args = tuple(str(tiny_checkpoint) if a == "X" else a for a in args)
     r = run(*args, "--data-dir", data_dir, "--out", str(tmp_path / "out"))
-    assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.returncode == code and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from torchshrink.cli.args import Parser
+from torchshrink.cli.args import Parser, UsageError
 from torchshrink.cli.compress import add_compress_commands
 from torchshrink.cli.export import add_export_command
 from torchshrink.cli.prune import add_pruning_commands
@@ -51,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return run_on_ranks(args.func, args)
+    except UsageError as exc:  # options that do not go together: a usage error, as argparse's (exit 2)
+        print(f"torchshrink: error: {exc}", file=sys.stderr)
+        return 2
     except TorchshrinkError as exc:
         print(f"torchshrink: error: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,8 @@ import math
 from collections.abc import Callable
 from typing import NoReturn
 
+from torchshrink.errors import TorchshrinkError
+
 __all__ = [
     "Parser",
     "bounded",
@@ -23,6 +25,7 @@ __all__ = [
     "layer_sparsities",
     "bits",
     "add_data_dir",
+    "UsageError",
     "add_device",
     "add_full_range",
 ]
@@ -36,6 +39,10 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+
+
+class UsageError(TorchshrinkError):
+    """Options that do not go together: a usage error like argparse's own (exit code 2), raised before any work."""
 
 def bounded(
     kind: Callable[[str], float | int], low: float, what: str, high: float | None = None

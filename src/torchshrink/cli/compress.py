@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from torchshrink.cli.args import (
+    UsageError,
     add_data_dir,
     add_device,
     add_full_range,
@@ -20,7 +21,6 @@ from torchshrink.cli.args import (
     sparsity,
 )
 from torchshrink.cli.outputs import COMPRESSED, RECORD, add_force, check_output
-from torchshrink.errors import TorchshrinkError
 from torchshrink.quant import QuantConfig
 from torchshrink.recipes.compress import CompressConfig
 from torchshrink.recipes.gradual import GRADUAL_TRAIN, GradualConfig
@@ -118,11 +118,11 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
     device = pick_device(args.device)
     if args.act_budget is not None and args.codebook:
-        raise TorchshrinkError("--act-budget chooses the input widths of uniform codes: drop --codebook")
+        raise UsageError("--act-budget chooses the input widths of uniform codes: drop --codebook")
     if args.budget is not None and args.keep_first_last_8bit and not args.codebook:
-        raise TorchshrinkError("--budget chooses every layer's weight width: drop --keep-first-last-8bit")
+        raise UsageError("--budget chooses every layer's weight width: drop --keep-first-last-8bit")
     if args.full_range and args.codebook:
-        raise TorchshrinkError("--full-range sets the range of uniform weight codes; codebooks have none: drop one")
+        raise UsageError("--full-range sets the range of uniform weight codes; codebooks have none: drop one")
     ckpt = load_checkpoint(args.checkpoint)
     cfg = _config(args)
     full = "-full" if args.full_range else ""  # a full-range file must not replace the narrow one's

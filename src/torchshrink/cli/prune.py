@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from torchshrink.cli.args import (
+    UsageError,
     add_data_dir,
     add_device,
     add_precision,
@@ -144,25 +145,15 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from torchshrink.recipes import gradual_prune, iterative_prune, oneshot_prune
     from torchshrink.recipes.train import evaluate, fit, pick_device
 
+    default = FINETUNE_DEFAULTS[args.method]
+    epochs = args.finetune_epochs if args.finetune_epochs is not None else (default.epochs if default else 0)
+    _check_combinations(args, epochs)  # before any work, as argparse's own checks
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device)
-    if args.rewind and args.method != "iterative":
-        raise ConfigError("--rewind applies to --method iterative only")
     rewind = load_rewind(args.checkpoint) if args.rewind else None
     out = Path(args.out) if args.out else Path(f"{ckpt.path}-pruned-{args.method}-{args.sparsity:g}")
     out = check_output(out, CHECKPOINT, force=args.force, inputs=[ckpt.path])
     check_fits_fashion_mnist(ckpt.model, ckpt.path)
-    default = FINETUNE_DEFAULTS[args.method]
-    epochs = args.finetune_epochs if args.finetune_epochs is not None else (default.epochs if default else 0)
-    if args.method in ("iterative", "gradual") and epochs == 0:
-        raise ConfigError(f"--finetune-epochs 0: {args.method} pruning trains while pruning; use --method oneshot")
-    if args.distill and not epochs:
-        raise ConfigError("--distill needs retraining: iterative, gradual, or oneshot / structured with "
-                          "--finetune-epochs")  # fmt: skip
-    if args.multiple_of > 1 and args.method != "structured":
-        raise ConfigError("--multiple-of applies to --method structured (whole channels) only")
-    if args.layer_sparsity and args.method != "structured":
-        raise ConfigError("--layer-sparsity applies to --method structured (whole channels) only")
     base = default or ITERATIVE
     lr = args.lr if args.lr is not None else base.lr
     distill = args.distill if args.distill is not None else (base.distill if default else 0.0)
@@ -228,6 +219,21 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_combinations(args: argparse.Namespace, epochs: int) -> None:
+    """Refuse options that do not go together (a usage error, exit code 2)."""
+    if args.rewind and args.method != "iterative":
+        raise UsageError("--rewind applies to --method iterative only")
+    if args.method in ("iterative", "gradual") and epochs == 0:
+        raise UsageError(f"--finetune-epochs 0: {args.method} pruning trains while pruning; use --method oneshot")
+    if args.distill and not epochs:
+        raise UsageError("--distill needs retraining: iterative, gradual, or oneshot / structured with "
+                         "--finetune-epochs")  # fmt: skip
+    if args.multiple_of > 1 and args.method != "structured":
+        raise UsageError("--multiple-of applies to --method structured (whole channels) only")
+    if args.layer_sparsity and args.method != "structured":
+        raise UsageError("--layer-sparsity applies to --method structured (whole channels) only")
+
+
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from torchshrink._io import atomic_write_json
     from torchshrink.checkpoint import load_checkpoint
@@ -237,10 +243,10 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from torchshrink.recipes.sensitivity import DEFAULT_SPARSITIES, layer_sensitivity, sensitivity_table
     from torchshrink.recipes.train import pick_device
 
+    if args.sparsities is not None and not args.sparsities:
+        raise UsageError("--sparsities: give at least one value, e.g. 0.5,0.9")
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device)
-    if args.sparsities is not None and not args.sparsities:
-        raise ConfigError("--sparsities: give at least one value, e.g. 0.5,0.9")
     out = Path(args.out) if args.out else ckpt.path
     target = check_output(out / "sensitivity.json", RECORD, force=args.force, option="--out")
     check_fits_fashion_mnist(ckpt.model, ckpt.path)

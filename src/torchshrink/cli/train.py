@@ -28,6 +28,7 @@ __all__ = ["add_train_commands"]
 
 
 def add_train_commands(sub: Any) -> None:
+    from torchshrink.models import MODELS
     from torchshrink.recipes.train import TrainConfig
     from torchshrink.study.config import BaselineSection
 
@@ -38,7 +39,7 @@ def add_train_commands(sub: Any) -> None:
     p = sub.add_parser(
         "train", help="train the baseline CNN on Fashion-MNIST", description="Train a model and save a checkpoint."
     )
-    p.add_argument("--model", default="cnn", help="registered model name (default: %(default)s)")
+    p.add_argument("--model", default="cnn", choices=tuple(MODELS), help="registered model name (default: %(default)s)")
     p.add_argument(
         "--epochs",
         type=positive_int,
