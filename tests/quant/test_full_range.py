@@ -240,5 +240,5 @@ def test_cli_flag_reaches_the_model(tmp_path, data_dir, capsys):
     weight_codes = [v for k, v in codes.items() if k.endswith("weight_codes")]
     assert min(int(c.min()) for c in weight_codes) == -2 and max(int(c.max()) for c in weight_codes) <= 1
     assert main(["compress", str(ckpt), "--sparsity", "0.5", "--bits", "2", "--full-range", "--codebook",
-                 "--data-dir", data_dir, "--out", str(tmp_path / "c.tshrink")]) == 1  # fmt: skip
+                 "--data-dir", data_dir, "--out", str(tmp_path / "c.tshrink")]) == 2  # a usage error  # fmt: skip
     assert "--full-range" in capsys.readouterr().err and not (tmp_path / "c.tshrink").exists()
