@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from torch import fx, nn
 
@@ -66,17 +67,22 @@ def trace(model: nn.Module, purpose: str) -> fx.Graph:
     Raises:
         TraceError: fx cannot trace the model (data-dependent control flow, ...), with fx's reason.
     """
-    return trace_module(model, purpose).graph
+    return _traced(model, purpose, runnable=False)
 
 
 def trace_module(model: nn.Module, purpose: str) -> fx.GraphModule:
     """:func:`trace` as a runnable ``GraphModule``, which holds its own references to the constants a forward
     made (the model gives them back)."""
+    return _traced(model, purpose, runnable=True)
+
+
+def _traced(model: nn.Module, purpose: str, runnable: bool) -> Any:
     try:
         with attributes_restored(model):
             tracer = LayerTracer()
             graph = tracer.trace(model)
-            return fx.GraphModule(tracer.root, graph)
+            # a GraphModule takes the constants while they are still on the model; a bare graph needs none
+            return fx.GraphModule(tracer.root, graph) if runnable else graph
     except Exception as err:  # fx raises TraceError, TypeError, RuntimeError... on what it cannot follow
         reason = first_line(str(err).strip()) or type(err).__name__
         raise TraceError(
