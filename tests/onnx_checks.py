@@ -58,6 +58,7 @@ def check_agreement(
         int32_biases = any(n.name.endswith(".bias") and n.op_type == "DequantizeLinear" for n in proto.graph.node)
         flipped = 0.02 if int32_biases else 0.01
     name, last = list(quantized_layers(q).items())[-1]
+    last = last.module
     layer_node = next(n for n in proto.graph.node if n.name in (name, f"{name}.gemm", f"{name}.conv", f"{name}.matmul"))
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)

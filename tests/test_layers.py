@@ -1,4 +1,5 @@
-"""Layer selection on models other than torchshrink's own CNN: convolutions of every kind, attention, norms."""
+"""Layer selection on models other than torchshrink's own CNN: convolutions of every kind, embeddings, attention,
+RNNs, norms, and weights of no known kind."""
 
 from __future__ import annotations
 
@@ -17,9 +18,19 @@ from torchshrink.pruning import prune_
 from torchshrink.pruning.config import PruneConfig
 from torchshrink.quant import QuantConfig, calibrate_, input_quantizer, quantize_, weight_quantizer
 
-MHA_REASON = (
-    "raw projection parameter inside nn.MultiheadAttention: not a layer torchshrink can parametrize; left in float"
-)
+
+class Table(nn.Module):
+    """A module holding a raw 2-D parameter of no known kind: it stays float, and is said so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(4, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.table.T
+
+
+TABLE_REASON = "Table is not a layer kind torchshrink knows; left in float (see register_layer_kind)"
 
 # --- tiny models, random weights ------------------------------------------------------------------------------
 
@@ -83,7 +94,8 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor], 
     "transformer": (
         EncoderNet,
         lambda b: torch.randn(b, 5, 6),
-        {"embed", "encoder.self_attn.out_proj", "encoder.linear1", "encoder.linear2", "head"},
+        {"embed", "encoder.self_attn.in_proj_weight", "encoder.self_attn.out_proj", "encoder.linear1",
+         "encoder.linear2", "head"},
     ),
     "mlp_layernorm": (_mlp_with_layernorm, lambda b: torch.randn(b, 3, 4), {"1", "4"}),
     "depthwise": (_depthwise, lambda b: torch.randn(b, 3, 6, 6), {"0", "3", "5", "8"}),
@@ -116,28 +128,32 @@ def _quiet(fn: Callable[[], object]) -> object:
         nn.ConvTranspose3d(2, 4, 3),
         nn.Linear(3, 4),
         nn.modules.linear.NonDynamicallyQuantizableLinear(3, 4),
+        nn.Embedding(5, 3),
+        nn.EmbeddingBag(5, 3),
+        nn.MultiheadAttention(8, 2),
+        nn.LSTM(4, 8),
+        nn.GRU(4, 8),
+        nn.RNN(4, 8),
     ],
     ids=lambda m: type(m).__name__,
 )
-def test_default_filter_accepts_every_convolution_and_linear_layer(module):
+def test_default_filter_accepts_every_layer_of_a_known_kind(module):
     assert default_filter(module, "layer")
 
 
-@pytest.mark.parametrize(
-    "module", [nn.Embedding(5, 3), nn.LayerNorm(4), nn.BatchNorm2d(4), nn.MultiheadAttention(8, 2), nn.ReLU()]
-)
+@pytest.mark.parametrize("module", [nn.LayerNorm(4), nn.BatchNorm2d(4), nn.ReLU(), Table()])
 def test_default_filter_rejects_everything_else(module):
     assert not default_filter(module, "layer")
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_every_conv_and_linear_layer_is_prunable(name):
+def test_every_layer_of_a_known_kind_is_prunable(name):
     assert set(prunable_layers(_build(name))) == MODELS[name][2]
 
 
 def test_no_prunable_layer_names_the_module_types_it_saw():
-    model = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4))
-    with pytest.raises(ConfigError, match="no prunable layer.*Embedding, LayerNorm, Sequential"):
+    model = nn.Sequential(Table(), nn.LayerNorm(4))
+    with pytest.raises(ConfigError, match="no prunable layer.*LayerNorm, Sequential, Table"):
         prunable_layers(model)
 
 
@@ -154,15 +170,18 @@ def test_skipped_layers_give_a_reason_for_every_weight_left_in_float():
             self.bn = nn.BatchNorm1d(8)
             self.conv = nn.Conv1d(8, 8, 1)
             self.fc = nn.Linear(8, 2)
+            self.rnn = nn.LSTM(8, 8, num_layers=2, bidirectional=True, proj_size=4)
+            self.lookup = Table()
+            self.scale = nn.Parameter(torch.ones(2, 2))  # of the model itself
 
     model = Mixed()
     assert skipped_layers(model) == {
-        "tokens.weight": "embedding: not pruned or quantized",
-        "attn.in_proj_weight": MHA_REASON,
-        "cross.q_proj_weight": MHA_REASON,
-        "cross.k_proj_weight": MHA_REASON,
-        "cross.v_proj_weight": MHA_REASON,
+        "scale": "Mixed is not a layer kind torchshrink knows; left in float (see register_layer_kind)",
+        "lookup.table": TABLE_REASON,
     }
+    covered = {w.key for w in prunable_layers(model).values()}
+    assert {"cross.q_proj_weight", "cross.k_proj_weight", "cross.v_proj_weight", "rnn.weight_hr_l1_reverse"} <= covered
+    assert "attn.in_proj_weight" in covered and "tokens.weight" in covered
     assert skipped_layers(model, lambda m, n: n != "conv" and default_filter(m, n))["conv.weight"] == FILTER_REJECTED
 
 
@@ -170,7 +189,7 @@ def test_masked_and_quantized_weights_still_count_as_covered():
     model = _build("transformer")
     _quiet(lambda: prune_(model, PruneConfig(0.5)))
     _quiet(lambda: quantize_(model, QuantConfig(bits=4)))
-    assert skipped_layers(model) == {"encoder.self_attn.in_proj_weight": MHA_REASON}
+    assert skipped_layers(model) == {}
 
 
 # --- pruning on every model -----------------------------------------------------------------------------------
@@ -184,8 +203,8 @@ def test_prune_reaches_the_requested_sparsity_on_every_accepted_layer(name, scop
     masks = _quiet(lambda: prune_(model, PruneConfig(amount, scope)))
     assert set(masks) == MODELS[name][2]
     layers = prunable_layers(model)
-    zeros = {n: int((layers[n].weight == 0).sum()) for n in masks}
-    sizes = {n: layers[n].weight.numel() for n in masks}
+    zeros = {n: int((layers[n].tensor == 0).sum()) for n in masks}
+    sizes = {n: layers[n].tensor.numel() for n in masks}
     if scope == "layer":
         assert zeros == {n: round(amount * sizes[n]) for n in masks}
     else:
@@ -195,12 +214,12 @@ def test_prune_reaches_the_requested_sparsity_on_every_accepted_layer(name, scop
 
 
 def test_prune_warns_once_listing_the_weights_it_skips():
-    model = _build("transformer")
+    model = nn.Sequential(Table(), nn.Linear(4, 2))
     with pytest.warns(UserWarning, match="prune_ left 1 weight") as record:
         prune_(model, PruneConfig(0.3, "layer"))
     skipped = [w for w in record if "untouched" in str(w.message)]
     assert len(skipped) == 1
-    assert "encoder.self_attn.in_proj_weight: " + MHA_REASON in str(skipped[0].message)
+    assert "0.table: " + TABLE_REASON in str(skipped[0].message)
     assert skipped[0].filename == __file__  # points at the caller
 
 
@@ -224,10 +243,10 @@ def test_quantize_and_calibrate_with_tensors_or_input_target_batches(name):
     for batches in (tensors, [(x, torch.zeros(len(x))) for x in tensors], DataLoader(dataset, batch_size=8)):
         q = _quiet(lambda: quantize_(copy.deepcopy(float_model), QuantConfig(bits=4)))  # noqa: B023
         layers = prunable_layers(q)
-        assert all(weight_quantizer(m) is not None for m in layers.values())
+        assert all(weight_quantizer(w.module, w.attr) is not None for w in layers.values())
         calibrate_(q, batches)
-        for n, m in layers.items():
-            fq = input_quantizer(m)
+        for n, w in layers.items():
+            fq = input_quantizer(w.module)
             if n.endswith("self_attn.out_proj"):
                 assert fq is None  # attention never calls it as a module: no hook would run
             else:
@@ -237,10 +256,9 @@ def test_quantize_and_calibrate_with_tensors_or_input_target_batches(name):
         assert not torch.equal(out, float_model(tensors[0]))  # really quantized
 
 
-def test_quantize_warns_once_about_the_attention_parameters_it_cannot_quantize():
-    with pytest.warns(UserWarning, match="quantize_ left 2") as record:
+def test_quantize_warns_once_about_the_attention_input_it_cannot_quantize():
+    with pytest.warns(UserWarning, match="quantize_ left 1") as record:
         quantize_(_build("transformer"), QuantConfig(bits=4))
     messages = [str(w.message) for w in record if "untouched" in str(w.message)]
     assert len(messages) == 1
-    assert "encoder.self_attn.in_proj_weight" in messages[0]
     assert "encoder.self_attn.out_proj: input not quantized" in messages[0]

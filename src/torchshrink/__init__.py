@@ -7,7 +7,8 @@ from torchshrink._version import __version__
 from torchshrink.checkpoint import load_checkpoint, save_checkpoint
 from torchshrink.data import FashionMNIST, Task, TensorBatches, load_fashion_mnist
 from torchshrink.errors import CheckpointError, ConfigError, DataError, TorchshrinkError
-from torchshrink.layers import prunable_layers, skipped_layers
+from torchshrink.kinds import LayerKind, register_layer_kind, unregister_layer_kind
+from torchshrink.layers import LayerWeight, prunable_layers, skipped_layers
 from torchshrink.models import MODELS, build_model, fp32_bytes, layer_table, parameter_count, register_model
 from torchshrink.pack import FormatError, inspect_compressed, load_compressed, save_compressed
 from torchshrink.pruning import (
@@ -65,6 +66,10 @@ __all__ = [
     # layer selection
     "prunable_layers",
     "skipped_layers",
+    "LayerKind",
+    "LayerWeight",
+    "register_layer_kind",
+    "unregister_layer_kind",
     # pruning
     "PruneConfig",
     "prune_",

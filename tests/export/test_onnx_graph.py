@@ -144,7 +144,7 @@ def test_qdq_graph_holds_integer_codes_and_clips_narrow_ranges(bits: int, weight
         assert codes.data_type == inits[f"{name}.weight_zero_point"].data_type
         assert codes.data_type == (TensorProto.UINT8 if shifted else TensorProto.INT8)
         assert (numpy_helper.to_array(inits[f"{name}.weight_zero_point"]) == (128 if shifted else 0)).all()
-        assert numpy_helper.to_array(codes).shape == tuple(layer.weight.shape)
+        assert numpy_helper.to_array(codes).shape == tuple(layer.tensor.shape)
         assert {a.name: a.i for a in nodes[f"{name}.weight"].attribute} == {"axis": 0}
         assert f"{name}.weight" not in inits  # no float copy of a quantized weight
         # its input quantizer: at the layer, or moved back to the op producing the ReLU / pooling chain before it

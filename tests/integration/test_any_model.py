@@ -65,21 +65,23 @@ def test_pruning_reaches_every_accepted_layer(family, scope):
         warnings.simplefilter("ignore")  # the transformer's skipped parameters are reported by a warning
         prune_(model, PruneConfig(0.6, scope))
     layers = prunable_layers(model)
-    zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
-    total = sum(m.weight.numel() for m in layers.values())
+    zeros = sum(int((w.tensor == 0).sum()) for w in layers.values())
+    total = sum(w.tensor.numel() for w in layers.values())
     assert abs(zeros / total - 0.6) < 0.01
     if scope == "layer":
-        for name, m in layers.items():
-            assert abs(float((m.weight == 0).float().mean()) - 0.6) < 0.02, name
+        for name, w in layers.items():
+            assert abs(float((w.tensor == 0).float().mean()) - 0.6) < 0.02, name
 
 
 def test_what_is_not_pruned_is_listed_with_a_reason():
     family = next(f for f in FAMILIES if f.name == "transformer")
     model = make_model(family)
-    skipped = skipped_layers(model)
-    assert "encoder.self_attn.in_proj_weight" in skipped and "embed.weight" in skipped
-    assert "encoder.self_attn.out_proj" in prunable_layers(model)  # its weight is pruned and quantized
-    with pytest.warns(UserWarning, match="in_proj_weight"):
+    assert skipped_layers(model) == {}  # embeddings and attention's packed projections are layers too
+    layers = prunable_layers(model)
+    assert {"embed", "encoder.self_attn.in_proj_weight", "encoder.self_attn.out_proj"} <= set(layers)
+    model.extra = nn.Parameter(torch.randn(4, 4))  # a weight of no layer: listed, with its reason
+    assert set(skipped_layers(model)) == {"extra"}
+    with pytest.warns(UserWarning, match="extra: TinyTransformer is not a layer kind"):
         prune_(model, PruneConfig(0.5))
 
 
@@ -108,7 +110,7 @@ def test_a_few_qat_steps_train_weights_and_step_sizes(family):
         q, history = result.model, result.history
     layer = next(iter(quantized_layers(q)))
     fq_before = before.get_submodule(layer).parametrizations.weight[-1]
-    fq_after = q.get_submodule(layer).parametrizations.weight[-1]
+    fq_after = q.get_submodule(layer).parametrizations.weight[-1]  # the first weight is a module's 'weight'
     assert not torch.equal(fq_before.scale, fq_after.scale)  # LSQ moved the step sizes
     assert len(history) == 1
 
@@ -121,8 +123,8 @@ def test_codebooks_share_weights_in_every_layer(family):
         q = codebook(model, _task(family), CodebookConfig(3, act_bits=8), log=None, train=None).model
     books = codebook_layers(q)
     assert set(books) == set(prunable_layers(model))
-    for name in books:
-        values = q.get_submodule(name).weight.unique()
+    for name, w in prunable_layers(q).items():
+        values = w.tensor.unique()
         assert len(values[values != 0]) <= 7, name
 
 

@@ -11,6 +11,7 @@ import zlib
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from torchshrink.errors import ConfigError
 from torchshrink.models import build_model
@@ -23,6 +24,7 @@ from torchshrink.pack import (
     save_compressed,
 )
 from torchshrink.quant import QuantConfig, fold_batchnorm, quantize_
+from torchshrink.quant.apply import calibrated_weight_quantizer
 from torchshrink.recipes import codebook, ptq
 from torchshrink.recipes.quantize import CodebookConfig
 
@@ -239,7 +241,11 @@ def test_tied_weights_are_stored_once_and_survive_save_and_load(tmp_path):
 
 
 def test_a_tied_weight_quantized_on_one_side_only_is_refused(tmp_path):
-    model = _tied_lm(lambda m, name: isinstance(m, nn.Linear))  # head quantized, embedding float
+    with pytest.raises(ConfigError, match="head.weight is the same tensor as embed.weight, which quantize_ leaves alone"):
+        _tied_lm(lambda m, name: isinstance(m, nn.Linear))  # head quantized, embedding float
+    torch.manual_seed(0)
+    model = TinyLM()  # the same, by hand: the writer still refuses it
+    parametrize.register_parametrization(model.head, "weight", calibrated_weight_quantizer(model.head.weight, 8))
     with pytest.raises(ConfigError, match="embed.weight and head.weight are one tied tensor") as info:
         save_compressed(model, tmp_path / "lm.tshrink")
     assert "quantize neither" in str(info.value) and "untie" in str(info.value)

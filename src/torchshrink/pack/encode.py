@@ -23,6 +23,7 @@ from torch.nn.utils import parametrize
 
 from torchshrink._io import atomic_write_bytes
 from torchshrink.errors import ConfigError, TorchshrinkError
+from torchshrink.layers import module_weights
 from torchshrink.models import MODELS, build_model
 from torchshrink.pack.format import TensorRecord, encode_file, float_bytes
 from torchshrink.pack.sparse import encode_positions
@@ -134,7 +135,8 @@ def _plain_keys(model: nn.Module) -> list[str]:
     ``<m>.parametrizations.<t>.original`` is ``<m>.<t>``; the parametrizations' own state (masks, fake-quant
     scales, codebooks) and the input quantizers are dropped: the encoded weights and ``activations`` carry them.
     """
-    quantizers = tuple(f"{n}." for n, m in model.named_modules() if n and isinstance(m, FakeQuant))
+    # every name a quantizer is reached under: a module used in two places has its input quantizer under both
+    quantizers = tuple(f"{n}." for n, m in model.named_modules(remove_duplicate=False) if n and isinstance(m, FakeQuant))
     keys = []
     for key in model.state_dict():
         parts = key.split(".")
@@ -290,24 +292,25 @@ def encode_compressed(
         shapes = {key: list(t.shape) for key, t in reference.state_dict().items()}
         keys = list(shapes)
         info = {"name": model_name, "args": model_args or {}, "batchnorm_folded": True}
-    modules = dict(model.named_modules())
-    exported = {id(modules[q.name]): q for q in export_layers(model)}  # by module: a shared one has two names
-    shared = {id(modules[name]): cb for name, cb in books.items()}
+    weights = module_weights(model)
+    # by (module, attribute): a module reached under two names is one layer
+    exported = {(id(weights[q.name].module), q.attr): q for q in export_layers(model)}
+    shared = {(id(weights[name].module), weights[name].attr): cb for name, cb in books.items()}
     records: list[TensorRecord] = []
     aliases: dict[str, str] = {}
     first: dict[tuple[Any, ...], TensorRecord] = {}  # tie key -> the record that stores it
     for key in keys:
         module, value, stored = _tensor(model, key)
-        leaf = key.rpartition(".")[2]
-        if leaf == "weight" and id(module) in exported:
-            q = exported[id(module)]
+        slot = (id(module), key.rpartition(".")[2])
+        if slot in exported:
+            q = exported[slot]
             rec = _uniform_record(key, q.codes.numpy(), q.scale.numpy(), q.spec.bits, q.spec.qmin, entropy)
-        elif leaf == "weight" and id(module) in shared:
-            values, indices = shared[id(module)].export()
+        elif slot in shared:
+            values, indices = shared[slot].export()
             # stored index 0 is a pruned zero; centroid k is stored as k + 1
             dtype = _float_dtype(values.numpy())
             rec = _codes_record(
-                key, indices.numpy() + 1, list(indices.shape), shared[id(module)].bits, 0,
+                key, indices.numpy() + 1, list(indices.shape), shared[slot].bits, 0,
                 {"encoding": "codebook", "codebook_size": values.numel(), "codebook_dtype": dtype},
                 {"codebook": float_bytes(values.numpy(), dtype)}, entropy,
             )  # fmt: skip
@@ -327,8 +330,8 @@ def encode_compressed(
             first[tie] = rec
         records.append(rec)
     activations = []
-    for name in list(layers) + list(books):
-        iq = input_quantizer(modules[name])
+    for name in dict.fromkeys(weights[n].module_name for n in list(layers) + list(books)):  # one per module
+        iq = input_quantizer(model.get_submodule(name))
         if iq is not None and iq.enabled:
             scale, zero = float(iq.effective_scale[0]), float(iq.zero_point[0])
             if not zero.is_integer():  # calibration rounds it; a hand-set fraction has no integer code to store

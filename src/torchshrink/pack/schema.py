@@ -228,12 +228,14 @@ def _model(top: _Fields, version: int) -> None:
 
 
 def _activations(top: _Fields, codes: set[str]) -> None:
+    holders = {name.rpartition(".")[0] for name in codes}  # 'fc1' of 'fc1.weight', 'attn' of 'attn.in_proj_weight'
     seen = set()
     for i, value in enumerate(top.array("activations")):
         a = _Fields(value, f"activations[{i}]")
         layer = a.string("layer")
-        if layer in seen or f"{layer}.weight" not in codes:
-            raise a.fail("layer", "a layer whose weight is a quantized tensor of the file, named once")
+        if layer in seen or layer not in holders:
+            raise a.fail("layer", "a layer holding a quantized tensor of the file (named '<layer>.<attribute>'), "
+                         "named once")  # fmt: skip
         seen.add(layer)
         bits, signed, symmetric = a.integer("bits", 2, 8), a.boolean("signed"), a.boolean("symmetric")
         scale = a.value.get("scale")

@@ -1,9 +1,12 @@
 """Attach pruning masks to a model so the zeros stick, and take them off again.
 
-A mask is a parametrization (``torch.nn.utils.parametrize``): the layer's ``weight`` is computed as
+A mask is a parametrization (``torch.nn.utils.parametrize``): a layer's weight is computed as
 ``original * mask`` on every access. Whatever an optimizer does to ``original`` (momentum, weight decay,
 AdamW's moments), the weight the layer uses stays exactly zero where the mask is zero, and the gradient
 reaching a pruned entry is zero. :func:`make_permanent` bakes the zeros in and removes the machinery.
+
+Tied weights (a language model's head sharing its embedding's tensor) get one mask, ranked once, attached to
+both: both uses read the same pruned values during training, after ``make_permanent`` and in the file.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from torchshrink import distributed as dist
 from torchshrink.errors import ConfigError
 from torchshrink.layers import (
     FilterFn,
+    LayerWeight,
+    check_untied,
     default_filter,
     find_parametrization,
     prunable_layers,
-    stored_weight,
+    tie_groups,
     warn_skipped,
-    weight_ties,
 )
 from torchshrink.pruning.config import PruneConfig
 from torchshrink.pruning.masks import MASKS, min_density_masks
@@ -59,42 +63,34 @@ class Mask(nn.Module):
         return weight * self.mask
 
 
-def _check_untied(model: nn.Module, layers: dict[str, nn.Module]) -> None:
-    # a mask on a weight another module also reads would prune that module too once made permanent (an
-    # embedding tied to a language model's head becoming mostly zeros), while during training only the masked
-    # layer would see the zeros: refused by name rather than a silently different model
-    ties = weight_ties(model, layers)
-    if ties:
-        name, others = next(iter(ties.items()))
-        raise ConfigError(
-            f"{name}.weight is the same tensor as {', '.join(others)}: a mask on one would change the other. "
-            f"Leave {name} out with filter_fn, or untie them (give {name} its own copy of the weight)"
-        )
-
-
-def get_mask(module: nn.Module) -> torch.Tensor | None:
-    """The mask attached to ``module.weight``, or ``None``."""
-    mask = find_parametrization(module, Mask)
+def get_mask(module: nn.Module, attr: str = "weight") -> torch.Tensor | None:
+    """The mask attached to ``module.<attr>``, or ``None``."""
+    mask = find_parametrization(module, Mask, attr)
     return None if mask is None else mask.mask
 
 
-def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
-    existing = get_mask(module)
-    mask = mask.to(device=stored_weight(module).device, dtype=stored_weight(module).dtype)
+def _set_mask(weights: list[LayerWeight], mask: torch.Tensor) -> None:
+    """Attach ``mask`` to every weight of one tie group: one ``Mask`` module shared by all of them."""
+    first = weights[0]
+    existing = find_parametrization(first.module, Mask, first.attr)
+    mask = mask.to(device=first.stored.device, dtype=first.stored.dtype)
     if existing is not None:
-        existing.copy_(mask)
+        existing.mask.copy_(mask)
     else:
-        parametrize.register_parametrization(module, "weight", Mask(mask))
+        existing = Mask(mask)
+    for w in weights:
+        if find_parametrization(w.module, Mask, w.attr) is not existing:
+            parametrize.register_parametrization(w.module, w.attr, existing)
 
 
-def _warn_nearly_empty(layers: dict[str, nn.Module]) -> None:
-    """One warning naming every masked layer left with no non-zero weight or under 1% of them."""
+def _warn_nearly_empty(layers: dict[str, LayerWeight]) -> None:
+    """One warning naming every masked weight left with no non-zero entry or under 1% of them."""
     sparse = []
-    for name, layer in layers.items():
-        mask = get_mask(layer)
+    for name, w in layers.items():
+        mask = get_mask(w.module, w.attr)
         if mask is None:
             continue
-        kept, n = int(((stored_weight(layer) != 0) & (mask != 0)).sum()), mask.numel()
+        kept, n = int(((w.stored != 0) & (mask != 0)).sum()), mask.numel()
         if kept == 0 or kept < SPARSE_LAYER_DENSITY * n:
             sparse.append(f"{name} ({kept} of {n} weights non-zero)")
     if sparse:
@@ -104,6 +100,15 @@ def _warn_nearly_empty(layers: dict[str, nn.Module]) -> None:
             "use scope='lamp' (scale-free scores never empty a layer) or min_density=0.05 (a floor per layer)",
             stacklevel=3,
         )
+
+
+def _masks(layers: dict[str, LayerWeight]) -> dict[str, torch.Tensor]:
+    return {name: m for name, w in layers.items() if (m := get_mask(w.module, w.attr)) is not None}
+
+
+def _tied(layers: dict[str, LayerWeight]) -> dict[str, list[LayerWeight]]:
+    """Each tie group under its first name (a weight that is not tied is a group of one)."""
+    return {group[0]: [layers[n] for n in group] for group in tie_groups(layers)}
 
 
 def prune_(model: nn.Module, config: PruneConfig, filter_fn: FilterFn | None = None) -> dict[str, torch.Tensor]:
@@ -119,11 +124,12 @@ def prune_(model: nn.Module, config: PruneConfig, filter_fn: FilterFn | None = N
         config: the sparsity (one fraction, or a dict per layer with ``scope="layer"``: layers not named keep
             their current mask), the scope of the ranking and a floor per layer (see :class:`PruneConfig`).
             ``min_density`` may leave the total sparsity a little under the request.
-        filter_fn: ``(module, qualified_name) -> bool`` choosing the prunable layers (default: every conv and
-            linear layer).
+        filter_fn: ``(module, qualified_name) -> bool`` choosing the prunable layers (default: every layer of
+            a known kind, :mod:`torchshrink.kinds`).
 
     Raises:
-        ConfigError: not a :class:`PruneConfig`, an unknown layer name, or no prunable layer.
+        ConfigError: not a :class:`PruneConfig`, an unknown layer name, no prunable layer, or a weight also held
+            by a module that is not pruned (a head tied to an embedding the filter leaves out).
 
     >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     >>> masks = prune_(model, PruneConfig(0.5))
@@ -134,26 +140,28 @@ def prune_(model: nn.Module, config: PruneConfig, filter_fn: FilterFn | None = N
         raise ConfigError(f"prune_ takes a PruneConfig, not {type(config).__name__}: e.g. PruneConfig(sparsity=0.9)")
     filter_fn = filter_fn or default_filter
     layers = prunable_layers(model, filter_fn)
+    groups = _tied(layers)  # one mask per stored tensor: tied weights are ranked once
     if isinstance(config.sparsity, Mapping):
         unknown = sorted(set(config.sparsity) - set(layers))
         if unknown:
             raise ConfigError(f"no prunable layer named {unknown[0]!r}; prunable: {', '.join(layers)}")
-        groups = [([name], amount) for name, amount in config.sparsity.items()]
+        lead = {n: first for first, group in groups.items() for n in (w.name for w in group)}
+        steps = [([lead[name]], amount) for name, amount in config.sparsity.items()]
     else:
-        groups = [(list(layers), config.sparsity)]
-    _check_untied(model, layers)
+        steps = [(list(groups), config.sparsity)]
+    check_untied(model, layers, "prune_")
     warn_skipped(model, filter_fn, "prune_")
     with torch.no_grad():
-        for names, amount in groups:
-            weights = [stored_weight(layers[n]) for n in names]
-            previous = [get_mask(layers[n]) for n in names]
+        for names, amount in steps:
+            weights = [groups[n][0].stored for n in names]
+            previous = [get_mask(groups[n][0].module, groups[n][0].attr) for n in names]
             masks = MASKS[config.scope](weights, amount, previous)
             if config.min_density > 0:
                 masks = min_density_masks(weights, masks, previous, config.min_density)
             for name, mask in zip(names, masks, strict=True):
-                _set_mask(layers[name], mask)
+                _set_mask(groups[name], mask)
         _warn_nearly_empty(layers)
-    masks = {name: get_mask(module) for name, module in layers.items() if get_mask(module) is not None}
+    masks = _masks(layers)
     _check_ranks_agree(masks)
     return masks
 
@@ -169,20 +177,24 @@ def _check_ranks_agree(masks: dict[str, torch.Tensor]) -> None:
 def prune_from_zeros_(model: nn.Module, filter_fn: FilterFn = default_filter) -> dict[str, torch.Tensor]:
     """Attach masks that keep exactly the non-zero weights (to resume work on a saved pruned model)."""
     layers = prunable_layers(model, filter_fn)
-    _check_untied(model, layers)
-    for module in layers.values():
-        _set_mask(module, (stored_weight(module) != 0).float())
-    masks = {name: get_mask(module) for name, module in layers.items()}
+    check_untied(model, layers, "prune_from_zeros_")
+    for group in _tied(layers).values():
+        _set_mask(group, (group[0].stored != 0).float())
+    masks = _masks(layers)
     _check_ranks_agree(masks)
     return masks
 
 
 @torch.no_grad()
 def make_permanent(model: nn.Module) -> nn.Module:
-    """Replace every masked weight by the plain tensor ``original * mask`` and drop the masks."""
+    """Replace every masked weight by the plain tensor ``original * mask`` and drop the masks.
+
+    The result is written into the stored tensor itself, so tied weights stay one tensor."""
     for module in model.modules():
-        if get_mask(module) is not None:
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        if parametrize.is_parametrized(module):
+            for attr in list(module.parametrizations):
+                if get_mask(module, attr) is not None:
+                    parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     return model
 
 
@@ -220,8 +232,8 @@ class LayerSparsity:
 
 @torch.no_grad()
 def sparsity_report(model: nn.Module, filter_fn: FilterFn = default_filter) -> list[LayerSparsity]:
-    """Per prunable layer: weight parameters and non-zeros of the weight the layer actually uses."""
+    """Per prunable weight: parameters and non-zeros of the weight the layer actually uses."""
     return [
-        LayerSparsity(name, m.weight.numel(), int((m.weight != 0).sum()))
-        for name, m in prunable_layers(model, filter_fn).items()
+        LayerSparsity(name, w.tensor.numel(), int((w.tensor != 0).sum()))
+        for name, w in prunable_layers(model, filter_fn).items()
     ]

@@ -1,5 +1,6 @@
-"""Model-level quantization: attach fake quant to every Conv2d / Linear, calibrate it (PTQ), train it (QAT),
-and report the exact weight storage.
+"""Model-level quantization: attach fake quant to every weight of every accepted layer (convolutions, linear
+layers, embeddings, attention, RNNs: :mod:`torchshrink.kinds`), calibrate it (PTQ), train it (QAT), and report
+the exact weight storage.
 
 Weights: signed, symmetric (zero point 0, so pruned zeros stay exact zero codes), per output channel by
 default, attached as a parametrization after any pruning mask: ``weight = fq(original * mask)``. Their codes
@@ -18,10 +19,13 @@ With ``keep_first_last_8bit`` the first and last layers' weights and the last la
 Per-layer widths (``layer_bits``, ``layer_act_bits``: mixed precision) override all of the above for the
 layers they name, the first layer's input included.
 
-Layers are chosen by :mod:`torchshrink.layers` (any convolution or linear layer by default). The ``out_proj``
-of an ``nn.MultiheadAttention`` gets a weight quantizer but no input quantizer: attention calls it through
-``F.multi_head_attention_forward``, which reads ``out_proj.weight`` (so the quantized weight is used) but never
-calls the module, so no input hook would run.
+Layers are chosen by :mod:`torchshrink.layers` (every layer of a known kind by default). Tied weights (a head
+sharing its embedding's tensor) get one quantizer, attached to both. An input quantizer goes on each layer whose
+input is a float tensor (its kind's ``input_args``: attention's query, key and value share one), with these
+exceptions, each listed in the warning ``quantize_`` gives: an embedding's input is indices; the ``out_proj`` of
+an ``nn.MultiheadAttention`` is applied inside ``F.multi_head_attention_forward``, which reads ``out_proj.weight``
+(so the quantized weight is used) but never calls the module, so no input hook would run; an RNN's hidden state
+(its second input and its recurrence) stays float.
 """
 
 from __future__ import annotations
@@ -36,7 +40,18 @@ from torch.nn.utils import parametrize
 
 from torchshrink import distributed as dist
 from torchshrink.errors import ConfigError
-from torchshrink.layers import FilterFn, default_filter, find_parametrization, prunable_layers, warn_skipped
+from torchshrink.kinds import layer_kind
+from torchshrink.layers import (
+    FilterFn,
+    LayerWeight,
+    check_untied,
+    default_filter,
+    find_parametrization,
+    module_weights,
+    prunable_layers,
+    tie_groups,
+    warn_skipped,
+)
 from torchshrink.quant.fake_quant import CALIBRATIONS, FakeQuant, QuantSpec
 from torchshrink.quant.observe_sync import merge_observations_
 from torchshrink.quant.primitives import check_bits
@@ -144,13 +159,22 @@ class QuantConfig:
         return asdict(self)
 
 
-def _quantize_input_hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    return (module.input_quant(args[0]), *args[1:])
+def _quantize_input_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    kind = layer_kind(module)
+    count = 1 if kind is None else max(kind.input_args, 1)
+    done: dict[int, torch.Tensor] = {}  # self-attention passes one tensor as query, key and value: quantize it once
+    out = list(args)
+    for i, x in enumerate(args[:count]):
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            if id(x) not in done:
+                done[id(x)] = module.input_quant(x)
+            out[i] = done[id(x)]
+    return tuple(out)
 
 
-def weight_quantizer(module: nn.Module) -> FakeQuant | None:
-    """The weight's fake-quant parametrization, or ``None``."""
-    return find_parametrization(module, FakeQuant)
+def weight_quantizer(module: nn.Module, attr: str = "weight") -> FakeQuant | None:
+    """The fake-quant parametrization of ``module.<attr>``, or ``None``."""
+    return find_parametrization(module, FakeQuant, attr)
 
 
 def input_quantizer(module: nn.Module) -> FakeQuant | None:
@@ -159,14 +183,15 @@ def input_quantizer(module: nn.Module) -> FakeQuant | None:
     return fq if isinstance(fq, FakeQuant) else None
 
 
-def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Qualified name -> layer for every layer with a weight quantizer."""
-    return {n: m for n, m in model.named_modules() if weight_quantizer(m) is not None}
+def quantized_layers(model: nn.Module) -> dict[str, LayerWeight]:
+    """Weight name -> :class:`~torchshrink.layers.LayerWeight` for every weight with a fake quantizer."""
+    return {n: w for n, w in module_weights(model).items() if weight_quantizer(w.module, w.attr) is not None}
 
 
 def attach_input_quant_(layer: nn.Module, bits: int | FakeQuant) -> FakeQuant:
     """Fake-quantize ``layer``'s input with a new ``bits``-wide quantizer (calibrate before use: it starts
-    disabled), or with the given, ready quantizer (e.g. one read back from a file)."""
+    disabled), or with the given, ready quantizer (e.g. one read back from a file). The input is the leading
+    float tensor arguments its kind names (:mod:`torchshrink.kinds`; the first one for an unknown module)."""
     fq = bits if isinstance(bits, FakeQuant) else FakeQuant(QuantSpec(bits=bits, signed=True, symmetric=False),
                                                             is_activation=True)  # fmt: skip
     layer.input_quant = fq
@@ -181,7 +206,11 @@ _MHA_INPUT_REASON = (
 
 
 def input_skip_reason(model: nn.Module, name: str) -> str | None:
-    """Why layer ``name``'s input cannot be fake-quantized by a forward hook, or ``None`` when it can."""
+    """Why module ``name``'s input cannot be fake-quantized by a forward hook, or ``None`` when it can."""
+    module = model.get_submodule(name)
+    kind = layer_kind(module)
+    if kind is not None and kind.input_args == 0:
+        return f"input not quantized: {kind.input_note or kind.name + ' takes no float input'}"
     parent = name.rpartition(".")[0]
     if isinstance(model.get_submodule(parent), nn.MultiheadAttention):
         return _MHA_INPUT_REASON
@@ -199,29 +228,38 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = defau
     layers = prunable_layers(model, filter_fn)
     names = list(layers)
     for field in ("layer_bits", "layer_act_bits"):
-        unknown = [n for n in getattr(config, field) or {} if n not in layers]
+        known = names if field == "layer_bits" else list(dict.fromkeys(w.module_name for w in layers.values()))
+        unknown = [n for n in getattr(config, field) or {} if n not in known]
         if unknown:
             raise ConfigError(f"QuantConfig.{field} names {', '.join(map(repr, unknown))}: not a layer quantized "
-                              f"here; the layers are {', '.join(names)}")  # fmt: skip
-    unquantized_inputs = {}
-    for i, (name, layer) in enumerate(layers.items()):
-        if weight_quantizer(layer) is not None:
+                              f"here; the layers are {', '.join(known)}")  # fmt: skip
+    check_untied(model, layers, "quantize_")
+    for name, w in layers.items():
+        if weight_quantizer(w.module, w.attr) is not None:
             raise ConfigError(f"{name}: already quantized")
-        first, last = i == 0, i == len(names) - 1
-        bits = config.weight_bits_of(name, edge=first or last)
-        fq = calibrated_weight_quantizer(layer.weight, bits, config.per_channel, config.weight_calibration,
+    edges = {names[0], names[-1]}
+    for group in tie_groups(layers):  # tied weights: one quantizer, attached to each use
+        widths = {config.weight_bits_of(n, edge=n in edges) for n in group}
+        if len(widths) > 1:
+            raise ConfigError(f"{' and '.join(group)} are one tied tensor but get different widths "
+                              f"({sorted(widths)} bits): give them the same layer_bits")  # fmt: skip
+        first = layers[group[0]]
+        fq = calibrated_weight_quantizer(first.tensor, widths.pop(), config.per_channel, config.weight_calibration,
                                          full_range=config.full_range_weights)  # fmt: skip
-        parametrize.register_parametrization(layer, "weight", fq)
-        if not config.quantize_inputs:
+        for n in group:
+            parametrize.register_parametrization(layers[n].module, layers[n].attr, fq)
+    unquantized_inputs = {}
+    modules = list(dict.fromkeys(w.module_name for w in layers.values()))  # the input quantizers: one per module
+    for i, module_name in enumerate(modules if config.quantize_inputs else []):
+        if (reason := input_skip_reason(model, module_name)) is not None:
+            unquantized_inputs[module_name] = reason
             continue
-        if (reason := input_skip_reason(model, name)) is not None:
-            unquantized_inputs[name] = reason
-            continue
-        attach_input_quant_(layer, config.input_bits_of(name, first, last))
+        first, last = i == 0, i == len(modules) - 1
+        attach_input_quant_(model.get_submodule(module_name), config.input_bits_of(module_name, first, last))
     warn_skipped(model, filter_fn, "quantize_", extra=unquantized_inputs)
     if dist.is_distributed():  # calibrated from each rank's own copy of the weights: they must agree
         dist.check_same_on_all_ranks(
-            {n: weight_quantizer(m).scale for n, m in layers.items()}, "weight quantizer scales"
+            {n: weight_quantizer(w.module, w.attr).scale for n, w in layers.items()}, "weight quantizer scales"
         )
     return model
 
@@ -356,10 +394,10 @@ class LayerStorage:
 def storage_report(model: nn.Module) -> list[LayerStorage]:
     """Per quantized layer: weight bits x parameters, plus fp32 scales and bias."""
     rows = []
-    for name, layer in quantized_layers(model).items():
-        fq = weight_quantizer(layer)
-        params = layer.weight.numel()
-        bias = getattr(layer, "bias", None)
+    for name, w in quantized_layers(model).items():
+        fq = weight_quantizer(w.module, w.attr)
+        params = w.tensor.numel()
+        bias = getattr(w.module, "bias", None) if w.attr == "weight" else None
         rows.append(
             LayerStorage(
                 name,
@@ -368,7 +406,7 @@ def storage_report(model: nn.Module) -> list[LayerStorage]:
                 fq.scale.numel(),
                 fq.spec.bits * params / 8,
                 4 * fq.scale.numel(),
-                4 * bias.numel() if bias is not None else 0,
+                4 * bias.numel() if isinstance(bias, torch.Tensor) else 0,
             )  # fmt: skip
         )
     return rows

@@ -16,7 +16,9 @@ __all__ = ["QuantizedLayer", "export_layers", "codes_state_dict"]
 
 @dataclass
 class QuantizedLayer:
-    """One layer as integers: ``weight ~= codes * scale`` (per output channel), plus its input quantizer."""
+    """One weight as integers: ``weight ~= codes * scale`` (per channel along axis 0), plus its layer's input
+    quantizer. ``name`` is the weight's name (the module's for its ``weight``), ``module_name`` and ``attr`` say
+    where it lives."""
 
     name: str
     codes: torch.Tensor  # int8, the weight's shape
@@ -26,16 +28,19 @@ class QuantizedLayer:
     input_spec: QuantSpec | None
     input_scale: torch.Tensor | None
     input_zero_point: torch.Tensor | None
+    module_name: str = ""
+    attr: str = "weight"
 
 
 @torch.no_grad()
 def export_layers(model: nn.Module) -> list[QuantizedLayer]:
-    """Integer codes, scales and biases of every quantized layer, in module order."""
+    """Integer codes, scales and biases of every quantized weight, in module order."""
     out = []
-    for name, layer in quantized_layers(model).items():
-        fq = weight_quantizer(layer)
-        raw = layer.parametrizations.weight.original
-        for p in layer.parametrizations.weight:
+    for name, w in quantized_layers(model).items():
+        layer = w.module
+        fq = weight_quantizer(layer, w.attr)
+        raw = layer.parametrizations[w.attr].original
+        for p in layer.parametrizations[w.attr]:
             if p is fq:
                 break
             raw = p(raw)  # apply the pruning mask (the parametrizations before the quantizer)
@@ -43,17 +48,19 @@ def export_layers(model: nn.Module) -> list[QuantizedLayer]:
         codes = quantize(raw, scale if fq.spec.per_channel else scale[0], zp if fq.spec.per_channel else zp[0],
                          fq.spec.qmin, fq.spec.qmax, fq.spec.axis).to(torch.int8)  # fmt: skip
         iq = input_quantizer(layer)
-        bias = getattr(layer, "bias", None)
+        bias = getattr(layer, "bias", None) if w.attr == "weight" else None  # an RNN's biases are its own
         out.append(
             QuantizedLayer(
                 name,
                 codes,
                 scale,
                 fq.spec,
-                None if bias is None else bias.detach().clone(),
+                bias.detach().clone() if isinstance(bias, torch.Tensor) else None,
                 iq.spec if iq is not None and iq.enabled else None,
                 iq.effective_scale.detach().clone() if iq is not None and iq.enabled else None,
                 iq.zero_point.detach().clone() if iq is not None and iq.enabled else None,
+                w.module_name,
+                w.attr,
             )  # fmt: skip
         )
     return out

@@ -15,7 +15,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from torchshrink.errors import ConfigError
-from torchshrink.layers import FilterFn, default_filter, find_parametrization, prunable_layers
+from torchshrink.layers import (
+    FilterFn,
+    check_untied,
+    default_filter,
+    find_parametrization,
+    module_weights,
+    prunable_layers,
+    tie_groups,
+)
 from torchshrink.quant.primitives import check_bits, scale_grad
 
 __all__ = ["kmeans_1d", "Codebook", "codebook_quantizer", "codebook_layers", "codebook_quantize_"]
@@ -97,29 +105,35 @@ class Codebook(nn.Module):
         return self.centroids.detach().clone(), self.indices.clone() - 1
 
 
-def codebook_quantizer(module: nn.Module) -> Codebook | None:
-    """The codebook parametrization of ``module.weight``, or ``None``."""
-    return find_parametrization(module, Codebook)
+def codebook_quantizer(module: nn.Module, attr: str = "weight") -> Codebook | None:
+    """The codebook parametrization of ``module.<attr>``, or ``None``."""
+    return find_parametrization(module, Codebook, attr)
 
 
 def codebook_layers(model: nn.Module) -> dict[str, Codebook]:
-    """Qualified layer name -> codebook, for every weight-shared layer."""
-    return {n: cb for n, m in model.named_modules() if (cb := codebook_quantizer(m)) is not None}
+    """Weight name -> codebook, for every weight-shared weight."""
+    return {n: cb for n, w in module_weights(model).items() if (cb := codebook_quantizer(w.module, w.attr)) is not None}
 
 
 @torch.no_grad()
 def codebook_quantize_(model: nn.Module, bits: int | dict[str, int], filter_fn: FilterFn = default_filter) -> nn.Module:
-    """Replace every accepted layer's weight by a ``bits``-bit shared-weight codebook, in place.
+    """Replace every accepted weight by a ``bits``-bit shared-weight codebook, in place.
 
-    ``bits`` may be a dict of per-layer widths (mixed precision); it must then name every accepted layer.
-    Call on a model with permanent pruning (plain zeros) and BatchNorm folded.
+    ``bits`` may be a dict of per-layer widths (mixed precision); it must then name every accepted weight.
+    Call on a model with permanent pruning (plain zeros) and BatchNorm folded. Tied weights share one codebook.
     """
     layers = prunable_layers(model, filter_fn)
     if isinstance(bits, dict):
         missing, unknown = sorted(set(layers) - set(bits)), sorted(set(bits) - set(layers))
         if missing or unknown:
             raise ConfigError(f"per-layer bits: missing {missing}, unknown {unknown}; layers: {', '.join(layers)}")
-    for name, layer in layers.items():
-        width = bits[name] if isinstance(bits, dict) else bits
-        parametrize.register_parametrization(layer, "weight", Codebook(layer.weight.detach(), width), unsafe=True)
+    check_untied(model, layers, "codebook_quantize_")
+    for group in tie_groups(layers):
+        widths = {bits[n] if isinstance(bits, dict) else bits for n in group}
+        if len(widths) > 1:
+            raise ConfigError(f"{' and '.join(group)} are one tied tensor but get different widths {sorted(widths)}")
+        first = layers[group[0]]
+        cb = Codebook(first.tensor.detach(), widths.pop())
+        for n in group:
+            parametrize.register_parametrization(layers[n].module, layers[n].attr, cb, unsafe=True)
     return model

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from torchshrink.layers import module_weights
 from torchshrink.quant.apply import quantized_layers
 from torchshrink.quant.sharing import codebook_layers
 
@@ -30,10 +31,10 @@ def snap_floats_(model: nn.Module) -> int:
     change of a scale moves every code of its channel. Measure the accuracy afterwards (from the file).
     """
     snapped = 0
-    layers = quantized_layers(model) | codebook_layers(model)
-    modules = dict(model.named_modules())
-    for name in layers:
-        bias = getattr(modules[name], "bias", None)
+    weights = module_weights(model)
+    for name in quantized_layers(model) | codebook_layers(model):
+        w = weights[name]
+        bias = getattr(w.module, "bias", None) if w.attr == "weight" else None
         if isinstance(bias, torch.Tensor):
             snapped += _snap(bias)
     for cb in codebook_layers(model).values():

@@ -61,8 +61,10 @@ def input_elements(model: nn.Module, inputs: torch.Tensor, names: list[str]) -> 
 
 
 def _input_layers(folded: nn.Module, filter_fn: FilterFn) -> list[str]:
-    # the layers whose input quantize_ quantizes: not attention's out_proj, which no input hook reaches
-    return [n for n in prunable_layers(folded, filter_fn) if input_skip_reason(folded, n) is None]
+    # the layers whose input quantize_ quantizes (one per module): not attention's out_proj, which no input
+    # hook reaches, nor an embedding, whose input is indices
+    modules = dict.fromkeys(w.module_name for w in prunable_layers(folded, filter_fn).values())
+    return [n for n in modules if input_skip_reason(folded, n) is None]
 
 
 def _bytes(elements: int, bits: int) -> int:
@@ -99,7 +101,7 @@ def _measure(
     names = _input_layers(folded, filter_fn)
     calibration = calibration_inputs(task, calibration_samples)
     elements = input_elements(folded, calibration[0], names)
-    first = next(iter(prunable_layers(folded, filter_fn)))
+    first = next(iter(prunable_layers(folded, filter_fn).values())).module_name
     planned = names if include_first else [n for n in names if n != first]
     fixed = _bytes(elements[first], 8) if first in names and first not in planned else 0
     return (*_width_table(folded, task, planned, elements, calibration, candidates, val_images, method, progress),

@@ -208,7 +208,8 @@ def plan_mixed_precision(
 def fixed_bytes_estimate(folded: nn.Module, filter_fn: FilterFn) -> int:
     """What no width changes, before the real file is measured: float16 biases and a typical header."""
     layers = prunable_layers(folded, filter_fn)
-    biases = sum(m.bias.numel() for m in layers.values() if getattr(m, "bias", None) is not None)
+    biases = sum(b.numel() for w in layers.values() if w.attr == "weight"
+                 and isinstance(b := getattr(w.module, "bias", None), torch.Tensor))  # fmt: skip
     return 2 * biases + HEADER_ESTIMATE
 
 

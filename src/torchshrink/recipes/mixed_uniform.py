@@ -83,16 +83,17 @@ def _width_table(
     bar = tqdm(
         total=len(layers) * len(candidates), desc="layer widths", leave=False, disable=None if progress else True
     )
-    for name, layer in layers.items():
-        original = layer.weight.detach().clone()  # pruned zeros included: they stay exact zero codes
+    for name, w in layers.items():
+        weight = w.tensor  # a plain parameter here: nothing is parametrized yet
+        original = weight.detach().clone()  # pruned zeros included: they stay exact zero codes
         for bits in candidates:
             fq = calibrated_weight_quantizer(original, bits, per_channel, calibration, full_range=full_range)
             # the quantized weight in place of the float one, for this measurement only: no copy of the model
-            layer.weight.copy_(fq(original))
+            weight.copy_(fq(original))
             try:
                 acc, loss = measure(folded)
             finally:
-                layer.weight.copy_(original)
+                weight.copy_(original)
             rows.append(LayerWidth(name, bits, acc, uniform_weight_bytes(original, fq), loss))
             bar.update()
     bar.close()

@@ -38,10 +38,10 @@ def rewind_(model: nn.Module, state: dict[str, torch.Tensor], filter_fn: FilterF
     rewinding, Frankle et al. 2020).
     """
     layers = prunable_layers(model, filter_fn)
-    for name, module in layers.items():
-        if get_mask(module) is not None:
-            module.parametrizations.weight.original.copy_(state[f"{name}.weight"])
-    masked = {f"{n}.weight" for n, m in layers.items() if get_mask(m) is not None}
+    masked = {w.key for w in layers.values() if get_mask(w.module, w.attr) is not None}
+    for w in layers.values():
+        if w.key in masked:
+            w.stored.copy_(state[w.key])
     own = dict(model.named_parameters()) | dict(model.named_buffers())
     for key, value in state.items():
         if key not in masked and key in own:

@@ -12,7 +12,7 @@ from torch import nn
 from torchshrink import distributed as dist
 from torchshrink.data.task import Task, as_task, calibration_inputs
 from torchshrink.errors import ConfigError
-from torchshrink.layers import FilterFn, default_filter
+from torchshrink.layers import FilterFn, default_filter, module_weights
 from torchshrink.pruning.apply import permanent_copy, prune_from_zeros_
 from torchshrink.quant.apply import (
     QuantConfig,
@@ -152,11 +152,11 @@ def codebook(
     if dist.is_distributed():  # k-means on each rank's copy of the weights: the assignments must agree
         dist.check_same_on_all_ranks({n: cb.indices for n, cb in codebook_layers(q).items()}, "codebook assignments")
     if config.act_bits is not None:
-        layers = list(codebook_layers(q))
-        modules = dict(q.named_modules())
-        for i, name in enumerate(layers):
+        weights = module_weights(q)
+        modules = list(dict.fromkeys(weights[n].module_name for n in codebook_layers(q)))  # one input each
+        for i, name in enumerate(modules):
             if input_skip_reason(q, name) is None:  # e.g. attention's out_proj: weight shared, input left in float
-                attach_input_quant_(modules[name], 8 if i == 0 else config.act_bits)
+                attach_input_quant_(q.get_submodule(name), 8 if i == 0 else config.act_bits)
         calibrate_(q, calibration_inputs(task, calibration_samples))
     history: list[EpochStats] = []
     if train is not None:
