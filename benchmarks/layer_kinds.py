@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import write_result
 from torch import nn
 
+from _common import write_result
 from torchshrink import PruneConfig, QuantConfig, ptq, save_compressed
 from torchshrink.layers import prunable_layers, skipped_layers
 from torchshrink.pruning import make_permanent, prune_

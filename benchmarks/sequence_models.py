@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import write_result
 from torch import nn
 
+from _common import write_result
 from torchshrink import (
     CodebookConfig,
     PruneConfig,
