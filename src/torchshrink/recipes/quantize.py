@@ -96,7 +96,7 @@ def ptq(
     """Post-training quantization: a quantized copy (on the CPU) whose activation ranges are calibrated on
     ``calibration`` (a Task, a DataLoader or a list of batches; at most ``calibration_samples`` samples of it;
     ``None`` for weight-only quantization). ``filter_fn(module, name)`` chooses the layers to quantize
-    (default: every conv and linear layer)."""
+    (default: every layer of a known kind, :mod:`torchshrink.kinds`)."""
     q = prepare_quantized(model, config, filter_fn=filter_fn)
     if config.quantize_inputs:
         calibrate_(q, calibration_inputs(calibration, calibration_samples), config.act_calibration)
