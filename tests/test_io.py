@@ -193,6 +193,7 @@ def test_stale_temporaries_of_dead_processes_are_removed_others_kept(tmp_path):
         (folder / "model.safetensors").write_text("x")
     other_file.write_text("x")
     foreign.write_text("x")
+    (tmp_path / "ckpt").mkdir()  # the new result is in place: the old one moved aside is deleted
     assert remove_stale_temps(tmp_path / "model.json") == [stale_file]
     assert sorted(remove_stale_temps(tmp_path / "ckpt")) == sorted([stale_folder, stale_old])
     assert all(p.exists() for p in (live, other_file, foreign))
@@ -203,3 +204,75 @@ def test_atomic_write_cleans_a_stale_temporary_of_its_file(tmp_path):
     stale.write_text('{"trunc')
     atomic_write_json(tmp_path / "results.json", {})
     assert _entries(tmp_path) == ["results.json"]
+
+
+def test_an_old_folder_moved_aside_by_a_killed_run_goes_back_into_place_never_deleted(tmp_path):
+    """A kill between atomic_folder's two renames: no folder at the path, the old one aside, the new one whole."""
+    dead = _dead_pid()
+    old = tmp_path / f".ckpt.{dead}.0123abcd.old.tmp"
+    new = tmp_path / f".ckpt.{dead}.4567cdef.tmp"
+    for folder, text in ((old, "old"), (new, "new")):
+        folder.mkdir()
+        (folder / "model.json").write_text(text)
+    with atomic_folder(tmp_path / "ckpt") as tmp:  # the next run: its cleanup restores, then it replaces
+        assert (tmp_path / "ckpt" / "model.json").read_text() == "old"
+        (tmp / "model.json").write_text("newer")
+    assert _entries(tmp_path) == ["ckpt"] and (tmp_path / "ckpt" / "model.json").read_text() == "newer"
+
+
+def test_a_nested_temporary_of_a_dead_process_is_cleaned(tmp_path):
+    """A writer handed a temporary path (the command's) that writes atomically itself makes a temporary of a
+    temporary; once both processes are dead it is stale like any other."""
+    dead = _dead_pid()
+    nested = tmp_path / f"..m.tshrink.{dead}.0123abcd.tmp.{dead}.89abcdef.tmp"
+    live = tmp_path / f"..m.tshrink.{dead}.0123abcd.tmp.{os.getpid()}.89abcdef.tmp"
+    nested.write_text("x")
+    live.write_text("x")
+    assert remove_stale_temps(tmp_path / "m.tshrink") == [nested]
+    assert live.exists()
+
+
+@pytest.fixture
+def writes_opened():
+    """The paths opened for writing (audit events) while the test runs: a final path must never be one of
+    them, only the target of a rename, or a reader could see a half-written file."""
+    seen: list[str] = []
+    active = [True]
+
+    def hook(event: str, args: tuple) -> None:
+        if active[0] and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            mode, flags = args[1], args[2]
+            if (mode and any(c in str(mode) for c in "wax+")) or (flags or 0) & (os.O_WRONLY | os.O_RDWR):
+                seen.append(os.fsdecode(args[0]))
+
+    sys.addaudithook(hook)  # cannot be removed: switched off after the test instead
+    yield seen
+    active[0] = False
+
+
+def test_final_paths_are_only_ever_renamed_into_never_written_in_place(tmp_path, writes_opened):
+    import torch
+
+    from torchshrink import QuantConfig, save_compressed
+    from torchshrink.checkpoint import save_checkpoint
+    from torchshrink.models import build_model
+    from torchshrink.recipes import ptq
+
+    (tmp_path / "old.bin").write_bytes(b"old")
+    finals = [tmp_path / n for n in ("a.bin", "b.json", "c.bin", "d", "m.tshrink", "ckpt")]
+    for final in finals[:3]:
+        final.write_bytes(b"previous")  # replaced, not overwritten
+    writes_opened.clear()
+    atomic_write_bytes(finals[0], b"new")
+    atomic_write_json(finals[1], {"a": 1})
+    atomic_copy(tmp_path / "old.bin", finals[2])
+    with atomic_folder(finals[3]) as tmp:
+        (tmp / "x.txt").write_text("whole")
+    q = ptq(build_model("cnn_tiny"), [torch.randn(4, 1, 28, 28)], QuantConfig(bits=8)).model
+    save_compressed(q, finals[4], "cnn_tiny")
+    save_checkpoint(finals[5], build_model("cnn_tiny"), "cnn_tiny")
+    written = {Path(p).resolve() for p in writes_opened}
+    assert written, "the audit hook saw no write"
+    assert not written & {f.resolve() for f in finals}
+    assert not any(f.resolve() in p.parents for p in written for f in finals[3:4])  # nor inside the final folder
+    assert (finals[3] / "x.txt").read_text() == "whole"

@@ -10,7 +10,6 @@ user's umask (0644 / 0755 under umask 022), like any other file the user creates
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import re
@@ -52,19 +51,32 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _stale_pattern(path: Path) -> re.Pattern[str]:
+    # exactly what _temp_name makes (so the temporaries of a file named "a.123" are never taken for those of "a"),
+    # also nested: a temporary of a temporary, ``..NAME.PID.RAND.tmp.PID.RAND.tmp``, made by a writer that writes
+    # atomically to a path it was handed, which is itself a temporary
+    one = rf"\.\d+\.[0-9a-f]{{8}}(?:\.old)?{re.escape(TMP_SUFFIX)}"
+    return re.compile(rf"\.+{re.escape(path.name)}((?:{one})+)")
+
+
 def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
     """Remove the temporaries of ``path`` left by processes that no longer run; return what was removed.
 
-    Only names of the form :func:`atomic_write` and :func:`atomic_folder` make (``.NAME.PID.*.tmp``) with a
-    dead ``PID`` are touched; anything else is left alone (and ignored by every reader, as it is hidden).
+    Only names of the form :func:`atomic_write` and :func:`atomic_folder` make (``.NAME.PID.*.tmp``, nested
+    ones included) whose every ``PID`` is dead are touched; anything else is left alone (and ignored by every
+    reader, as it is hidden). A previous result moved aside by :func:`atomic_folder` (``.NAME.PID.*.old.tmp``)
+    while no ``path`` exists (the writer was killed between its two renames) is put back at ``path``, never deleted.
     """
     path = Path(path)
     removed = []
-    # exactly what _temp_name makes, so the temporaries of a file named "a.123" are never taken for those of "a"
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}(\.old)?{re.escape(TMP_SUFFIX)}")
-    for stale in path.parent.glob(glob.escape(f".{path.name}.") + "*" + TMP_SUFFIX):
+    pattern = _stale_pattern(path)
+    stale_ones = sorted(path.parent.glob(".*" + TMP_SUFFIX), key=lambda p: not p.name.endswith(".old" + TMP_SUFFIX))
+    for stale in stale_ones:  # the moved-aside old results first: one of them may go back into place
         match = pattern.fullmatch(stale.name)
-        if match is None or _pid_alive(int(match[1])):
+        if match is None or any(_pid_alive(int(pid)) for pid in re.findall(r"\.(\d+)\.[0-9a-f]{8}", match[1])):
+            continue
+        if stale.name.endswith(".old" + TMP_SUFFIX) and not (path.exists() or path.is_symlink()):
+            os.rename(stale, path)  # the old result, back where it was: the new one never got into place
             continue
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
@@ -178,8 +190,9 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     An existing ``path`` is replaced only once the new folder is complete: it is renamed aside, the new one
     renamed in, then the old one deleted. If the body raises, the temporary folder (and any parent folders
     made for it) is removed and ``path`` is untouched. A kill leaves only hidden ``.NAME.PID.*.tmp`` folders,
-    which the next call for the same ``path`` removes; a kill between the two renames leaves no folder at
-    ``path`` at all, never a mix of old and new files.
+    which the next call for the same ``path`` removes; a kill between the two renames leaves the old folder
+    aside as ``.NAME.PID.*.old.tmp`` and no folder at ``path`` (never a mix of old and new files), and the next
+    call for ``path`` first puts the old folder back (:func:`remove_stale_temps`).
 
     Example:
         >>> import tempfile

@@ -185,8 +185,12 @@ def test_compress_inspect_and_eval_a_file(tmp_path, data_dir, tiny_checkpoint):
 
     summary = json.loads(out.with_name(out.name + ".json").read_text())
     assert summary["file_bytes"] == out.stat().st_size and summary["sparsity"] >= 0.7 - 1e-3
+    import hashlib
+
+    assert summary["file_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()  # the record names its file
     r = run("inspect", str(out))
     assert r.returncode == 0 and "features.conv2.weight" in r.stdout and "sparse" in r.stdout
+    assert "describes another file" not in r.stderr
     r = run("eval", str(out), "--data-dir", data_dir)
     assert r.returncode == 0 and f"{100 * summary['test_accuracy']:.2f}%" in r.stdout
     (tmp_path / "junk.tshrink").write_bytes(b"not a model")

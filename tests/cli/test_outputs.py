@@ -134,3 +134,16 @@ def test_the_message_names_the_option(tmp_path):
     (tmp_path / "f").write_text("x")
     message = _refused("is a file", tmp_path / "f" / "x", CHECKPOINT, option="--save-to")
     assert message.startswith(f"--save-to {tmp_path / 'f' / 'x'}: ")
+
+
+def test_a_record_beside_another_file_is_said(tmp_path):
+    from torchshrink.cli.outputs import file_sha256, record_mismatch
+
+    f = tmp_path / "m.tshrink"
+    f.write_bytes(b"the new file")
+    (tmp_path / "m.tshrink.json").write_text(json.dumps({"file_sha256": file_sha256(f)}))
+    assert record_mismatch(f) is None
+    f.write_bytes(b"the old file, a kill left it in place")  # the record was written, the file not renamed in
+    assert "m.tshrink.json describes another file" in record_mismatch(f)
+    (tmp_path / "m.tshrink.json").write_text(json.dumps({"bits": 4}))  # an older record, naming no file
+    assert record_mismatch(f) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from torchshrink.cli.args import (
     positive_int,
     sparsity,
 )
-from torchshrink.cli.outputs import COMPRESSED, RECORD, add_force, check_output
+from torchshrink.cli.outputs import COMPRESSED, RECORD, add_force, check_output, file_sha256, record_mismatch
 from torchshrink.quant import QuantConfig
 from torchshrink.recipes.compress import CompressConfig
 from torchshrink.recipes.gradual import GRADUAL_TRAIN, GradualConfig
@@ -148,6 +149,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                 model, ckpt.model, data.test_batches(), tmp, ckpt.meta["model"], model_args, args.compression
             )
             result["file"] = str(out)
+            result["file_sha256"] = file_sha256(tmp)  # a record left beside another file says so (inspect, eval)
             record |= result | {"baseline_test_accuracy": base_acc, "source": str(ckpt.path)}
             atomic_write_json(summary, record)  # the record first: a .tshrink file at --out always has its record
             wrote_record = True
@@ -187,6 +189,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from torchshrink.pack import inspect_compressed
 
     header, rows = inspect_compressed(args.file)
+    if (note := record_mismatch(args.file)) is not None:
+        print(note, file=sys.stderr)
     aliases = header.get("aliases", {})  # tied name -> the stored tensor it shares (checked by the reader)
     size = Path(args.file).stat().st_size
     raw = max(header["raw_payload_bytes"], 1)

@@ -19,6 +19,7 @@ files through a temporary file (:func:`torchshrink._io.atomic_file`), so a failu
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -215,3 +216,24 @@ def check_output(
         raise OutputError(f"{option} {path}: the folder exists and does not hold a {kind.what}; pass --force to "
                           f"{'replace' if kind.replaced else 'write into'} it, or choose another folder")  # fmt: skip
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, in hex: what a record names to say which file it describes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_mismatch(path: str | Path) -> str | None:
+    """A one-line note when ``PATH.json`` beside a file names another file's SHA-256 (a run killed between
+    writing the record and putting the file in place), else ``None``."""
+    path = Path(path)
+    record = _json_object(path.with_name(path.name + ".json"))
+    named = record.get("file_sha256") if record else None
+    if not isinstance(named, str) or named == file_sha256(path):
+        return None
+    return (f"note: {path}.json describes another file (its file_sha256 differs from {path.name}'s): an interrupted "
+            "run left it; rerun the command that made the file to get its record")  # fmt: skip

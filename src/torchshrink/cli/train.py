@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from torchshrink.cli.args import (
     positive_int,
     seed_int,
 )
-from torchshrink.cli.outputs import CHECKPOINT, add_force, check_output
+from torchshrink.cli.outputs import CHECKPOINT, add_force, check_output, record_mismatch
 from torchshrink.errors import ConfigError, TorchshrinkError, show_value
 
 if TYPE_CHECKING:
@@ -319,4 +320,6 @@ def _eval_file(args: argparse.Namespace, device: Any) -> int:
                           f"(N, 1, 28, 28) -> 10 class scores: {_one_line(exc)}") from None  # fmt: skip
     size = Path(path).stat().st_size
     print(f"{path}: test accuracy {100 * acc:.2f}%  loss {loss:.4f}  file {size:,} bytes")
+    if (note := record_mismatch(path)) is not None:
+        print(note, file=sys.stderr)
     return 0
