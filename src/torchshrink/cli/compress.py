@@ -111,7 +111,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
     from torchshrink._io import atomic_file, atomic_write_json
     from torchshrink.checkpoint import load_checkpoint
-    from torchshrink.cli.inputs import check_fits_fashion_mnist
+    from torchshrink.cli.inputs import CHECK_IMAGES, check_fits_fashion_mnist, check_quantizable
     from torchshrink.cli.ranks import main_writes
     from torchshrink.data import load_fashion_mnist
     from torchshrink.recipes.compress import compress_model, write_and_verify
@@ -134,6 +134,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     data = load_fashion_mnist(args.data_dir)
     if args.train_subset:
         data = data.subset(train=args.train_subset)
+    check_quantizable(ckpt.model, ckpt.path, data.calibration_batches(CHECK_IMAGES)[0])
     base_acc, _ = evaluate(ckpt.model, data.test_batches())
     model_args = ckpt.meta.get("model_args", {})
     torch.manual_seed(0)  # no --seed here: every random draw of the fine-tuning repeats from run to run

@@ -74,7 +74,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     from torchshrink._io import atomic_folder, atomic_write, atomic_write_json
     from torchshrink.checkpoint import load_checkpoint
-    from torchshrink.cli.inputs import check_fits_fashion_mnist
+    from torchshrink.cli.inputs import CHECK_IMAGES, check_fits_fashion_mnist, check_quantizable
     from torchshrink.cli.ranks import main_writes
     from torchshrink.data import load_fashion_mnist
     from torchshrink.models import fp32_bytes
@@ -99,6 +99,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     check_fits_fashion_mnist(ckpt.model, ckpt.path)
     train = replace(FINETUNE, epochs=args.qat_epochs, lr=args.lr, precision=args.precision)
     data = load_fashion_mnist(args.data_dir)
+    check_quantizable(ckpt.model, ckpt.path, data.calibration_batches(CHECK_IMAGES)[0])
     float_acc, _ = evaluate(ckpt.model, data.test_batches())
     torch.manual_seed(0)  # no --seed here: every random draw of calibration or QAT repeats from run to run
     start = time.perf_counter()

@@ -244,8 +244,11 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = defau
             raise ConfigError(f"{' and '.join(group)} are one tied tensor but get different widths "
                               f"({sorted(widths)} bits): give them the same layer_bits")  # fmt: skip
         first = layers[group[0]]
-        fq = calibrated_weight_quantizer(first.tensor, widths.pop(), config.per_channel, config.weight_calibration,
-                                         full_range=config.full_range_weights)  # fmt: skip
+        try:
+            fq = calibrated_weight_quantizer(first.tensor, widths.pop(), config.per_channel,
+                                             config.weight_calibration, full_range=config.full_range_weights)  # fmt: skip
+        except ConfigError as exc:  # e.g. an overflowing weight; the quantizer does not know its layer's name
+            raise ConfigError(f"{' and '.join(group)}: {exc}") from None
         for n in group:
             parametrize.register_parametrization(layers[n].module, layers[n].attr, fq)
     unquantized_inputs = {}
@@ -320,7 +323,8 @@ def calibrate_(model: nn.Module, batches: Iterable[Any], method: str | None = No
         method: ``"minmax"``, ``"percentile"`` (the default) or ``"mse"``.
 
     Raises:
-        ConfigError: no batch, or a quantized layer whose input saw no data (its forward never ran).
+        ConfigError: no batch, a quantized layer whose input saw no data (its forward never ran), or one whose
+            observed range, scale or zero point is not finite (the layers before it overflow float32).
     """
     quantizers = {name: q for name, m in model.named_modules() if (q := input_quantizer(m)) is not None}
     if not quantizers:
@@ -359,8 +363,14 @@ def calibrate_(model: nn.Module, batches: Iterable[Any], method: str | None = No
         raise
     finally:
         model.train(was_training)
-    for fq in quantizers.values():
-        fq.finish_observing(method or "percentile")
+    for name, fq in quantizers.items():
+        try:
+            fq.finish_observing(method or "percentile")
+        except ConfigError as exc:  # e.g. an overflowing range: name the layer, and leave no quantizer observing
+            for other in quantizers.values():
+                if other.observing:
+                    other.cancel_observing()
+            raise ConfigError(f"{name}: its input's {exc}") from None
         fq.enabled = True
     if distributed:
         dist.check_same_on_all_ranks({n: fq.scale for n, fq in quantizers.items()}, "activation quantizer scales")

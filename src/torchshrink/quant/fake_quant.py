@@ -212,6 +212,7 @@ class FakeQuant(nn.Module):
             else:
                 lo, hi = x.detach().min(), x.detach().max()
             scale, zp = minmax_qparams(lo, hi, spec.qmin, spec.qmax, spec.symmetric)
+        _check_qparams(scale, zp)
         self.scale.data.copy_(scale.reshape(-1).expand_as(self.scale))
         self.zero_point.copy_(zp.reshape(-1).expand_as(self.zero_point))
 
@@ -220,12 +221,17 @@ class FakeQuant(nn.Module):
         """Turn the observed statistics into a per-tensor scale and stop observing.
 
         An input that never went negative (after a ReLU) gets an unsigned range, doubling its resolution.
+
+        Raises:
+            ConfigError: nothing was observed, or the observed range or the scale and zero point it gives are
+                not finite (the layers before overflow float32).
         """
         if method not in CALIBRATIONS:
             raise ConfigError(f"calibration {method!r}: choose one of {', '.join(CALIBRATIONS)}")
         if not self._samples:
             raise ConfigError("calibration saw no data: run the model on calibration images while observing")
         samples = torch.cat(self._samples)
+        _check_observed_range(self.observed_min, self.observed_max)
         if float(self.observed_min) >= 0:
             # zero point 0 at the bottom of an unsigned range: all codes cover [0, max]
             self.spec = dataclasses.replace(self.spec, signed=False, symmetric=True)
@@ -244,3 +250,20 @@ class FakeQuant(nn.Module):
                 self.calibrate_from(samples, "minmax")
         self._reset_samples()
         self.observing = False
+
+
+def _check_observed_range(lo: torch.Tensor, hi: torch.Tensor) -> None:
+    """Refuse an observed input range holding inf or NaN: its scale would be NaN, and NaN codes reach the file."""
+    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+        raise ConfigError(f"observed range [{float(lo):.3g}, {float(hi):.3g}] is not finite: the layers "
+                          "before it overflow float32 (weights far too large?)")  # fmt: skip
+
+
+def _check_qparams(scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+    """Refuse a scale or zero point that is not finite: a finite range can still be too wide for one
+    (``hi - lo`` overflows float32), and an infinite scale turns every dequantized value into NaN."""
+    for what, values in (("scale", scale), ("zero point", zero_point)):
+        bad = values[~torch.isfinite(values)]
+        if bad.numel():
+            raise ConfigError(f"quantization {what} {float(bad[0]):.3g} is not finite: the range it must cover "
+                              "overflows float32 (weights or activations far too large?)")  # fmt: skip
