@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -264,4 +265,48 @@ def test_rewind_file_is_validated_too(saved):
     data = (folder / REWIND).read_bytes()
     (folder / REWIND).write_bytes(struct.pack("<Q", 2**40) + data[8:])
     with pytest.raises(CheckpointError, match="rewind.safetensors: not a valid safetensors file"):
+        load_rewind(folder)
+
+
+def _replace_with(path: Path, what: str) -> None:
+    """Put something other than a regular file where a checkpoint's file was."""
+    path.unlink()
+    if what == "folder":
+        path.mkdir()
+    elif what == "link to /dev/zero":
+        path.symlink_to("/dev/zero")
+    elif what == "named pipe":
+        os.mkfifo(path)
+    else:  # a link whose target is gone
+        path.symlink_to(path.with_name("gone"))
+
+
+_NOT_A_FILE = {  # what stands where a checkpoint's file belongs -> what the message says it is
+    "folder": "is a folder, where the checkpoint's {name} file is expected",
+    "link to /dev/zero": "is a character device \\(through a link to /dev/zero\\), where the checkpoint's {name}",
+    "named pipe": "is a named pipe, where the checkpoint's {name} file is expected",
+    "dangling link": "a link to .*gone, which does not exist; missing",
+}
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists() or not hasattr(os, "mkfifo"), reason="needs /dev/zero and FIFOs")
+@pytest.mark.parametrize("name", [WEIGHTS, META])
+@pytest.mark.parametrize("what", list(_NOT_A_FILE))
+def test_a_file_that_is_not_a_regular_file_is_named_as_what_it_is(saved, name, what):
+    _, folder = saved
+    _replace_with(folder / name, what)
+    pattern = f"^{folder / name}: {_NOT_A_FILE[what].format(name=name)}"
+    with pytest.raises(CheckpointError, match=pattern) as caught:
+        load_checkpoint(folder)
+    assert len(str(caught.value).splitlines()) == 1
+    if what == "folder":  # named by the folder's own path too
+        with pytest.raises(CheckpointError, match=pattern):
+            load_checkpoint(folder / name)
+
+
+def test_a_rewind_point_that_is_a_folder_is_not_missing(saved):
+    model, folder = saved
+    save_checkpoint(folder, model, "cnn_tiny", rewind=model.state_dict())
+    _replace_with(folder / REWIND, "folder")
+    with pytest.raises(CheckpointError, match="rewind.safetensors: is a folder, where"):
         load_rewind(folder)

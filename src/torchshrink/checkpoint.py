@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
@@ -109,8 +110,7 @@ def save_checkpoint(
 def load_rewind(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The early-training weights saved beside a checkpoint, for ``--rewind``."""
     file = _resolve(path) / REWIND
-    if not _is_file(file):
-        raise CheckpointError(f"{file}: missing; only checkpoints from `torchshrink train` carry a rewind point")
+    _check_regular_file(file, "missing; only checkpoints from `torchshrink train` carry a rewind point")
     read_header(file)
     state = _load_tensors(file)
     _check_values(file, state)
@@ -127,8 +127,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     folder = _resolve(path)
     meta_path, weights_path = folder / META, folder / WEIGHTS
     for p in (meta_path, weights_path):
-        if not _is_file(p):
-            raise CheckpointError(f"{p}: missing; the checkpoint is incomplete, train again or pass another folder")
+        _check_regular_file(p, "missing; the checkpoint is incomplete, train again or pass another folder")
     meta = _read_meta(meta_path)
     name, args = meta["model"], meta.get("model_args", {})
     expected = _expected_tensors(meta_path, name, args)
@@ -206,11 +205,32 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, tuple[str, tuple[int,
 # --- the steps of loading, in order -----------------------------------------------------------------------
 
 
-def _is_file(path: Path) -> bool:
+_NOT_FILES = (  # what a checkpoint's file may turn out to be instead, and how a message names it
+    (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+)  # fmt: skip
+
+
+def _check_regular_file(path: Path, missing: str) -> None:
+    """Refuse anything but a regular file (links followed) at ``path``, saying what is there instead.
+
+    A folder or a link to ``/dev/zero`` is not "missing", and must never be opened: reading a device or a
+    named pipe can return endless bytes or block forever. ``missing`` is the message's end when nothing is there.
+    """
     try:
-        return path.is_file()
-    except OSError as exc:  # EACCES on a parent folder is not swallowed by pathlib
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():  # a link whose target is gone
+            raise CheckpointError(f"{path}: a link to {os.readlink(path)}, which does not exist; {missing}") from None
+        raise CheckpointError(f"{path}: {missing}") from None
+    except OSError as exc:  # EACCES on a parent folder, a loop of links: pathlib does not swallow these
         raise CheckpointError(f"{path}: cannot access ({exc.strerror}); check the folder's permissions") from exc
+    if stat.S_ISREG(mode):
+        return
+    what = next((name for is_kind, name in _NOT_FILES if is_kind(mode)), "not a file")
+    link = f" (through a link to {os.path.realpath(path)})" if path.is_symlink() else ""
+    raise CheckpointError(f"{path}: is {what}{link}, where the checkpoint's {path.name} file is expected; train "
+                          "again or pass another folder")  # fmt: skip
 
 
 def _size(path: Path) -> int:
@@ -223,7 +243,9 @@ def _size(path: Path) -> int:
 def _resolve(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     try:
-        if path.is_dir():
+        # a folder named like one of the files (``ckpt/model.safetensors``) names its checkpoint, which says
+        # that a folder stands where the file belongs
+        if path.is_dir() and not (path.name in (WEIGHTS, META) and not (path / META).exists()):
             return path
         exists = path.exists()
     except OSError as exc:
