@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from torchshrink.checkpoint import (
     load_rewind,
     save_checkpoint,
 )
-from torchshrink.errors import CheckpointError
+from torchshrink.errors import CheckpointError, TorchshrinkWarning
 from torchshrink.models import MODELS, build_model
 
 
@@ -235,6 +236,22 @@ def test_all_zero_weight_loads_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="weight tensor classifier.fc2.weight is all zeros"):
         loaded = load_checkpoint(folder)
     assert torch.equal(loaded.model.classifier.fc2.weight, model.classifier.fc2.weight)
+
+
+def test_all_zero_weights_are_one_warning_of_one_line(tmp_path):
+    model = build_model("cnn_tiny")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight"):
+                p.zero_()
+    folder = save_checkpoint(tmp_path / "ckpt", model, "cnn_tiny")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_checkpoint(folder)
+    assert [w.category for w in caught] == [TorchshrinkWarning]
+    text = str(caught[0].message)
+    assert len(text.splitlines()) == 1 and text.startswith(f"{folder / WEIGHTS}: 8 weight tensors are all zeros (")
+    assert "and 5 more" in text
 
 
 def test_unreadable_files_are_checkpoint_errors(saved, monkeypatch):

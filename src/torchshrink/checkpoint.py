@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from torchshrink._io import atomic_write, atomic_write_json
-from torchshrink.errors import CheckpointError, first_line, show_value
+from torchshrink.errors import CheckpointError, TorchshrinkWarning, first_line, show_value
 from torchshrink.models import MODELS, build_model
 from torchshrink.provenance import versions
 
@@ -394,8 +394,9 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_values(path: Path, state: dict[str, torch.Tensor]) -> None:
-    """NaN/inf weights are refused (the model would be silently useless); an all-zero weight only warns,
-    since a layer pruned to nothing is legal, if rarely what anyone wanted."""
+    """NaN/inf weights are refused (the model would be silently useless); all-zero weights only warn, once for
+    the whole file, since a layer pruned to nothing is legal, if rarely what anyone wanted."""
+    zeros = []
     for key, tensor in state.items():
         if not tensor.is_floating_point() or tensor.numel() == 0:
             continue
@@ -406,10 +407,18 @@ def _check_values(path: Path, state: dict[str, torch.Tensor]) -> None:
                 "the training diverged: train again (lower --lr) or pass another checkpoint"
             )
         if key.endswith("weight") and not bool(tensor.any()):
-            warnings.warn(
-                f"{path}: weight tensor {key} is all zeros; the model will ignore that layer's inputs",
-                stacklevel=3,
-            )
+            zeros.append(key)
+    if zeros:
+        warnings.warn(_zero_weights_note(path, zeros), TorchshrinkWarning, stacklevel=3)
+
+
+def _zero_weights_note(path: Path, keys: list[str], shown: int = 3) -> str:
+    """One line naming the all-zero weight tensors (the first ``shown`` of them): a file of zeros has dozens."""
+    if len(keys) == 1:
+        return f"{path}: weight tensor {keys[0]} is all zeros; the model will ignore that layer's inputs"
+    names = ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+    return (f"{path}: {len(keys)} weight tensors are all zeros ({names}); the model will ignore those layers' "
+            "inputs")  # fmt: skip
 
 
 def _is_int(value: Any) -> bool:

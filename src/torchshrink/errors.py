@@ -1,6 +1,7 @@
 """Exception types: one per area, each message naming the file or value and the fix.
 
-The command line turns any :class:`TorchshrinkError` into one line on stderr and exit code 1.
+The command line turns any :class:`TorchshrinkError` into one line on stderr and exit code 1, and prints any
+:class:`TorchshrinkWarning` as one line too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DistributedError",
+    "TorchshrinkWarning",
     "check_finite",
     "show_value",
     "first_line",
@@ -37,6 +39,11 @@ class ConfigError(TorchshrinkError):
 
 class DistributedError(TorchshrinkError):
     """Ranks of a multi-process run disagree (masks, quantizer ranges) or cannot reach each other."""
+
+
+class TorchshrinkWarning(UserWarning):
+    """Something legal but likely unintended in the user's input (an all-zero weight tensor), said by torchshrink
+    itself in one line: the command line prints it as ``torchshrink: warning: ...``, like its errors."""
 
 
 def check_finite(config: object, *fields: str) -> None:

@@ -9,8 +9,11 @@ the command, as torch reads it when it loads, before this module runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from torchshrink.cli.args import Parser, UsageError
 from torchshrink.cli.compress import add_compress_commands
@@ -20,7 +23,7 @@ from torchshrink.cli.quantize import add_quant_commands
 from torchshrink.cli.ranks import run_on_ranks
 from torchshrink.cli.study import add_study_command
 from torchshrink.cli.train import add_train_commands
-from torchshrink.errors import TorchshrinkError
+from torchshrink.errors import TorchshrinkError, TorchshrinkWarning
 
 __all__ = ["main", "build_parser"]
 
@@ -50,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return run_on_ranks(args.func, args)
+        with _own_warnings_in_one_line():
+            return run_on_ranks(args.func, args)
     except UsageError as exc:  # options that do not go together: a usage error, as argparse's (exit 2)
         print(f"torchshrink: error: {exc}", file=sys.stderr)
         return 2
@@ -60,3 +64,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("torchshrink: interrupted; nothing was written for the unfinished step", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _own_warnings_in_one_line() -> Iterator[None]:
+    """Print torchshrink's own warnings as ``torchshrink: warning: ...``, one line each, as its errors are.
+
+    Python's format adds the file, the line and the source line of the call, which say nothing to a user of the
+    command. Every other warning (torch's, a user's module's, the recipes' notes) keeps Python's own format and
+    filters: nothing is hidden.
+    """
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:  # fmt: skip
+        if issubclass(category, TorchshrinkWarning):
+            text = " ".join(str(message).splitlines())
+            print(f"torchshrink: warning: {text}", file=file if file is not None else sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
