@@ -6,7 +6,7 @@ from torchshrink import _threads  # noqa: F401  (first: before anything loads to
 from torchshrink._version import __version__
 from torchshrink.checkpoint import load_checkpoint, save_checkpoint
 from torchshrink.data import FashionMNIST, Task, TensorBatches, load_fashion_mnist
-from torchshrink.errors import CheckpointError, ConfigError, DataError, TorchshrinkError
+from torchshrink.errors import CheckpointError, ConfigError, DataError, TorchshrinkError, TorchshrinkWarning
 from torchshrink.kinds import LayerKind, register_layer_kind, unregister_layer_kind
 from torchshrink.layers import LayerWeight, prunable_layers, skipped_layers
 from torchshrink.models import MODELS, build_model, fp32_bytes, layer_table, parameter_count, register_model
@@ -109,4 +109,5 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "ConfigError",
+    "TorchshrinkWarning",
 ]
