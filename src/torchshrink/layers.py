@@ -43,6 +43,7 @@ __all__ = [
     "tie_groups",
     "check_untied",
     "module_weights",
+    "has_own_forward",
     "FILTER_REJECTED",
 ]
 
@@ -302,3 +303,13 @@ def check_untied(model: nn.Module, layers: Mapping[str, LayerWeight], action: st
 
 
 _OTHER = LayerKind("other", lambda _m: ("weight",))
+
+
+def has_own_forward(module: nn.Module) -> bool:
+    """Whether ``module`` is a convolution or linear layer whose class overrides ``forward`` (weight
+    standardisation, as in BiT / NFNet): it computes something else than the layer it derives from, so folding a
+    BatchNorm into it or exporting it as that layer's operator would change the model."""
+    for base in (*CONVS, *CONV_TRANSPOSES, nn.Linear):
+        if isinstance(module, base):
+            return type(module).forward is not base.forward
+    return False

@@ -290,29 +290,48 @@ class _Flatten12(_Residual):
         return self.conv(x).flatten(1, 2)  # ONNX Flatten keeps exactly one leading dim: (1, 2) is not that
 
 
-def test_unsupported_operations_are_refused_by_name(tmp_path: Path) -> None:
-    """A quantized model with an op the QDQ builder does not translate raises ConfigError naming it, and
-    writes no file."""
-    q = ptq(_Residual().eval(), [torch.randn(8, 1, 28, 28)], QuantConfig(bits=8)).model
-    target = tmp_path / "model.onnx"
-    with pytest.raises(ConfigError, match=r"'act' \(Sigmoid\): not supported by the ONNX exporter yet"):
+def test_operations_beyond_the_conv_chain_take_torchs_traced_graph(tmp_path: Path) -> None:
+    """A quantized model with an op the conv-chain builder does not translate (a sigmoid, a residual add, a
+    flatten of dims 1 to 2) is exported from torch's own traced graph with QDQ at its quantizers, and agrees."""
+    x = torch.randn(16, 1, 28, 28)
+    for model in (_Residual(), _Flatten12()):
+        q = ptq(model.eval(), [torch.randn(8, 1, 28, 28)], QuantConfig(bits=8)).model
+        target = tmp_path / "model.onnx"
         export_onnx(q, target, torch.zeros(1, 1, 28, 28))
+        session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            assert np.abs(got - q(x).numpy()).max() < 0.05
+
+
+class _Branches(_Residual):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) if float(x.sum()) > 0 else -x
+
+
+def test_an_export_refused_writes_no_file(tmp_path: Path) -> None:
+    q = ptq(_Branches().eval(), [torch.randn(8, 1, 28, 28)], QuantConfig(bits=8)).model
+    target = tmp_path / "model.onnx"
+    with pytest.raises(ConfigError, match=r"decision on tensor values"):
+        export_onnx(q, target, torch.ones(1, 1, 28, 28))
     assert not target.exists()
-    q.act = nn.ReLU()
-    with pytest.raises(ConfigError, match=r"'add'.*not supported by the ONNX exporter yet"):
-        to_onnx(q, torch.zeros(1, 1, 28, 28))
-    flat = ptq(_Flatten12().eval(), [torch.randn(8, 1, 28, 28)], QuantConfig(bits=8)).model
-    with pytest.raises(ConfigError, match=r"flatten from dim 1 to 2\): not supported"):
-        to_onnx(flat, torch.zeros(1, 1, 28, 28))
 
 
-def test_a_fake_quant_the_graph_would_drop_is_refused() -> None:
-    """An enabled fake quant that is not a weight or input quantizer of a translated layer is named, not dropped."""
+def test_a_fake_quant_the_conv_chain_builder_would_drop_is_kept() -> None:
+    """An enabled fake quant that is not a weight or input quantizer of a translated layer is not dropped: the
+    model goes through torch's traced graph, which computes it."""
     q = ptq(build_model("cnn_tiny").eval(), [torch.randn(8, 1, 28, 28)], QuantConfig(bits=8)).model
-    q.stray = FakeQuant(QuantSpec(bits=8))
-    q.stray.enabled = True
-    with pytest.raises(ConfigError, match=r"fake quant 'stray'.*not supported by the ONNX exporter yet"):
-        to_onnx(q, torch.zeros(1, 1, 28, 28))
+    stray = FakeQuant(QuantSpec(bits=4))
+    stray.scale.data.fill_(0.05)
+    stray.enabled = True
+    model = nn.Sequential(q, stray).eval()  # the logits, rounded to 4-bit steps of 0.05
+    x = torch.randn(16, 1, 28, 28)
+    session = ort.InferenceSession(to_onnx(model, torch.zeros(1, 1, 28, 28)).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    got = session.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert len(np.unique(expected)) <= 15 and np.abs(got - expected).max() <= 0.05 + 1e-6
 
 
 def test_bad_example_input_and_weight_type_are_refused() -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 
+import torch
 from torch import nn
 
+from torchshrink.layers import prunable_layers
 from torchshrink.pack.decode import open_compressed
 from torchshrink.pack.records import uniform_codes
 from torchshrink.quant.export import QuantizedLayer
@@ -23,8 +25,8 @@ __all__ = ["load_for_export"]
 def load_for_export(
     path: str | os.PathLike[str], model: nn.Module | None = None
 ) -> tuple[nn.Module, dict[str, QuantizedLayer], list[str]]:
-    """The model a ``.tshrink`` file holds, the integer codes of its uniformly quantized conv and linear
-    weights by layer name, and the layers whose stored weights have no int8 codes (codebook tensors), which
+    """The model a ``.tshrink`` file holds, the integer codes of its uniformly quantized weights by
+    weight name, and the layers whose stored weights have no int8 codes (codebook tensors), which
     export on float weights.
 
     Args:
@@ -40,11 +42,8 @@ def load_for_export(
     aliases = header.get("aliases", {})
     weights: dict[str, QuantizedLayer] = {}
     float_layers: list[str] = []
-    for name, layer in model.named_modules():
-        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-            continue
-        key = f"{name}.weight"
-        rec = by_name.get(aliases.get(key, key))
+    for name, w in prunable_layers(model).items():  # every weight of a known kind, as the file stores them
+        rec = by_name.get(aliases.get(w.key, w.key))
         if rec is None:
             continue
         found = uniform_codes(rec)
@@ -53,12 +52,13 @@ def load_for_export(
                 float_layers.append(name)
             continue
         codes, scales = found
-        bias = layer.bias.detach().clone() if layer.bias is not None else None
+        bias = getattr(w.module, "bias", None) if w.attr == "weight" else None
+        bias = bias.detach().clone() if isinstance(bias, torch.Tensor) else None
         # signed: the codes go into an int8 container whatever their width (1-bit codes are counted as 2). The
         # range is the writer's: code_offset is its most negative code, -2^(b-1) for full-range codes
         bits = max(2, rec.meta["bits"])
         full = rec.meta["code_offset"] == -(1 << (bits - 1))
         spec = QuantSpec(bits=bits, signed=True, symmetric=True, per_channel=scales.numel() > 1,
                          narrow=False if full else None)  # fmt: skip
-        weights[name] = QuantizedLayer(name, codes, scales, spec, bias, None, None, None, name)
+        weights[name] = QuantizedLayer(name, codes, scales, spec, bias, None, None, None, w.module_name, w.attr)
     return model, weights, float_layers

@@ -21,6 +21,7 @@ from torchshrink._io import atomic_write_bytes
 from torchshrink.errors import ConfigError
 from torchshrink.export.onnx_graph import INPUT_NAME, OUTPUT_NAME, build_qdq_model
 from torchshrink.export.onnx_layers import WeightType, check_weight_type
+from torchshrink.export.traced_qdq import build_traced_qdq_model, exportable_attention, refuse_data_dependent_flow
 from torchshrink.quant.export import QuantizedLayer
 from torchshrink.quant.fake_quant import FakeQuant
 
@@ -36,17 +37,31 @@ def is_fake_quantized(model: nn.Module) -> bool:
 
 def _float_model(model: nn.Module, example_input: torch.Tensor, opset: int) -> onnx.ModelProto:
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as caught, exportable_attention():
         # the TorchScript exporter is deprecated in favour of torch.export, which does not yet keep a
-        # dynamic batch axis on every model this one handles
-        warnings.simplefilter("ignore", DeprecationWarning)
+        # dynamic batch axis on every model this one handles; its TracerWarnings are read below
+        warnings.simplefilter("always")
         try:
             torch.onnx.export(model, (example_input,), buffer, dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})  # fmt: skip
         except Exception as exc:  # torch.onnx raises many types for an untranslatable model
             raise ConfigError(f"{type(model).__name__}: not supported by the ONNX exporter yet ({exc})") from exc
+    refuse_data_dependent_flow(caught, type(model).__name__)
     return onnx.load_from_string(buffer.getvalue())
+
+
+def _qdq_model(model: nn.Module, example_input: torch.Tensor, opset: int, weights: dict[str, QuantizedLayer] | None,
+               integer_bias: bool | None, weight_type: WeightType) -> onnx.ModelProto:  # fmt: skip
+    """The hand-built QDQ graph where every operation is one it translates (integer biases, quantizers moved
+    across ReLU and pooling: onnxruntime's fastest form), else torch's traced graph with QDQ at the quantizers."""
+    try:
+        return build_qdq_model(model, example_input, opset, weights, integer_bias, weight_type=weight_type)
+    except ConfigError as hand_built:
+        try:
+            return build_traced_qdq_model(model, example_input, opset, weights)
+        except ConfigError as traced:
+            raise ConfigError(f"{traced} (and the conv-chain exporter: {hand_built})") from None
 
 
 def to_onnx(
@@ -87,8 +102,12 @@ def to_onnx(
         ConfigError: an unsupported layer or operation (named), a bad example input, an opset before 13, or an
             unknown weight type.
     """
-    if not isinstance(example_input, torch.Tensor) or example_input.dtype != torch.float32 or example_input.ndim < 1:
-        raise ConfigError("example_input: give one float32 batch of inputs, e.g. torch.zeros(1, 1, 28, 28)")
+    usable = isinstance(example_input, torch.Tensor) and (
+        example_input.dtype == torch.float32 or not (example_input.is_floating_point() or example_input.is_complex())
+    )
+    if not usable or example_input.ndim < 1:
+        raise ConfigError("example_input: give one batch of float32 inputs (or integer ones, e.g. token ids), "
+                          "e.g. torch.zeros(1, 1, 28, 28)")  # fmt: skip
     if opset < 13:
         raise ConfigError(f"opset {opset}: per-channel DequantizeLinear and integer Clip need opset 13 or later")
     check_weight_type(weight_type)
@@ -97,7 +116,7 @@ def to_onnx(
     try:
         with torch.no_grad():
             if is_fake_quantized(model) or weights:
-                proto = build_qdq_model(model, example_input, opset, weights, integer_bias, weight_type=weight_type)
+                proto = _qdq_model(model, example_input, opset, weights, integer_bias, weight_type)
             else:
                 proto = _float_model(model, example_input, opset)
     finally:

@@ -29,6 +29,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from torchshrink.errors import ConfigError
 from torchshrink.export.onnx_layers import GraphBuilder, WeightType, check_weight_type, emit_conv, emit_linear, emit_qdq
+from torchshrink.layers import has_own_forward
 from torchshrink.quant.apply import input_quantizer, weight_quantizer
 from torchshrink.quant.export import QuantizedLayer, export_layers
 from torchshrink.quant.fake_quant import FakeQuant
@@ -120,7 +121,7 @@ def _emit_module(
     weight_type: WeightType,
 ) -> str:
     name = str(node.target)
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
+    if isinstance(module, (nn.Conv2d, nn.Linear)) and not has_own_forward(module):
         shape = _shape(node.args[0])
         return _emit_layer(g, name, module, x, q, shape, quantized_input, integer_bias, weight_type)
     if isinstance(module, nn.ReLU):

@@ -45,6 +45,7 @@ __all__ = [
     "prune_from_zeros_",
     "make_permanent",
     "permanent_copy",
+    "independent_copy",
     "LayerSparsity",
     "sparsity_report",
 ]
@@ -205,13 +206,19 @@ def permanent_copy(model: nn.Module) -> nn.Module:
     removing a parametrization edits that class, which would strip the original's ``weight``. So each copied
     module first gets a class of its own.
     """
+    return make_permanent(independent_copy(model))
+
+
+def independent_copy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)`` whose parametrized modules have classes of their own, so that removing a
+    parametrization from the copy leaves the original as it is."""
     clone = copy.deepcopy(model)
     for module in clone.modules():
         if parametrize.is_parametrized(module):
             cls = module.__class__
             body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
             module.__class__ = type(cls.__name__, cls.__bases__, body)
-    return make_permanent(clone)
+    return clone
 
 
 @dataclass(frozen=True)

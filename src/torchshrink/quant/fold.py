@@ -18,7 +18,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
 from torchshrink.errors import ConfigError
-from torchshrink.layers import BATCH_NORMS, CONV_TRANSPOSES, CONVS, NORMS
+from torchshrink.layers import BATCH_NORMS, CONV_TRANSPOSES, CONVS, NORMS, has_own_forward
 from torchshrink.tracing import TraceError, trace
 
 __all__ = [
@@ -81,6 +81,8 @@ def _partner(
         return None, f"its calls follow different convolutions ({', '.join(conv_names)})"
     conv_name = conv_names[0]
     conv = modules[conv_name]
+    if has_own_forward(conv):
+        return None, f"follows {conv_name}, a {type(conv).__name__} with its own forward, which folding would bypass"
     if isinstance(conv, CONV_TRANSPOSES) and conv.groups != 1:
         return None, f"follows a grouped {type(conv).__name__} (groups={conv.groups}); only groups=1 is folded"
     if _is_lazy(conv):

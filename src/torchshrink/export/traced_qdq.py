@@ -1,0 +1,184 @@
+"""A QDQ graph of any fake-quantized model, from torch's own exporter: whatever the model computes between its
+quantized layers (residual adds, concatenations, attention, recurrences, norms, activations) is what torch exports.
+
+The model is copied and, on the copy, every quantized weight becomes its integer codes (an ``int8`` initializer)
+-> ``DequantizeLinear``, and every enabled input quantizer ``QuantizeLinear`` -> (``Clip`` to its code range when
+that is narrower than the 8-bit container) -> ``DequantizeLinear``. Each is an ``autograd.Function`` whose forward
+is torchshrink's own arithmetic (so the copy computes exactly the model) and whose ``symbolic`` is the ONNX nodes.
+Operations between them run in float: exact to torchshrink's model up to float rounding. onnxruntime fuses the
+``DequantizeLinear -> op -> QuantizeLinear`` groups it has integer kernels for.
+
+A forward that branches on tensor values would be baked into one branch by torch's tracer; the exporter refuses
+it (torch's ``TracerWarning`` about converting a tensor to a Python value), naming the place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from torchshrink.errors import ConfigError
+from torchshrink.layers import module_weights, stored_weight
+from torchshrink.pruning.apply import independent_copy
+from torchshrink.quant.apply import weight_quantizer
+from torchshrink.quant.export import QuantizedLayer, export_layers
+from torchshrink.quant.fake_quant import FakeQuant
+from torchshrink.quant.primitives import dequantize, fake_quantize
+from torchshrink.quant.sharing import codebook_layers
+
+__all__ = ["build_traced_qdq_model", "refuse_data_dependent_flow", "exportable_attention"]
+
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+# what torch's tracer says when forward turns a tensor into a Python value: the graph then holds one branch only
+_TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+_DATA_DEPENDENT = ("Python boolean", "Python number", "Python index", "Python float", "Python integer")
+
+
+class _Dequantize(torch.autograd.Function):
+    """``(codes - zero_point) * scale``, exported as ``DequantizeLinear`` of the integer codes."""
+
+    @staticmethod
+    def forward(ctx: Any, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, axis: int | None) -> torch.Tensor:
+        return dequantize(codes.to(torch.float32), scale, zero.to(torch.float32), axis)
+
+    @staticmethod
+    def symbolic(g: Any, codes: Any, scale: Any, zero: Any, axis: int | None) -> Any:
+        return g.op("DequantizeLinear", codes, scale, zero, axis_i=0 if axis is None else axis)
+
+
+class _CodesOf(nn.Module):
+    """A parametrization standing for a quantized weight: its codes, scales and zero points, nothing else."""
+
+    def __init__(self, q: QuantizedLayer, zero: torch.Tensor) -> None:
+        super().__init__()
+        per_channel = q.spec.per_channel
+        self.register_buffer("codes", q.codes.clone())
+        self.register_buffer("scale", q.scale.clone() if per_channel else q.scale.reshape(()).clone())
+        self.register_buffer("zero", zero.to(torch.int8) if per_channel else zero.reshape(()).to(torch.int8))
+        self.axis = 0 if per_channel else None
+
+    def forward(self, _original: torch.Tensor) -> torch.Tensor:
+        return _Dequantize.apply(self.codes, self.scale, self.zero, self.axis)
+
+
+class _QuantizeDequantize(torch.autograd.Function):
+    """An input quantizer: torchshrink's fake quant arithmetic, exported as Q -> (Clip) -> DQ. Its settings travel
+    as Python numbers (the tracer records no module as an argument); the float32 scale survives that exactly."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float, zero: int, qmin: int, qmax: int, signed: bool) -> torch.Tensor:
+        s = torch.tensor(scale, dtype=torch.float32, device=x.device)
+        z = torch.tensor(float(zero), dtype=torch.float32, device=x.device)
+        return fake_quantize(x.float(), s, z, qmin, qmax)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, scale: float, zero: int, qmin: int, qmax: int, signed: bool) -> Any:
+        dtype = torch.int8 if signed else torch.uint8
+        lo, hi = (-128, 127) if signed else (0, 255)
+        s = g.op("Constant", value_t=torch.tensor(scale, dtype=torch.float32))
+        z = g.op("Constant", value_t=torch.tensor(zero, dtype=dtype))
+        q = g.op("QuantizeLinear", x, s, z)
+        if (qmin, qmax) != (lo, hi):  # narrower codes in an 8-bit container: saturate to their range
+            low = g.op("Constant", value_t=torch.tensor(qmin, dtype=dtype))
+            high = g.op("Constant", value_t=torch.tensor(qmax, dtype=dtype))
+            q = g.op("Clip", q, low, high)
+        return g.op("DequantizeLinear", q, s, z)
+
+
+def _as_codes_(model: nn.Module, layers: list[QuantizedLayer]) -> None:
+    """Replace each quantized weight's parametrizations (masks, fake quant), or its plain decoded values, by its
+    codes; one per stored tensor, so tied weights stay one initializer. Codebooks stay float weights."""
+    by_tensor: dict[int, _CodesOf] = {}
+    for q in layers:
+        module = model.get_submodule(q.module_name)
+        if q.spec.bits > 8 or q.codes.dtype != torch.int8:
+            raise ConfigError(f"{q.name}: {q.spec.bits}-bit codes do not fit an int8 initializer")
+        fq = weight_quantizer(module, q.attr)
+        zero = fq.zero_point.detach() if fq is not None else torch.zeros_like(q.scale)  # a file's codes: symmetric
+        stored = stored_weight(module, q.attr)
+        if id(stored) not in by_tensor:
+            by_tensor[id(stored)] = _CodesOf(q, zero)
+        if parametrize.is_parametrized(module, q.attr):
+            parametrize.remove_parametrizations(module, q.attr, leave_parametrized=False)
+        parametrize.register_parametrization(module, q.attr, by_tensor[id(stored)], unsafe=True)
+    weights = module_weights(model)
+    for name in codebook_layers(model):  # a codebook's weight, as the float values it stands for
+        parametrize.remove_parametrizations(weights[name].module, weights[name].attr, leave_parametrized=True)
+
+
+def _as_qdq_inputs_(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, FakeQuant) and m.is_activation and m.enabled:
+            if m.spec.per_channel:
+                raise ConfigError("a per-channel input quantizer: not exported")
+            settings = (float(m.effective_scale.reshape(-1)[0]), int(m.zero_point.reshape(-1)[0]), m.spec.qmin,
+                        m.spec.qmax, m.spec.signed)  # fmt: skip
+            m.forward = lambda x, a=settings: _QuantizeDequantize.apply(x, *a)  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def exportable_attention() -> Iterator[None]:
+    """Attention's fused fast path (``aten::_native_multi_head_attention``, taken in eval mode) has no ONNX
+    translation; its Python path computes the same attention from exportable operations."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
+
+def refuse_data_dependent_flow(caught: list[warnings.WarningMessage], what: str) -> None:
+    """Refuse an export during which torch's tracer turned a tensor into a Python value: the graph then holds
+    the branch (or the count) of the example input only, and would compute another model on other inputs."""
+    for w in caught:
+        text = str(w.message)
+        if os.path.abspath(w.filename).startswith(_TORCH):
+            continue  # torch's own checks of shapes (fixed in the graph but the batch), not of values
+        if issubclass(w.category, torch.jit.TracerWarning) and any(k in text for k in _DATA_DEPENDENT):
+            where = f"{w.filename}:{w.lineno}"
+            raise ConfigError(f"{what}: forward makes a decision on tensor values at {where} (e.g. `if x.mean() > 0`), "
+                              "which an ONNX graph traced from one input cannot follow; export refused (rewrite it "
+                              "with torch.where, or export the branch you need as its own module)")  # fmt: skip
+
+
+def build_traced_qdq_model(
+    model: nn.Module, example_input: torch.Tensor, opset: int, weights: dict[str, QuantizedLayer] | None = None
+) -> onnx.ModelProto:
+    """The QDQ graph of a fake-quantized ``model`` through torch's TorchScript exporter (see the module doc).
+
+    ``weights``: integer codes of weights that are plain (decoded) tensors in ``model``, by weight name (a file
+    loaded by :func:`torchshrink.export.load_for_export`).
+
+    Raises:
+        ConfigError: torch cannot export the model, a forward that branches on tensor values, or codes that do
+            not fit an 8-bit container.
+    """
+    clone = independent_copy(model).eval()  # its parametrizations are replaced below, the model's are not
+    layers = export_layers(clone) + list((weights or {}).values())
+    if not layers:
+        raise ConfigError("no quantized weight: export the fp32 model instead")
+    _as_codes_(clone, layers)
+    _as_qdq_inputs_(clone)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(record=True) as caught, exportable_attention():
+        warnings.simplefilter("always")
+        try:
+            torch.onnx.export(clone, (example_input,), buffer, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})  # fmt: skip
+        except ConfigError:
+            raise
+        except Exception as exc:  # torch.onnx raises many types for an untranslatable model
+            raise ConfigError(f"{type(model).__name__}: torch's ONNX exporter cannot export it ({exc})") from exc
+    refuse_data_dependent_flow(caught, type(model).__name__)
+    return onnx.load_from_string(buffer.getvalue())

@@ -1,0 +1,165 @@
+"""Quantized ONNX export of models the conv-chain exporter does not translate (residual adds, concatenation,
+ConvTranspose, squeeze-excite, Conv1d, LayerNorm, attention), through torch's own exporter with QDQ at the
+quantizers; and the two ways an export could be silently wrong, refused or right."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import pytest
+import torch
+from torch import nn
+
+from torchshrink import QuantConfig
+from torchshrink.errors import ConfigError
+from torchshrink.export import to_onnx
+from torchshrink.quant import fold_batchnorm
+from torchshrink.recipes import ptq
+from zoo import FAMILIES
+
+ort = pytest.importorskip("onnxruntime")
+
+
+class UNetish(nn.Module):
+    """Down, up with ConvTranspose2d, and the skip joined by torch.cat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv2d(3, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.dec = nn.Conv2d(16, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = torch.relu(self.enc(x))
+        y = torch.relu(self.up(torch.relu(self.down(skip))))
+        return self.dec(torch.cat([y, skip], dim=1)).mean(dim=(2, 3))
+
+
+class SqueezeExcite(nn.Module):
+    """Depthwise conv, hardswish, a squeeze-excite gate that multiplies the features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.squeeze, self.excite = nn.Linear(16, 4), nn.Linear(4, 16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.hardswish(self.depthwise(torch.relu(self.stem(x))))
+        gate = torch.sigmoid(self.excite(torch.relu(self.squeeze(y.mean(dim=(2, 3))))))
+        return self.head((y * gate[:, :, None, None]).mean(dim=(2, 3)))
+
+
+MODELS = {f.name: (f.make, f.inputs) for f in FAMILIES} | {
+    "unet": (UNetish, lambda g, n: torch.randn(n, 3, 8, 8, generator=g)),
+    "squeeze_excite": (SqueezeExcite, lambda g, n: torch.randn(n, 3, 8, 8, generator=g)),
+}
+
+
+def _run(proto: onnx.ModelProto, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_any_quantized_model_exports_and_agrees_with_onnxruntime(name, bits):
+    make, inputs = MODELS[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    g = torch.Generator().manual_seed(1)
+    calibration, x = inputs(g, 64), inputs(g, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = ptq(model, [calibration], QuantConfig(bits=bits)).model
+    proto = to_onnx(q, x[:1])
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") >= 1 and ops.count("DequantizeLinear") >= 2
+    integer = {i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    assert integer, "the weights are integer codes, not floats"
+    with torch.no_grad():
+        expected = q(x).numpy()
+    got = _run(proto, x)
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.95  # a value at a rounding tie may take the next code
+    scale = np.abs(expected).max()
+    assert np.median(np.abs(got - expected)) <= 1e-3 * scale
+
+
+def test_integer_codes_make_the_weights_about_a_quarter_of_fp32():
+    torch.manual_seed(0)
+    model = UNetish().eval()
+    x = torch.randn(16, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = ptq(model, [x], QuantConfig(bits=8)).model
+    def weight_bytes(proto: onnx.ModelProto) -> int:  # what grows with the model (node names do not)
+        return sum(onnx.numpy_helper.to_array(i).nbytes for i in proto.graph.initializer)
+
+    assert weight_bytes(to_onnx(q, x[:1])) < 0.33 * weight_bytes(to_onnx(model, x[:1]))
+
+
+class Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) if x.mean() > 0 else self.b(x)  # a decision on values: one branch per input
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_a_forward_that_branches_on_values_is_refused(quantized):
+    torch.manual_seed(0)
+    model = Branchy().eval()
+    x = torch.randn(8, 4).abs()
+    if quantized:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = ptq(model, [x, -x], QuantConfig(bits=8)).model
+    with pytest.raises(ConfigError, match="decision on tensor values at .*test_traced_export.py"):
+        to_onnx(model, x[:1])
+
+
+class StandardizedConv(nn.Conv2d):
+    """Weight standardisation (BiT, NFNet): its own forward, not a plain convolution."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+        return self._conv_forward(x, w, self.bias)
+
+
+def _standardized() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(StandardizedConv(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4))
+    net[1].running_mean.uniform_(-0.5, 0.5)
+    net[1].running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def test_batchnorm_is_not_folded_into_a_conv_with_its_own_forward():
+    model = _standardized()
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        before = model(x)
+        with pytest.warns(UserWarning, match="its own forward"):
+            fold_batchnorm(model)
+        assert isinstance(model[1], nn.BatchNorm2d)  # left in place: the model computes what it did
+        assert torch.allclose(model(x), before, atol=1e-6)
+
+
+def test_a_conv_with_its_own_forward_exports_through_it():
+    model = _standardized()
+    x = torch.randn(32, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = ptq(model, [x], QuantConfig(bits=8)).model
+    with torch.no_grad():
+        expected = q(x).numpy()
+    got = _run(to_onnx(q, x[:1]), x)
+    assert np.abs(got - expected).max() <= 1e-2 * np.abs(expected).max()
