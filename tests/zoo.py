@@ -135,3 +135,56 @@ def make_loader(family: Family, n: int = 256, batch_size: int = 32, seed: int = 
         y = make_model(family, seed=1234)(x).argmax(1)
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle,
                       generator=torch.Generator().manual_seed(seed))  # fmt: skip
+
+# --- more graphs, for the exporter: concatenation, ConvTranspose, squeeze-excite gates, recurrences ------------
+
+
+class UNetish(nn.Module):
+    """Down, up with ConvTranspose2d, and the skip joined by torch.cat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv2d(3, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.dec = nn.Conv2d(16, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = torch.relu(self.enc(x))
+        y = torch.relu(self.up(torch.relu(self.down(skip))))
+        return self.dec(torch.cat([y, skip], dim=1)).mean(dim=(2, 3))
+
+
+class SqueezeExcite(nn.Module):
+    """Depthwise conv, hardswish, a squeeze-excite gate that multiplies the features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.squeeze, self.excite = nn.Linear(16, 4), nn.Linear(4, 16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.hardswish(self.depthwise(torch.relu(self.stem(x))))
+        gate = torch.sigmoid(self.excite(torch.relu(self.squeeze(y.mean(dim=(2, 3))))))
+        return self.head((y * gate[:, :, None, None]).mean(dim=(2, 3)))
+
+
+class RowLSTM(nn.Module):
+    """An image's rows as the steps of an LSTM; the last hidden state classifies."""
+
+    def __init__(self, classes: int = 4):
+        super().__init__()
+        self.rnn = nn.LSTM(8, 16, batch_first=True)
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 1, 8, 8)
+        return self.head(self.rnn(x.reshape(x.shape[0], 8, 8))[0][:, -1])
+
+
+EXPORT_FAMILIES = [
+    Family("unet", UNetish, lambda g, n: torch.randn(n, 3, 8, 8, generator=g), 4, False),
+    Family("squeeze_excite", SqueezeExcite, lambda g, n: torch.randn(n, 3, 8, 8, generator=g), 5, False),
+    Family("lstm", RowLSTM, lambda g, n: torch.randn(n, 1, 8, 8, generator=g), 4, False),
+]

@@ -18,47 +18,12 @@ from torchshrink.errors import ConfigError
 from torchshrink.export import to_onnx
 from torchshrink.quant import fold_batchnorm
 from torchshrink.recipes import ptq
-from zoo import FAMILIES
+from zoo import EXPORT_FAMILIES, FAMILIES, UNetish
 
 ort = pytest.importorskip("onnxruntime")
 
 
-class UNetish(nn.Module):
-    """Down, up with ConvTranspose2d, and the skip joined by torch.cat."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.enc = nn.Conv2d(3, 8, 3, padding=1)
-        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
-        self.dec = nn.Conv2d(16, 4, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = torch.relu(self.enc(x))
-        y = torch.relu(self.up(torch.relu(self.down(skip))))
-        return self.dec(torch.cat([y, skip], dim=1)).mean(dim=(2, 3))
-
-
-class SqueezeExcite(nn.Module):
-    """Depthwise conv, hardswish, a squeeze-excite gate that multiplies the features."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1)
-        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-        self.squeeze, self.excite = nn.Linear(16, 4), nn.Linear(4, 16)
-        self.head = nn.Linear(16, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = nn.functional.hardswish(self.depthwise(torch.relu(self.stem(x))))
-        gate = torch.sigmoid(self.excite(torch.relu(self.squeeze(y.mean(dim=(2, 3))))))
-        return self.head((y * gate[:, :, None, None]).mean(dim=(2, 3)))
-
-
-MODELS = {f.name: (f.make, f.inputs) for f in FAMILIES} | {
-    "unet": (UNetish, lambda g, n: torch.randn(n, 3, 8, 8, generator=g)),
-    "squeeze_excite": (SqueezeExcite, lambda g, n: torch.randn(n, 3, 8, 8, generator=g)),
-}
+MODELS = {f.name: (f.make, f.inputs) for f in FAMILIES + EXPORT_FAMILIES}
 
 
 def _run(proto: onnx.ModelProto, x: torch.Tensor) -> np.ndarray:
