@@ -461,7 +461,7 @@ FINDINGS = {  # name: (seed, header change, payload change, words the one-line m
     "code_offset -256": ("codebook-none", lambda h: _first(h, encoding="codebook").update(code_offset=-256), None,
                          "code_offset is -256, expected 0"),
     "uniform code_offset": ("dense4-none", lambda h: _first(h, encoding="uniform").update(code_offset=-256), None,
-                            "code_offset is -256, expected an integer in [-8, 0]"),
+                            "code_offset is -256, expected -7 (narrow range) or -8 (full range)"),
     "negative scale": ("dense4-none", None, _scale(-0.5), "scale 0 is -0.5, expected a positive finite number"),
     "NaN scale": ("dense4-none", None, _scale(float("nan")), "scale 0 is nan, expected a positive finite"),
     "NaN zero point": ("inputs-packed", lambda h: h["activations"][0].update(zero_point=float("nan")), None,

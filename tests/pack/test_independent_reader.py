@@ -279,8 +279,9 @@ def test_files_written_from_the_document_load(tmp_path, compression):
         entries.append(_coded(name, shape, q, layout, extra, {"scales": scales.tobytes()}))
         per = scales if count > 1 else np.repeat(scales, shape[0])
         expected[name] = (q.reshape(shape[0], -1).astype(np.float32) * per[:, None]).reshape(shape)
+    scale = float(np.float32(0.03))  # a scale is a float32 value, written exactly
     activations = [
-        {"layer": "features.conv1", "bits": 8, "signed": True, "symmetric": False, "scale": 0.03, "zero_point": -3},
+        {"layer": "features.conv1", "bits": 8, "signed": True, "symmetric": False, "scale": scale, "zero_point": -3},
         {"layer": "features.conv2", "bits": 4, "signed": False, "symmetric": True, "scale": 0.25, "zero_point": 0},
     ]
     model = {"name": "cnn_tiny", "batchnorm_folded": True}

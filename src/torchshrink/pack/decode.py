@@ -72,7 +72,8 @@ def _header(f: BinaryIO) -> dict[str, Any]:
     """The checked header of an open file, which is then positioned at the payload."""
     size = os.fstat(f.fileno()).st_size
     head_len = header_length(f.read(16), size)
-    header = check_header(parse_header(f.read(head_len)))
+    head = f.read(head_len)
+    header = check_header(parse_header(head), compressed=head[:1] != b"{")  # as parse_header tells them apart
     expected = 16 + head_len + header["payload_bytes"]
     if size != expected:
         problem = "truncated" if size < expected else "extra bytes after the payload"
@@ -182,21 +183,34 @@ def _label(info: dict[str, Any], model: nn.Module) -> str:
 
 
 def _input_quantizers(model: nn.Module, activations: list[dict[str, Any]]) -> list[tuple[nn.Module, FakeQuant]]:
-    """The input quantizers a checked header describes, with the layer each one goes to."""
-    modules = dict(model.named_modules())
+    """The input quantizers a checked header describes, with the layer each one goes to.
+
+    A module reached under several names (one object in two places) may be named by any of them, but by one
+    entry only: it has one input, so two quantizers for it would leave the file saying two things."""
+    modules = dict(model.named_modules(remove_duplicate=False))  # every name of a shared module
+    named: dict[int, str] = {}  # id(module) -> the entry's name for it
     out = []
-    for act in activations:
+    for i, act in enumerate(activations):
         layer = modules.get(act["layer"])
         if layer is None:  # the schema tied the layer to a weight of the file; this model has no such module
             raise FormatError(f"activation entry for {shown(act['layer'])}: the model has no such layer")
-        spec = QuantSpec(bits=act["bits"], signed=act["signed"], symmetric=act["symmetric"])
-        fq = FakeQuant(spec, is_activation=True)
-        fq.scale.data.fill_(float(act["scale"]))
-        fq.zero_point.fill_(int(act["zero_point"]))  # an integral float (0.1.0 files) is that integer
-        fq.enabled = True
-        weight = next(layer.parameters(), None)
-        out.append((layer, fq if weight is None else fq.to(weight.device)))
+        if id(layer) in named:
+            raise FormatError(f"header field activations[{i}].layer is {shown(act['layer'])}, the module "
+                              f"{shown(named[id(layer)])} names too, expected one entry per module")  # fmt: skip
+        named[id(layer)] = act["layer"]
+        out.append((layer, _quantizer(act, layer)))
     return out
+
+
+def _quantizer(act: dict[str, Any], layer: nn.Module) -> FakeQuant:
+    """The enabled input quantizer of a checked activation entry, on the device of ``layer``'s weights."""
+    spec = QuantSpec(bits=act["bits"], signed=act["signed"], symmetric=act["symmetric"])
+    fq = FakeQuant(spec, is_activation=True)
+    fq.scale.data.fill_(float(act["scale"]))
+    fq.zero_point.fill_(int(act["zero_point"]))  # an integral float (0.1.0 files) is that integer
+    fq.enabled = True
+    weight = next(layer.parameters(), None)
+    return fq if weight is None else fq.to(weight.device)
 
 
 def _fill(model: nn.Module, header: dict[str, Any], records: list[TensorRecord]) -> None:

@@ -204,6 +204,15 @@ def _check_input_range(name: str, spec: QuantSpec) -> None:
                           "so the loaded model would differ; use narrow=None for input quantizers")  # fmt: skip
 
 
+def _check_weight_range(name: str, spec: QuantSpec) -> None:
+    """Refuse a weight quantizer whose codes are not signed with zero point 0 (a hand-made unsigned or asymmetric
+    one): the file stores a weight as its code times its scale, in the narrow or the full signed range only."""
+    if not (spec.signed and spec.symmetric):
+        raise ConfigError(f"{name}: its weight quantizer is {'signed' if spec.signed else 'unsigned'} and "
+                          f"{'symmetric' if spec.symmetric else 'asymmetric'}, but the file stores signed symmetric "
+                          "weight codes (zero point 0); quantize the weights with quantize_, ptq or qat")  # fmt: skip
+
+
 def _check_folded(model: nn.Module) -> None:
     """Refuse a model with BatchNorm that ``load_compressed`` would fold (its file would not fit the folded
     model it is loaded into). Only models that still hold a BatchNorm pay for the trial fold on a copy."""
@@ -304,6 +313,7 @@ def encode_compressed(
         slot = (id(module), key.rpartition(".")[2])
         if slot in exported:
             q = exported[slot]
+            _check_weight_range(key, q.spec)
             rec = _uniform_record(key, q.codes.numpy(), q.scale.numpy(), q.spec.bits, q.spec.qmin, entropy)
         elif slot in shared:
             values, indices = shared[slot].export()

@@ -17,7 +17,15 @@ import heapq
 
 import numpy as np
 
-__all__ = ["MAX_LENGTH", "code_lengths", "canonical_codes", "huffman_encode", "huffman_decode", "encoded_bits"]
+__all__ = [
+    "MAX_LENGTH",
+    "code_lengths",
+    "canonical_codes",
+    "check_complete",
+    "huffman_encode",
+    "huffman_decode",
+    "encoded_bits",
+]
 
 MAX_LENGTH = 15
 
@@ -80,6 +88,20 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
         codes[symbol] = code
         code += 1
     return codes
+
+
+def check_complete(lengths: np.ndarray) -> None:
+    """``ValueError`` unless the code lengths (each 0..``MAX_LENGTH``) form a complete prefix code, Kraft sum
+    exactly 1, or are one symbol of length 1: what Huffman's construction gives (a lone symbol still takes one
+    bit). Every other table leaves bit patterns that start no code, or codes that are prefixes of others."""
+    used = np.asarray(lengths, dtype=np.int64)
+    used = used[used > 0]
+    if used.size == 1 and int(used[0]) == 1:
+        return
+    kraft = int(np.sum(np.left_shift(1, MAX_LENGTH - used)))  # in units of 2**-MAX_LENGTH: exact
+    if kraft != 1 << MAX_LENGTH:
+        raise ValueError(f"code lengths have a Kraft sum of {kraft}/{1 << MAX_LENGTH}, expected exactly 1 (a "
+                         "complete prefix code) or a lone symbol of length 1")  # fmt: skip
 
 
 def _reverse(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -7,8 +7,9 @@ elements: :mod:`.decode` calls it only after the shapes were checked against the
 
 The record must come from a header that passed :func:`torchshrink.pack.schema.check_header` (fields present
 and typed, section lengths consistent); what is checked here is what only the payload can tell: scales
-positive and finite, codebook indices within the codebook, positions inside the tensor and as many as
-``nonzeros``, streams exactly as long as their symbols.
+positive and finite, codebook indices within the codebook, uniform codes within the range ``code_offset``
+names, no zero code in sparse storage, positions inside the tensor and as many as ``nonzeros``, streams
+exactly as long as their symbols, Huffman tables complete codes.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def decode_codes(rec: TensorRecord) -> Codes:
     except ValueError as exc:
         raise _fail(rec, f"section codes ({coding}): {exc}") from None
     stored = stored.astype(np.int16)
+    _check_codes(rec, stored, positions is not None)
     if meta["encoding"] == "uniform":
         scales = float_values(sections["scales"], meta.get("scale_dtype", "float32"), meta["scale_count"])
         bad = np.flatnonzero(~(np.isfinite(scales) & (scales > 0)))
@@ -77,9 +79,26 @@ def decode_codes(rec: TensorRecord) -> Codes:
     bad = np.flatnonzero(~np.isfinite(book))
     if bad.size:
         raise _fail(rec, f"codebook entry {int(bad[0])} is {float(book[bad[0]])}, expected a finite number")
-    if stored.size and int(stored.max()) > book.size:
-        raise _fail(rec, f"codebook index {int(stored.max())} is past the {book.size} entries of the codebook")
     return Codes(numel, stored, positions, np.concatenate([np.zeros(1, np.float32), book]))
+
+
+def _check_codes(rec: TensorRecord, stored: np.ndarray, sparse: bool) -> None:
+    """Every stored value names a code of the record's range, and sparse storage holds no zero code."""
+    meta, offset = rec.meta, rec.meta["code_offset"]
+    high = int(stored.max()) if stored.size else 0
+    if meta["encoding"] == "codebook" and high > meta["codebook_size"]:
+        raise _fail(rec, f"codebook index {high} is past the {meta['codebook_size']} entries of the codebook")
+    # a narrow range ends at 2**(b-1) - 1 like the full one but starts one higher: its top b-bit value
+    # (q = 2**(b-1)) is no code of it
+    largest = (1 << (meta["bits"] - 1)) - 1
+    if meta["encoding"] == "uniform" and high + offset > largest:
+        raise _fail(rec, f"stored value {high} is the code {high + offset}, past {largest}, the largest code of the "
+                    f"range code_offset {offset} names")  # fmt: skip
+    zeros = np.flatnonzero(stored == -offset) if sparse else np.zeros(0, np.int64)  # q == 0, or k == 0
+    if zeros.size:
+        # a zero is told by its absence: storing it too would give one tensor two encodings
+        raise _fail(rec, f"sparse code {int(zeros[0])} is the zero code (stored value {-offset}), expected only "
+                    "the elements that are not zero")  # fmt: skip
 
 
 def decode_tensor(rec: TensorRecord) -> torch.Tensor:

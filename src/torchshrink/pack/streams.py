@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from torchshrink.pack.bitpack import pack_bits, packed_size, unpack_bits
-from torchshrink.pack.huffman import huffman_decode, huffman_encode
+from torchshrink.pack.huffman import check_complete, huffman_decode, huffman_encode
 
 __all__ = ["Stream", "encode_stream", "decode_stream", "check_padding", "CODINGS"]
 
@@ -55,7 +55,8 @@ def decode_stream(coding: str, data: bytes, table: bytes, bits: int, count: int)
     """Inverse of :func:`encode_stream`: ``count`` symbols as uint8 (packed) or int64 (Huffman).
 
     Strict: the stream must be exactly what :func:`encode_stream` writes for ``count`` symbols, padding
-    included. Raises ``ValueError`` on anything else.
+    included, and a Huffman table a complete code (or one symbol of length 1). Raises ``ValueError`` on
+    anything else.
     """
     if coding == "packed":
         check_padding(data, count * bits)
@@ -63,5 +64,6 @@ def decode_stream(coding: str, data: bytes, table: bytes, bits: int, count: int)
     if coding == "huffman":
         check_padding(table, 4 << bits)
         lengths = unpack_bits(table, 4, 1 << bits).astype(np.int64)
+        check_complete(lengths)  # as encode_stream's tables are: the format allows no other
         return huffman_decode(lengths, data, count)
     raise ValueError(f"unknown stream coding {coding!r}")
