@@ -159,3 +159,21 @@ def test_a_module_reached_under_two_names_with_its_input_quantized_round_trips(t
                                                                           nn.Linear(6, 2)))  # fmt: skip
     with torch.no_grad():
         assert torch.equal(loaded(x), q(x))
+
+
+def test_mixed_precision_plans_a_width_per_weight_of_an_rnn(tmp_path):
+    from torchshrink import Task
+    from torchshrink.recipes.mixed_precision import plan_mixed_precision
+    from torchshrink.recipes.mixed_uniform import plan_uniform_mixed_precision
+
+    torch.manual_seed(0)
+    model = Recurrent().eval()
+    x, y = torch.randn(32, 5, 6), torch.randint(0, 3, (32,))
+    task = Task(train=[(x, y)], val=[(x, y)])
+    names = set(prunable_layers(model))
+    uniform = _quiet(lambda: plan_uniform_mixed_precision(model, task, 9000, (2, 4, 8), progress=False, log=None))
+    assert set(uniform.bits) == names  # one width per weight, each gate matrix on its own
+    q = _quiet(lambda: ptq(model, [x], QuantConfig(bits=8, layer_bits=uniform.bits)).model)
+    assert {n: weight_quantizer(w.module, w.attr).spec.bits for n, w in prunable_layers(q).items()} == uniform.bits
+    books = _quiet(lambda: plan_mixed_precision(model, task, 6000, (2, 4), progress=False, log=None))
+    assert set(books.bits) == names

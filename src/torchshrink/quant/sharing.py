@@ -116,13 +116,20 @@ def codebook_layers(model: nn.Module) -> dict[str, Codebook]:
 
 
 @torch.no_grad()
-def codebook_quantize_(model: nn.Module, bits: int | dict[str, int], filter_fn: FilterFn = default_filter) -> nn.Module:
+def codebook_quantize_(
+    model: nn.Module, bits: int | dict[str, int], filter_fn: FilterFn = default_filter, only: str | None = None
+) -> nn.Module:
     """Replace every accepted weight by a ``bits``-bit shared-weight codebook, in place.
 
     ``bits`` may be a dict of per-layer widths (mixed precision); it must then name every accepted weight.
+    ``only``: that one weight (by name, e.g. ``"lstm.weight_hh_l0"``), not the other weights of its layer.
     Call on a model with permanent pruning (plain zeros) and BatchNorm folded. Tied weights share one codebook.
     """
     layers = prunable_layers(model, filter_fn)
+    if only is not None:
+        if only not in layers:
+            raise ConfigError(f"no weight named {only!r}; weights: {', '.join(layers)}")
+        layers = {only: layers[only]}
     if isinstance(bits, dict):
         missing, unknown = sorted(set(layers) - set(bits)), sorted(set(bits) - set(layers))
         if missing or unknown:

@@ -130,7 +130,7 @@ def _width_table(
     for name in names:
         for bits in candidates:
             trial = copy.deepcopy(folded)
-            codebook_quantize_(trial, bits, filter_fn=lambda _m, n, name=name: n == name)
+            codebook_quantize_(trial, bits, filter_fn, only=name)
             acc, loss = measure(trial)
             cb = codebook_layers(trial)[name]
             values, indices = cb.export()
