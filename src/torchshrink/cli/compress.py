@@ -114,7 +114,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from torchshrink.cli.inputs import CHECK_IMAGES, check_fits_fashion_mnist, check_quantizable
     from torchshrink.cli.ranks import main_writes
     from torchshrink.data import load_fashion_mnist
-    from torchshrink.recipes.compress import compress_model, write_and_verify
+    from torchshrink.recipes.compress import compress_model, smallest_file_bytes, write_and_verify
     from torchshrink.recipes.train import evaluate, pick_device
 
     device = pick_device(args.device)
@@ -131,12 +131,19 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     out = check_output(out, COMPRESSED, force=args.force, inputs=[ckpt.path])
     summary = check_output(out.with_name(out.name + ".json"), RECORD, force=args.force, option="--out (its record)")
     check_fits_fashion_mnist(ckpt.model, ckpt.path)
+    model_args = ckpt.meta.get("model_args", {})
+    if args.budget is not None:  # a budget no file of this model can meet: refused before any pruning
+        floor = smallest_file_bytes(ckpt.model, cfg, ckpt.meta["model"], model_args, args.compression)
+        if args.budget < floor:
+            floats = ", and the float values --compression none stores as they are" if args.compression == "none" else ""
+            raise UsageError(f"--budget {args.budget:,}: no file of {ckpt.path}'s model can be that small: whatever "
+                             f"the weights, it takes at least {floor:,} bytes (the header naming every tensor{floats}); "
+                             f"give --budget {floor} or more")  # fmt: skip
     data = load_fashion_mnist(args.data_dir)
     if args.train_subset:
         data = data.subset(train=args.train_subset)
     check_quantizable(ckpt.model, ckpt.path, data.calibration_batches(CHECK_IMAGES)[0])
     base_acc, _ = evaluate(ckpt.model, data.test_batches())
-    model_args = ckpt.meta.get("model_args", {})
     torch.manual_seed(0)  # no --seed here: every random draw of the fine-tuning repeats from run to run
     done = compress_model(ckpt.model.to(device), data, cfg, model_name=ckpt.meta["model"], model_args=model_args)
     model, record = done.model, done.record

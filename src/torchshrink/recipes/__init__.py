@@ -2,7 +2,7 @@
 precision, and the compression pipeline. They take data through :class:`torchshrink.data.Task` and build on
 the pure layers below (``pruning``, ``quant``, ``pack``), which never import from here."""
 
-from torchshrink.recipes.compress import CompressConfig, compress_model, write_and_verify
+from torchshrink.recipes.compress import CompressConfig, compress_model, smallest_file_bytes, write_and_verify
 from torchshrink.recipes.gradual import GRADUAL_TRAIN, GradualConfig, GradualPruner, gradual_prune
 from torchshrink.recipes.mixed_activations import activation_width_table, plan_activation_widths
 from torchshrink.recipes.mixed_precision import (
@@ -88,5 +88,6 @@ __all__ = [
     # the pipeline
     "CompressConfig",
     "compress_model",
+    "smallest_file_bytes",
     "write_and_verify",
 ]
