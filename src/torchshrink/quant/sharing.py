@@ -115,6 +115,15 @@ def codebook_layers(model: nn.Module) -> dict[str, Codebook]:
     return {n: cb for n, w in module_weights(model).items() if (cb := codebook_quantizer(w.module, w.attr)) is not None}
 
 
+def _check_centroids(name: str, cb: Codebook, weight: torch.Tensor) -> None:
+    """Refuse centroids that are not finite: k-means sums weights, and huge but finite ones overflow float32 to
+    inf, which a file cannot hold (its codebook values must be finite)."""
+    if not bool(torch.isfinite(cb.centroids).all()):
+        largest = float(weight.detach().abs().max())
+        raise ConfigError(f"{name}: its codebook's centroids are not finite: k-means over weights as large as "
+                          f"{largest:.3g} overflows float32 (weights far too large?)")  # fmt: skip
+
+
 @torch.no_grad()
 def codebook_quantize_(
     model: nn.Module, bits: int | dict[str, int], filter_fn: FilterFn = default_filter, only: str | None = None
@@ -141,6 +150,7 @@ def codebook_quantize_(
             raise ConfigError(f"{' and '.join(group)} are one tied tensor but get different widths {sorted(widths)}")
         first = layers[group[0]]
         cb = Codebook(first.tensor.detach(), widths.pop())
+        _check_centroids(" and ".join(group), cb, first.tensor)
         for n in group:
             parametrize.register_parametrization(layers[n].module, layers[n].attr, cb, unsafe=True)
     return model
