@@ -128,3 +128,14 @@ def test_a_conv_with_its_own_forward_exports_through_it():
         expected = q(x).numpy()
     got = _run(to_onnx(q, x[:1]), x)
     assert np.abs(got - expected).max() <= 1e-2 * np.abs(expected).max()
+
+
+def test_outputs_that_are_not_finite_never_count_as_agreement():
+    from torchshrink.export import onnx_agreement
+
+    model = nn.Linear(4, 3).eval()
+    with torch.no_grad():
+        model.weight.fill_(1e38)  # overflows to inf in both runtimes: the same argmax, but no prediction
+    x = torch.ones(5, 4)
+    result = onnx_agreement(model, to_onnx(model, x[:1]).SerializeToString(), [x])
+    assert result["top1_agreement"] == 0.0 and result["max_logit_difference"] == float("inf")

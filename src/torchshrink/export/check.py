@@ -51,8 +51,11 @@ def onnx_agreement(model: nn.Module, onnx_bytes: bytes, batches: Iterable[Any], 
             x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
             ours = model(x.cpu()).numpy()
             theirs = session.run(None, {name: x.cpu().numpy()})[0]
-            same += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
-            worst = max(worst, float(np.abs(ours - theirs).max(initial=0.0)))
+            # a row holding inf or NaN on either side agrees with nothing: argmax of NaN is not a prediction
+            finite = np.isfinite(ours).reshape(len(ours), -1).all(1) & np.isfinite(theirs).reshape(len(x), -1).all(1)
+            same += int(((ours.argmax(-1) == theirs.argmax(-1)).reshape(len(x), -1).all(1) & finite).sum())
+            gap = np.abs(ours - theirs).max(initial=0.0) if finite.all() else np.inf
+            worst = max(worst, float(gap))
             if y is None:
                 labelled = False
             else:
