@@ -67,6 +67,7 @@ FILTER_REJECTED = "rejected by filter_fn"
 _PARAMETRIZED = re.compile(r"^(?:(?P<owner>.*)\.)?parametrizations\.(?P<attr>[^.]+)\.original\d*$")
 
 P = TypeVar("P", bound=nn.Module)
+_OTHER = LayerKind("other", lambda _m: ("weight",))  # a parametrized module of no known kind (set up by hand)
 
 
 @dataclass(frozen=True, eq=False)
@@ -300,9 +301,6 @@ def check_untied(model: nn.Module, layers: Mapping[str, LayerWeight], action: st
             f"{layers[name].key} is the same tensor as {', '.join(others)}, which {action} leaves alone: changing one "
             f"would change the other. Accept both (filter_fn), leave both out, or untie them"
         )
-
-
-_OTHER = LayerKind("other", lambda _m: ("weight",))
 
 
 def has_own_forward(module: nn.Module) -> bool:
