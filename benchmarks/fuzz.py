@@ -25,7 +25,7 @@ import torch
 
 from _common import write_result
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the mutator is defined with the tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "pack"))  # the mutator is defined with the tests
 from test_fuzz_format import PEAK_BYTES, SLOW_SECONDS, make_seeds, mutate, run_case, warm_up  # noqa: E402
 
 
