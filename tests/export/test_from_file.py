@@ -137,6 +137,10 @@ def test_export_command_refuses_bad_outputs_and_inputs(
     with pytest.raises(SystemExit) as exit_:
         main(["export", str(path), "--input-shape", "1,x,28"])
     assert exit_.value.code == 2
+    capsys.readouterr()
+    assert main(["export", str(path), "--input-shape", "1,28", "--out", str(tmp_path / "s.onnx"), "--no-check"]) == 1
+    err = capsys.readouterr().err
+    assert "does not run on an input of shape (1, 1, 28)" in err and "not supported" not in err  # the input, said so
     bogus = tmp_path / "bogus.tshrink"
     bogus.write_bytes(b"not a file of ours")
     assert main(["export", str(bogus), "--out", str(tmp_path / "b.onnx"), "--no-check"]) == 1

@@ -64,6 +64,18 @@ def _qdq_model(model: nn.Module, example_input: torch.Tensor, opset: int, weight
             raise ConfigError(f"{traced} (and the conv-chain exporter: {hand_built})") from None
 
 
+def _check_runs(model: nn.Module, example_input: torch.Tensor) -> None:
+    """Run the model once on the example: an input it cannot take is the caller's mistake, said as such, not an
+    exporter limitation."""
+    try:
+        model(example_input)
+    except Exception as exc:  # whatever the user's forward raises on an input it cannot take
+        text = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"{type(model).__name__} does not run on an input of shape {tuple(example_input.shape)} "
+                          f"({type(exc).__name__}: {text}); give an example input (--input-shape) of the shape it "
+                          "takes") from None  # fmt: skip
+
+
 def to_onnx(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -115,6 +127,7 @@ def to_onnx(
     model.eval()
     try:
         with torch.no_grad():
+            _check_runs(model, example_input)
             if is_fake_quantized(model) or weights:
                 proto = _qdq_model(model, example_input, opset, weights, integer_bias, weight_type)
             else:
