@@ -139,3 +139,17 @@ def test_outputs_that_are_not_finite_never_count_as_agreement():
     x = torch.ones(5, 4)
     result = onnx_agreement(model, to_onnx(model, x[:1]).SerializeToString(), [x])
     assert result["top1_agreement"] == 0.0 and result["max_logit_difference"] == float("inf")
+
+
+def test_from_opset_21_four_bit_codes_are_int4_initializers():
+    torch.manual_seed(0)
+    model = UNetish().eval()
+    x = torch.randn(32, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = ptq(model, [x], QuantConfig(bits=4)).model
+    narrow, wide = to_onnx(q, x[:1]), to_onnx(q, x[:1], opset=21)
+    codes = [i for i in wide.graph.initializer if i.name.endswith(".codes")]
+    assert codes and all(i.data_type == onnx.TensorProto.INT4 for i in codes)
+    assert len(wide.SerializeToString()) < len(narrow.SerializeToString())
+    assert np.array_equal(_run(wide, x), _run(narrow, x))  # the same integers, the same graph otherwise

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import onnx
+import onnx.numpy_helper
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -151,13 +152,34 @@ def refuse_data_dependent_flow(caught: list[warnings.WarningMessage], what: str)
                               "with torch.where, or export the branch you need as its own module)")  # fmt: skip
 
 
+INT4_OPSET = 21  # DequantizeLinear of INT4 tensors
+
+
+def _int4_codes_(proto: onnx.ModelProto) -> None:
+    """Store weight codes that fit 4 bits as ``INT4`` initializers (two per byte), their zero point (always 0:
+    weights are symmetric) left out. Lossless: the same integers, dequantized by the same scales."""
+    import ml_dtypes  # onnx's own dependency, for its 4-bit types
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        name = node.input[0] if node.op_type == "DequantizeLinear" else ""
+        if not name.endswith(".codes") or name not in inits:
+            continue
+        codes = onnx.numpy_helper.to_array(inits[name])
+        if codes.dtype != "int8" or codes.min(initial=0) < -8 or codes.max(initial=0) > 7:
+            continue  # 8-bit codes
+        inits[name].CopyFrom(onnx.numpy_helper.from_array(codes.astype(ml_dtypes.int4), name))
+        del node.input[2:]
+
+
 def build_traced_qdq_model(
     model: nn.Module, example_input: torch.Tensor, opset: int, weights: dict[str, QuantizedLayer] | None = None
 ) -> onnx.ModelProto:
     """The QDQ graph of a fake-quantized ``model`` through torch's TorchScript exporter (see the module doc).
 
     ``weights``: integer codes of weights that are plain (decoded) tensors in ``model``, by weight name (a file
-    loaded by :func:`torchshrink.export.load_for_export`).
+    loaded by :func:`torchshrink.export.load_for_export`). From opset 21 on, codes of 4 bits or fewer are stored
+    as ``INT4`` initializers (the ONNX file of a W4 model then holds 4-bit weights).
 
     Raises:
         ConfigError: torch cannot export the model, a forward that branches on tensor values, or codes that do
@@ -181,4 +203,7 @@ def build_traced_qdq_model(
         except Exception as exc:  # torch.onnx raises many types for an untranslatable model
             raise ConfigError(f"{type(model).__name__}: torch's ONNX exporter cannot export it ({exc})") from exc
     refuse_data_dependent_flow(caught, type(model).__name__)
-    return onnx.load_from_string(buffer.getvalue())
+    proto = onnx.load_from_string(buffer.getvalue())
+    if opset >= INT4_OPSET:
+        _int4_codes_(proto)
+    return proto
