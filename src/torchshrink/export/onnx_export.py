@@ -9,9 +9,7 @@ Example:
 
 from __future__ import annotations
 
-import io
 import os
-import warnings
 
 import onnx
 import torch
@@ -19,9 +17,9 @@ from torch import nn
 
 from torchshrink._io import atomic_write_bytes
 from torchshrink.errors import ConfigError
-from torchshrink.export.onnx_graph import INPUT_NAME, OUTPUT_NAME, build_qdq_model
+from torchshrink.export.onnx_graph import build_qdq_model
 from torchshrink.export.onnx_layers import WeightType, check_weight_type
-from torchshrink.export.traced_qdq import build_traced_qdq_model, exportable_attention, refuse_data_dependent_flow
+from torchshrink.export.traced_qdq import build_traced_qdq_model, torch_export
 from torchshrink.quant.export import QuantizedLayer
 from torchshrink.quant.fake_quant import FakeQuant
 
@@ -33,22 +31,6 @@ OPSET = 17  # per-axis DequantizeLinear and integer Clip need 13; 17 is what ONN
 def is_fake_quantized(model: nn.Module) -> bool:
     """Whether any fake quant in ``model`` is switched on (then it exports as a QDQ graph)."""
     return any(isinstance(m, FakeQuant) and m.enabled for m in model.modules())
-
-
-def _float_model(model: nn.Module, example_input: torch.Tensor, opset: int) -> onnx.ModelProto:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(record=True) as caught, exportable_attention():
-        # the TorchScript exporter is deprecated in favour of torch.export, which does not yet keep a
-        # dynamic batch axis on every model this one handles; its TracerWarnings are read below
-        warnings.simplefilter("always")
-        try:
-            torch.onnx.export(model, (example_input,), buffer, dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})  # fmt: skip
-        except Exception as exc:  # torch.onnx raises many types for an untranslatable model
-            raise ConfigError(f"{type(model).__name__}: not supported by the ONNX exporter yet ({exc})") from exc
-    refuse_data_dependent_flow(caught, type(model).__name__)
-    return onnx.load_from_string(buffer.getvalue())
 
 
 def _qdq_model(model: nn.Module, example_input: torch.Tensor, opset: int, weights: dict[str, QuantizedLayer] | None,
@@ -131,7 +113,7 @@ def to_onnx(
             if is_fake_quantized(model) or weights:
                 proto = _qdq_model(model, example_input, opset, weights, integer_bias, weight_type)
             else:
-                proto = _float_model(model, example_input, opset)
+                proto = torch_export(model, example_input, opset, type(model).__name__)
     finally:
         model.train(was_training)
     onnx.checker.check_model(proto, full_check=True)

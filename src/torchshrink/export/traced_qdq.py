@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from torchshrink.errors import ConfigError
+from torchshrink.export.onnx_graph import INPUT_NAME, OUTPUT_NAME
 from torchshrink.layers import module_weights, stored_weight
 from torchshrink.pruning.apply import independent_copy
 from torchshrink.quant.apply import weight_quantizer
@@ -36,9 +37,8 @@ from torchshrink.quant.fake_quant import FakeQuant
 from torchshrink.quant.primitives import dequantize, fake_quantize
 from torchshrink.quant.sharing import codebook_layers
 
-__all__ = ["build_traced_qdq_model", "refuse_data_dependent_flow", "exportable_attention"]
+__all__ = ["build_traced_qdq_model", "torch_export", "refuse_data_dependent_flow", "exportable_attention"]
 
-INPUT_NAME, OUTPUT_NAME = "input", "output"
 # what torch's tracer says when forward turns a tensor into a Python value: the graph then holds one branch only
 _TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _DATA_DEPENDENT = ("Python boolean", "Python number", "Python index", "Python float", "Python integer")
@@ -172,6 +172,27 @@ def _int4_codes_(proto: onnx.ModelProto) -> None:
         del node.input[2:]
 
 
+def torch_export(model: nn.Module, example_input: torch.Tensor, opset: int, what: str) -> onnx.ModelProto:
+    """``model`` through torch's TorchScript exporter: input ``"input"``, output ``"output"``, a dynamic batch
+    axis, attention on its exportable path; refused when forward decided on tensor values while being traced.
+
+    (The TorchScript exporter is deprecated in favour of torch.export, which does not yet keep a dynamic batch
+    axis on every model this one handles.)"""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(record=True) as caught, exportable_attention():
+        warnings.simplefilter("always")  # its TracerWarnings are read below
+        try:
+            torch.onnx.export(model, (example_input,), buffer, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})  # fmt: skip
+        except ConfigError:
+            raise
+        except Exception as exc:  # torch.onnx raises many types for an untranslatable model
+            raise ConfigError(f"{what}: not supported by torch's ONNX exporter ({exc})") from exc
+    refuse_data_dependent_flow(caught, what)
+    return onnx.load_from_string(buffer.getvalue())
+
+
 def build_traced_qdq_model(
     model: nn.Module, example_input: torch.Tensor, opset: int, weights: dict[str, QuantizedLayer] | None = None
 ) -> onnx.ModelProto:
@@ -191,19 +212,7 @@ def build_traced_qdq_model(
         raise ConfigError("no quantized weight: export the fp32 model instead")
     _as_codes_(clone, layers)
     _as_qdq_inputs_(clone)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(record=True) as caught, exportable_attention():
-        warnings.simplefilter("always")
-        try:
-            torch.onnx.export(clone, (example_input,), buffer, dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})  # fmt: skip
-        except ConfigError:
-            raise
-        except Exception as exc:  # torch.onnx raises many types for an untranslatable model
-            raise ConfigError(f"{type(model).__name__}: torch's ONNX exporter cannot export it ({exc})") from exc
-    refuse_data_dependent_flow(caught, type(model).__name__)
-    proto = onnx.load_from_string(buffer.getvalue())
+    proto = torch_export(clone, example_input, opset, type(model).__name__)
     if opset >= INT4_OPSET:
         _int4_codes_(proto)
     return proto
