@@ -604,3 +604,69 @@ def test_eval_escapes_what_a_file_says_its_class_is(tmp_path, data_dir):
     r = run("eval", str(tmp_path / "evil.tshrink"), "--data-dir", data_dir)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "\x1b" not in r.stderr and "\\x1b[31mred" in r.stderr
+
+
+# Graphs the conv-chain exporter does not translate: a residual add, ConvTranspose and torch.cat; an LSTM.
+GRAPHS = """
+import torch
+from torch import nn
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 8, 2, stride=2)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.relu(self.b(torch.relu(self.a(x)))) + x
+        return self.fc(torch.cat([y.mean(dim=(2, 3)), self.up(y).amax(dim=(2, 3))], 1))
+
+
+class Rows(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(28, 16, batch_first=True)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x.reshape(x.shape[0], 28, 28))[0][:, -1])
+"""
+
+
+@pytest.mark.parametrize("name", ["Residual", "Rows"])
+def test_export_of_a_users_residual_or_recurrent_file_through_the_traced_graph(tmp_path, data_dir, name):
+    import importlib.util
+    import json
+
+    import torch
+
+    from torchshrink.pack import save_compressed
+    from torchshrink.quant import QuantConfig
+    from torchshrink.recipes import ptq
+
+    (tmp_path / "graphs.py").write_text(GRAPHS)
+    spec = importlib.util.spec_from_file_location("graphs", tmp_path / "graphs.py")
+    graphs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(graphs)
+    torch.manual_seed(0)
+    q = ptq(getattr(graphs, name)().eval(), [torch.randn(32, 1, 28, 28)], QuantConfig(bits=8)).model
+    save_compressed(q, tmp_path / "m.tshrink")
+    r = run("export", str(tmp_path / "m.tshrink"), "--model-factory", f"graphs:{name}", "--data-dir", data_dir,
+            "--out", str(tmp_path / "m.onnx"), pythonpath=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    record = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert record["graph"] == "QDQ" and record["agreement"]["top1_agreement"] >= 0.999
+
+
+def test_an_export_onnxruntime_does_not_reproduce_is_refused(tmp_path):
+    from torchshrink.cli.export import _refuse_disagreement
+    from torchshrink.errors import ConfigError
+
+    _refuse_disagreement(tmp_path / "m.onnx", {"top1_agreement": 0.995, "max_logit_difference": 0.01})
+    for share, gap in ((0.98, 0.1), (1.0, float("inf"))):  # another model, or outputs that overflow
+        with pytest.raises(ConfigError, match=r"m.onnx: onnxruntime's graph agrees .* not written"):
+            _refuse_disagreement(tmp_path / "m.onnx", {"top1_agreement": share, "max_logit_difference": gap})
