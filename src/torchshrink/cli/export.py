@@ -140,6 +140,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
             record["check_inputs"] = "256 random normal inputs"
         record["agreement"] = onnx_agreement(model, blob, batches)
         _refuse_disagreement(out, record["agreement"])
+        # inputs of the other sign and of other scales: a branch or a clamp the check inputs never reach
+        probe = torch.randn(64, *args.input_shape, generator=torch.Generator().manual_seed(1))
+        record["agreement_other_inputs"] = onnx_agreement(model, blob, [-probe, 0.1 * probe, 5 * probe])
+        _refuse_disagreement(out, record["agreement_other_inputs"])
     if args.speed:
         from torchshrink.export import onnx_speed
 
