@@ -26,6 +26,13 @@ ort = pytest.importorskip("onnxruntime")
 MODELS = {f.name: (f.make, f.inputs) for f in FAMILIES + EXPORT_FAMILIES}
 
 
+def _quantized(model: nn.Module, calibration: list[torch.Tensor], bits: int) -> nn.Module:
+    """PTQ at ``bits`` (WbAb), quietly: what stays float is listed by a warning these tests do not read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ptq(model, calibration, QuantConfig(bits=bits)).model
+
+
 def _run(proto: onnx.ModelProto, x: torch.Tensor) -> np.ndarray:
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
@@ -39,9 +46,7 @@ def test_any_quantized_model_exports_and_agrees_with_onnxruntime(name, bits):
     model = make().eval()
     g = torch.Generator().manual_seed(1)
     calibration, x = inputs(g, 64), inputs(g, 64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = ptq(model, [calibration], QuantConfig(bits=bits)).model
+    q = _quantized(model, [calibration], bits)
     proto = to_onnx(q, x[:1])
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("QuantizeLinear") >= 1 and ops.count("DequantizeLinear") >= 2
@@ -59,9 +64,7 @@ def test_integer_codes_make_the_weights_about_a_quarter_of_fp32():
     torch.manual_seed(0)
     model = UNetish().eval()
     x = torch.randn(16, 3, 8, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = ptq(model, [x], QuantConfig(bits=8)).model
+    q = _quantized(model, [x], 8)
     def weight_bytes(proto: onnx.ModelProto) -> int:  # what grows with the model (node names do not)
         return sum(onnx.numpy_helper.to_array(i).nbytes for i in proto.graph.initializer)
 
@@ -83,9 +86,7 @@ def test_a_forward_that_branches_on_values_is_refused(quantized):
     model = Branchy().eval()
     x = torch.randn(8, 4).abs()
     if quantized:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = ptq(model, [x, -x], QuantConfig(bits=8)).model
+        model = _quantized(model, [x, -x], 8)
     with pytest.raises(ConfigError, match="decision on tensor values at .*test_traced_export.py"):
         to_onnx(model, x[:1])
 
@@ -121,9 +122,7 @@ def test_batchnorm_is_not_folded_into_a_conv_with_its_own_forward():
 def test_a_conv_with_its_own_forward_exports_through_it():
     model = _standardized()
     x = torch.randn(32, 3, 8, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = ptq(model, [x], QuantConfig(bits=8)).model
+    q = _quantized(model, [x], 8)
     with torch.no_grad():
         expected = q(x).numpy()
     got = _run(to_onnx(q, x[:1]), x)
@@ -145,9 +144,7 @@ def test_from_opset_21_four_bit_codes_are_int4_initializers():
     torch.manual_seed(0)
     model = UNetish().eval()
     x = torch.randn(32, 3, 8, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = ptq(model, [x], QuantConfig(bits=4)).model
+    q = _quantized(model, [x], 4)
     narrow, wide = to_onnx(q, x[:1]), to_onnx(q, x[:1], opset=21)
     codes = [i for i in wide.graph.initializer if i.name.endswith(".codes")]
     assert codes and all(i.data_type == onnx.TensorProto.INT4 for i in codes)
