@@ -348,6 +348,29 @@ def test_inspect_lists_tied_tensors(tmp_path):
     assert re.search(r"^2\.bias +tied to 0\.bias", r.stdout, re.M), r.stdout
 
 
+def test_inspect_lists_the_joins_of_a_version_4_file(tmp_path):
+    import torch
+    from torch import nn
+
+    from torchshrink.pack import save_compressed
+    from torchshrink.quant import QuantConfig
+    from torchshrink.recipes import ptq
+
+    class Skip(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x) + x)
+
+    q = ptq(Skip().eval(), [torch.randn(16, 6)], QuantConfig(bits=8, quantize_joins=True)).model
+    save_compressed(q, tmp_path / "skip.tshrink")
+    r = run("inspect", str(tmp_path / "skip.tshrink"))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^join \(model\): add: operands quantized at 8/8 bits$", r.stdout, re.M), r.stdout
+
+
 def test_eval_of_an_unregistered_file_asks_for_a_model_factory(tinynet_file, data_dir):
     folder, path, _ = tinynet_file
     r = run("eval", str(path), "--data-dir", data_dir, pythonpath=folder)

@@ -76,19 +76,23 @@ def test_export_from_a_file_stores_its_codes_and_agrees(
     np.testing.assert_allclose(run_ort(proto, images), run_ort(to_onnx(q, images[:1]), images), atol=1e-5)
 
 
-def test_codebook_file_exports_on_float_weights_that_onnxruntime_keeps(
+def test_codebook_file_exports_its_indices_and_tables_which_onnxruntime_keeps_as_floats(
     trained: nn.Module, small_task: Task, images: torch.Tensor, tmp_path: Path
 ) -> None:
-    """Codebook weights have no int8 codes: they export as float, on quantized inputs. onnxruntime would
-    requantize such a layer's weight to int8 per tensor (WeightBiasQuantization) if its input scale were a
-    scalar; the graph prevents it, so its outputs equal the loaded model's."""
+    """Codebook weights have no int8 codes: they export as their indices (UINT8) and table, looked up by
+    ``Gather``, on quantized inputs. onnxruntime must not requantize such a layer's weight to int8 (its outputs
+    equal the loaded model's)."""
     q = codebook(copy.deepcopy(trained), small_task, CodebookConfig(3, act_bits=8), train=TrainConfig(epochs=1, lr=0.005), log=None).model
     path = tmp_path / "cb.tshrink"
     save_compressed(q, path, "cnn_tiny")
     model, weights, float_layers = load_for_export(path)
-    layers = {name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    assert weights == {} and set(float_layers) == layers
+    assert weights == {} and float_layers == []
     proto = to_onnx(model, images[:1])
+    layers = {name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    indices = {i.name.split(".parametrizations")[0]: i for i in proto.graph.initializer if i.name.endswith(".indices")}
+    assert set(indices) == layers and all(i.data_type == onnx.TensorProto.UINT8 for i in indices.values())
+    floats = sum(numpy_helper.to_array(i).size for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+    assert floats < sum(p.numel() for p in model.parameters()) / 10, "no float copy of the weights"
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED

@@ -150,3 +150,39 @@ def test_from_opset_21_four_bit_codes_are_int4_initializers():
     assert codes and all(i.data_type == onnx.TensorProto.INT4 for i in codes)
     assert len(wide.SerializeToString()) < len(narrow.SerializeToString())
     assert np.array_equal(_run(wide, x), _run(narrow, x))  # the same integers, the same graph otherwise
+
+
+@pytest.mark.parametrize(("opset", "index_type"), [(17, onnx.TensorProto.UINT8), (21, onnx.TensorProto.UINT4)])
+def test_a_codebook_model_exports_its_indices_and_tables_not_float_weights(opset, index_type):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from torchshrink.data import Task
+    from torchshrink.recipes import codebook
+    from torchshrink.recipes.quantize import CodebookConfig
+
+    make, inputs = MODELS["resnet"]
+    torch.manual_seed(0)
+    model = make().eval()
+    g = torch.Generator().manual_seed(1)
+    calibration, x = inputs(g, 64), inputs(g, 64)
+    loader = DataLoader(TensorDataset(calibration, torch.zeros(64, dtype=torch.long)), batch_size=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = codebook(model, Task(train=loader, val=loader), CodebookConfig(4, act_bits=8), log=None, train=None).model
+    proto = to_onnx(q, x[:1], opset=opset)
+    inits = {i.name: i for i in proto.graph.initializer}
+    gathers = [n for n in proto.graph.node if n.op_type == "Gather" and n.input[0].endswith(".table")]
+    assert len(gathers) == 9  # every conv and the head: a table of 16 floats each
+    for node in gathers:
+        table = onnx.numpy_helper.to_array(inits[node.input[0]])
+        assert table.shape == (16,) and table[0] == 0  # the pruned zero, then the centroids
+    indices = [i for i in proto.graph.initializer if i.name.endswith(".indices")]
+    assert len(indices) == 9 and all(i.data_type == index_type for i in indices)
+    floats = sum(onnx.numpy_helper.to_array(i).size for i in inits.values() if i.data_type == onnx.TensorProto.FLOAT)
+    weights = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight") and p.ndim > 1)
+    assert floats < weights / 4, "no float copy of the weights"
+    with torch.no_grad():
+        expected = q(x).numpy()
+    got = _run(proto, x)
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.95
+    assert np.median(np.abs(got - expected)) <= 1e-3 * np.abs(expected).max()

@@ -306,7 +306,7 @@ def test_a_file_uses_no_feature_its_version_lacks(seed, tmp_path):
     half = recoded(seed, fields, sections | {"scales": np.full(4, 0.125, dtype="<f2").tobytes()})
     cases = {"huffman": (huffman, False, "codes_coding is 'huffman', expected no \"huffman\" in a version 1 file"),
              "float16": (half, False, "scale_dtype is 'float16', expected no \"float16\" in a version 1 file"),
-             "zlib header": (seed, True, "version is 1, expected 2 or 3 for a zlib-compressed header")}  # fmt: skip
+             "zlib header": (seed, True, "version is 1, expected 2, 3 or 4 for a zlib-compressed header")}  # fmt: skip
     for file, zlib_header, words in cases.values():
         outputs(write(tmp_path, assemble(file, zlib_header=zlib_header)))
         message = refusal(tmp_path, assemble(file, lambda h: h.update(version=1), zlib_header), read_header)
@@ -316,6 +316,25 @@ def test_a_file_uses_no_feature_its_version_lacks(seed, tmp_path):
     unnamed = {"name": None, "class": "x.Y", "batchnorm_folded": True}
     message = refusal(tmp_path, assemble(seed, lambda h: h.update(version=2, model=unnamed)), read_header)
     assert "header field model.name is None, expected a registered architecture's name" in message
+
+
+def test_joins_come_with_version_4_with_two_checked_operands_and_must_match_the_forward(seed, tmp_path):
+    """``joins`` in a version-3 file, a join of one operand, an operand scale that is no float32: refused. A
+    version-4 file whose joins the model's forward does not make is refused when the model runs."""
+    operand = {"bits": 8, "signed": True, "symmetric": False, "scale": 0.25, "zero_point": 0}
+    join = {"at": "(model): add", "operands": [operand, operand]}
+    message = refusal(tmp_path, assemble(seed, lambda h: h.update(joins=[join])), read_header)
+    assert "header field joins is" in message and "expected no joins in a version 3 file" in message
+    one = {"at": "x", "operands": [operand]}
+    message = refusal(tmp_path, assemble(seed, lambda h: h.update(version=4, joins=[one])), read_header)
+    assert "header field joins[0].operands is" in message and "two or more quantizers" in message
+    inexact = {"at": "x", "operands": [operand, operand | {"scale": 0.03}]}
+    message = refusal(tmp_path, assemble(seed, lambda h: h.update(version=4, joins=[inexact])), read_header)
+    assert "header field joins[0].operands[1].scale is 0.03, expected a float32 value" in message
+    path = write(tmp_path, assemble(seed, lambda h: h.update(version=4, joins=[join])), "joins.tshrink")
+    assert read_header(path)["joins"] == [join]
+    with pytest.raises(ConfigError, match="set up for 1"):
+        outputs(path)  # cnn_tiny makes no join: never run with the file's join left out
 
 
 def test_a_codebook_has_one_entry_at_least(seed, tmp_path):

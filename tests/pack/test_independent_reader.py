@@ -69,7 +69,7 @@ def independent_read(data: bytes) -> dict[str, np.ndarray]:
     (h,) = struct.unpack("<Q", data[8:16])
     head = data[16 : 16 + h]
     header = json.loads((head if head[:1] == b"{" else zlib.decompress(head)).decode("utf-8"))
-    assert header["format"] == "torchshrink" and header["version"] in (1, 2, 3)
+    assert header["format"] == "torchshrink" and header["version"] in (1, 2, 3, 4)
     payload = data[16 + h :]
     assert len(payload) == header["payload_bytes"]
     assert hashlib.sha256(payload).hexdigest() == header["payload_sha256"]
@@ -171,6 +171,57 @@ def test_independent_reader_reads_aliases_of_an_unregistered_model(tmp_path):
     assert sorted(tensors) == ["embed.weight", "head.weight", "mix.bias", "mix.weight"]
     assert np.array_equal(tensors["head.weight"], model.embed.weight.detach().numpy())
     assert np.allclose(tensors["mix.weight"], model.mix.weight.detach().numpy(), atol=1e-7)
+
+
+def fake_quant(x: np.ndarray, q: dict) -> np.ndarray:
+    """An input (or join operand) quantizer as the page states it: ``(clamp(round(x / s) + z, qmin, qmax) - z) * s``."""
+    bits, s, z = q["bits"], np.float32(q["scale"]), int(q["zero_point"])
+    if not q["signed"]:
+        lo, hi = 0, 2**bits - 1
+    else:
+        lo, hi = -(2 ** (bits - 1)) + int(q["symmetric"]), 2 ** (bits - 1) - 1
+    return ((np.clip(np.round(x / s) + z, lo, hi) - z) * s).astype(np.float32)
+
+
+class Residual(nn.Module):
+    """``head(relu(b(relu(a(x))) + x))``: one residual add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.b(torch.relu(self.a(x))) + x))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_independent_reader_runs_a_residual_model_with_quantized_joins(tmp_path):
+    """A version-4 file: the join's operands are rounded by its quantizers, in the order of the forward."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    q = ptq(Residual().eval(), [x], QuantConfig(bits=4, act_bits=8, quantize_joins=True)).model
+    path = tmp_path / "residual.tshrink"
+    save_compressed(q, path)
+    data = path.read_bytes()
+    (h,) = struct.unpack("<Q", data[8:16])
+    head = data[16 : 16 + h]
+    header = json.loads((head if head[:1] == b"{" else zlib.decompress(head)).decode("utf-8"))
+    w = independent_read(data)
+    inputs = {a["layer"]: a for a in header["activations"]}
+    (join,) = header["joins"]
+
+    def linear(name: str, v: np.ndarray) -> np.ndarray:
+        return fake_quant(v, inputs[name]) @ w[f"{name}.weight"].T + w[f"{name}.bias"]
+
+    xs = x.numpy()
+    branch = linear("b", np.maximum(linear("a", xs), 0))
+    joined = fake_quant(branch, join["operands"][0]) + fake_quant(xs, join["operands"][1])
+    expected = linear("head", np.maximum(joined, 0))
+    with torch.no_grad():
+        got = load_compressed(path, Residual())(x).numpy()
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    without = linear("head", np.maximum(branch + xs, 0))
+    assert np.abs(got - without).max() > 1e-3 * np.abs(expected).max(), "the join quantizers change the result"
 
 
 def test_independent_reader_reads_the_version_2_fixture():

@@ -212,6 +212,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
               f"{100 * r.sparsity:>7.1f}% {r.bytes:>8,} {100 * r.bytes / raw:>5.1f}%")  # fmt: skip
     for alias, target in aliases.items():
         print(f"{alias:<{width}} tied to {target} (stored once, under that name)")
+    for join in header.get("joins", []):  # checked by the reader; "at" is for people and shown cut short
+        widths = "/".join(str(q["bits"]) for q in join["operands"])
+        print(f"join {_cut(str(join.get('at', '?')))}: operands quantized at {widths} bits")
     print(f"model {_model_text(header.get('model'))}; payload {header['raw_payload_bytes']:,} bytes, stored with "
           f"{header['compression']} as {header['payload_bytes']:,}; file {size:,} bytes; fp32 of these tensors "
           f"{fp32:,} bytes ({fp32 / size:.1f}x)")  # fmt: skip

@@ -111,6 +111,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from torchshrink.cli.inputs import IMAGE_SHAPE, NUM_CLASSES
     from torchshrink.cli.ranks import main_writes
     from torchshrink.export import is_fake_quantized, onnx_agreement, to_onnx
+    from torchshrink.quant.sharing import codebook_layers
 
     source = Path(args.model)
     default = source.with_suffix(".onnx") if source.is_file() else source.with_name(source.name + ".onnx")
@@ -156,6 +157,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     kind = "QDQ graph of int8 weight codes" if weights or (quantized and not float_layers) else "fp32 graph"
     if quantized and float_layers and not weights:
         kind = "QDQ graph, quantized activations on float weights"
+    if codebook_layers(model):
+        kind += ", codebook weights as indices and tables"
     print(f"{out}: {len(blob):,} bytes, {kind}, opset {args.opset}")
     if float_layers:
         print(f"on float weights (their file stores codebooks, not int8 codes): {', '.join(float_layers)}")

@@ -12,12 +12,14 @@ import os
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from torchshrink.layers import prunable_layers
 from torchshrink.pack.decode import open_compressed
-from torchshrink.pack.records import uniform_codes
+from torchshrink.pack.records import codebook_codes, uniform_codes
 from torchshrink.quant.export import QuantizedLayer
 from torchshrink.quant.fake_quant import QuantSpec
+from torchshrink.quant.sharing import Codebook
 
 __all__ = ["load_for_export"]
 
@@ -45,6 +47,10 @@ def load_for_export(
     for name, w in prunable_layers(model).items():  # every weight of a known kind, as the file stores them
         rec = by_name.get(aliases.get(w.key, w.key))
         if rec is None:
+            continue
+        if rec.meta["encoding"] == "codebook":  # its indices and table, which the exporter stores as such
+            indices, centroids = codebook_codes(rec)
+            parametrize.register_parametrization(w.module, w.attr, Codebook.from_table(centroids, indices), unsafe=True)
             continue
         found = uniform_codes(rec)
         if found is None:

@@ -20,8 +20,10 @@ from torchshrink.errors import ConfigError
 from torchshrink.export.onnx_graph import build_qdq_model
 from torchshrink.export.onnx_layers import WeightType, check_weight_type
 from torchshrink.export.traced_qdq import build_traced_qdq_model, torch_export
+from torchshrink.quant.adds import join_quantizers
 from torchshrink.quant.export import QuantizedLayer
 from torchshrink.quant.fake_quant import FakeQuant
+from torchshrink.quant.sharing import codebook_layers
 
 __all__ = ["OPSET", "is_fake_quantized", "to_onnx", "export_onnx"]
 
@@ -36,7 +38,12 @@ def is_fake_quantized(model: nn.Module) -> bool:
 def _qdq_model(model: nn.Module, example_input: torch.Tensor, opset: int, weights: dict[str, QuantizedLayer] | None,
                integer_bias: bool | None, weight_type: WeightType) -> onnx.ModelProto:  # fmt: skip
     """The hand-built QDQ graph where every operation is one it translates (integer biases, quantizers moved
-    across ReLU and pooling: onnxruntime's fastest form), else torch's traced graph with QDQ at the quantizers."""
+    across ReLU and pooling: onnxruntime's fastest form), else torch's traced graph with QDQ at the quantizers.
+    Join quantizers (:mod:`torchshrink.quant.adds`) sit on adds and concatenations, which only the traced graph
+    has, and only the traced graph stores a codebook as its indices and table (the hand-built one as float
+    weights): such models go there directly."""
+    if join_quantizers(model) or codebook_layers(model):
+        return build_traced_qdq_model(model, example_input, opset, weights)
     try:
         return build_qdq_model(model, example_input, opset, weights, integer_bias, weight_type=weight_type)
     except ConfigError as hand_built:

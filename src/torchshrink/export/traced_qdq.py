@@ -31,16 +31,20 @@ from torchshrink.errors import ConfigError
 from torchshrink.export.onnx_graph import INPUT_NAME, OUTPUT_NAME
 from torchshrink.layers import module_weights, stored_weight
 from torchshrink.pruning.apply import independent_copy
+from torchshrink.quant import adds as join_quant_module
 from torchshrink.quant.apply import weight_quantizer
 from torchshrink.quant.export import QuantizedLayer, export_layers
 from torchshrink.quant.fake_quant import FakeQuant
 from torchshrink.quant.primitives import dequantize, fake_quantize
-from torchshrink.quant.sharing import codebook_layers
+from torchshrink.quant.sharing import Codebook, codebook_layers
 
 __all__ = ["build_traced_qdq_model", "torch_export", "refuse_data_dependent_flow", "exportable_attention"]
 
 # what torch's tracer says when forward turns a tensor into a Python value: the graph then holds one branch only
 _TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+# torchshrink's own shape checks while tracing (which operands a join quantizer takes): fixed by the model, not
+# by the data, so the graph holds for every input
+_OWN_SHAPE_CHECKS = (os.path.abspath(join_quant_module.__file__),)
 _DATA_DEPENDENT = ("Python boolean", "Python number", "Python index", "Python float", "Python integer")
 
 
@@ -48,7 +52,9 @@ class _Dequantize(torch.autograd.Function):
     """``(codes - zero_point) * scale``, exported as ``DequantizeLinear`` of the integer codes."""
 
     @staticmethod
-    def forward(ctx: Any, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, axis: int | None) -> torch.Tensor:
+    def forward(
+        ctx: Any, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, axis: int | None
+    ) -> torch.Tensor:
         return dequantize(codes.to(torch.float32), scale, zero.to(torch.float32), axis)
 
     @staticmethod
@@ -95,9 +101,36 @@ class _QuantizeDequantize(torch.autograd.Function):
         return g.op("DequantizeLinear", q, s, z)
 
 
+class _Lookup(torch.autograd.Function):
+    """``table[indices]``, exported as ``Gather`` of the table at the indices (stored as ``uint8``, cast to int32,
+    the index type ``Gather`` takes)."""
+
+    @staticmethod
+    def forward(ctx: Any, table: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        return table[indices.long()]
+
+    @staticmethod
+    def symbolic(g: Any, table: Any, indices: Any) -> Any:
+        return g.op("Gather", table, g.op("Cast", indices, to_i=onnx.TensorProto.INT32), axis_i=0)
+
+
+class _TableOf(nn.Module):
+    """A parametrization standing for a weight-shared weight: its indices and its table (0, then the centroids)."""
+
+    def __init__(self, cb: Codebook) -> None:
+        super().__init__()
+        centroids = cb.centroids.detach().float()
+        self.register_buffer("table", torch.cat([centroids.new_zeros(1), centroids]))
+        self.register_buffer("indices", cb.indices.to(torch.uint8))  # 2^bits entries, bits <= 8
+
+    def forward(self, _original: torch.Tensor) -> torch.Tensor:
+        return _Lookup.apply(self.table, self.indices)
+
+
 def _as_codes_(model: nn.Module, layers: list[QuantizedLayer]) -> None:
     """Replace each quantized weight's parametrizations (masks, fake quant), or its plain decoded values, by its
-    codes; one per stored tensor, so tied weights stay one initializer. Codebooks stay float weights."""
+    codes, and each weight-shared weight's by its indices and table; one per stored tensor, so tied weights stay
+    one initializer."""
     by_tensor: dict[int, _CodesOf] = {}
     for q in layers:
         module = model.get_submodule(q.module_name)
@@ -112,8 +145,14 @@ def _as_codes_(model: nn.Module, layers: list[QuantizedLayer]) -> None:
             parametrize.remove_parametrizations(module, q.attr, leave_parametrized=False)
         parametrize.register_parametrization(module, q.attr, by_tensor[id(stored)], unsafe=True)
     weights = module_weights(model)
-    for name in codebook_layers(model):  # a codebook's weight, as the float values it stands for
-        parametrize.remove_parametrizations(weights[name].module, weights[name].attr, leave_parametrized=True)
+    tables: dict[int, _TableOf] = {}
+    for name, cb in codebook_layers(model).items():
+        w = weights[name]
+        stored = stored_weight(w.module, w.attr)
+        if id(stored) not in tables:
+            tables[id(stored)] = _TableOf(cb)
+        parametrize.remove_parametrizations(w.module, w.attr, leave_parametrized=False)
+        parametrize.register_parametrization(w.module, w.attr, tables[id(stored)], unsafe=True)
 
 
 def _as_qdq_inputs_(model: nn.Module) -> None:
@@ -143,7 +182,7 @@ def refuse_data_dependent_flow(caught: list[warnings.WarningMessage], what: str)
     the branch (or the count) of the example input only, and would compute another model on other inputs."""
     for w in caught:
         text = str(w.message)
-        if os.path.abspath(w.filename).startswith(_TORCH):
+        if os.path.abspath(w.filename).startswith(_TORCH) or os.path.abspath(w.filename) in _OWN_SHAPE_CHECKS:
             continue  # torch's own checks of shapes (fixed in the graph but the batch), not of values
         if issubclass(w.category, torch.jit.TracerWarning) and any(k in text for k in _DATA_DEPENDENT):
             where = f"{w.filename}:{w.lineno}"
@@ -170,6 +209,115 @@ def _int4_codes_(proto: onnx.ModelProto) -> None:
             continue  # 8-bit codes
         inits[name].CopyFrom(onnx.numpy_helper.from_array(codes.astype(ml_dtypes.int4), name))
         del node.input[2:]
+
+
+def _narrow_indices_(proto: onnx.ModelProto, int4: bool) -> None:
+    """Store each codebook's indices in the fewest bits ONNX has for them: ``UINT8`` (``UINT4`` when ``int4`` and
+    they fit), cast to the int32 that ``Gather`` takes. (torch's constant folding turned the ``uint8`` indices
+    and their ``Cast`` into one int32 initializer, four bytes per weight.) The same integers: lossless."""
+    import ml_dtypes  # onnx's own dependency, for its 4-bit types
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    casts = []
+    for node in proto.graph.node:
+        if node.op_type != "Gather" or not node.input[0].endswith(".table") or node.input[1] not in inits:
+            continue
+        indices = onnx.numpy_helper.to_array(inits[node.input[1]])
+        if indices.dtype.kind not in "iu" or indices.min(initial=0) < 0 or indices.max(initial=0) > 255:
+            continue
+        narrow = indices.astype(ml_dtypes.uint4 if int4 and indices.max(initial=0) <= 15 else "uint8")
+        name = node.input[0].removesuffix(".table") + ".indices"
+        inits[node.input[1]].CopyFrom(onnx.numpy_helper.from_array(narrow, name))
+        casts.append(onnx.helper.make_node("Cast", [name], [name + "_int32"], to=onnx.TensorProto.INT32))
+        node.input[1] = name + "_int32"
+    for cast in reversed(casts):  # their inputs are initializers: first in the graph
+        proto.graph.node.insert(0, cast)
+
+
+def _constant(name: str, inits: dict[str, Any], producers: dict[str, Any]) -> Any:
+    """The value of an initializer or a ``Constant`` node's output, as a numpy array; ``None`` for anything else."""
+    if name in inits:
+        return onnx.numpy_helper.to_array(inits[name])
+    node = producers.get(name)
+    if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+        return onnx.numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+_LAYOUT = ("Transpose", "Reshape", "Identity", "Unsqueeze", "Squeeze")
+
+
+def _float_weight(name: str, inits: dict[str, Any], producers: dict[str, Any]) -> bool:
+    """Whether a layer's weight is float values: a float initializer or a codebook's table lookup, maybe
+    transposed or reshaped on the way (not a ``DequantizeLinear`` of integer codes)."""
+    node = producers.get(name)
+    while node is not None and node.op_type in _LAYOUT:
+        name, node = node.input[0], producers.get(node.input[0])
+    if node is None:
+        return name in inits and inits[name].data_type == onnx.TensorProto.FLOAT
+    return node.op_type == "Gather" and node.input[0].endswith(".table")
+
+
+def _feature_shapes(proto: onnx.ModelProto) -> dict[str, list[int]]:
+    """Every value's inferred shape (-1 where a dimension is not a fixed number, as the batch)."""
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.input]:
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    return shapes
+
+
+def _spread_float_weight_inputs_(proto: onnx.ModelProto) -> None:
+    """Give each layer that runs on float weights (a codebook's table lookup, a layer left unquantized) but on a
+    quantized input a ``DequantizeLinear`` whose one scale is repeated along a non-batch axis of more than one
+    element, instead of a scalar: the same numbers, but onnxruntime's WeightBiasQuantization only rewrites a
+    layer whose input scale is a scalar (a one-element axis counts as one), and would otherwise requantize that
+    float weight to int8 per tensor: a different model."""
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    consumers: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    inits = {i.name: i for i in proto.graph.initializer}
+    shapes: dict[str, list[int]] | None = None
+    for node in list(proto.graph.node):
+        if node.op_type not in _WEIGHTED or len(node.input) < 2:
+            continue
+        source = producers.get(node.input[0])
+        if source is None or source.op_type != "DequantizeLinear" or not _float_weight(node.input[1], inits, producers):
+            continue  # integer weights (what onnxruntime should fuse), or an input not quantized
+        scale = _constant(source.input[1], inits, producers)
+        if scale is None or scale.ndim != 0:
+            continue  # already per axis, or not a constant this pass knows
+        shapes = _feature_shapes(proto) if shapes is None else shapes
+        dims = shapes.get(node.input[0], [])
+        axis = next((a for a, size in enumerate(dims) if a > 0 and size > 1), None)
+        if axis is None:
+            raise ConfigError(f"{node.name}: a layer on float weights whose quantized input has no known axis of more "
+                              "than one element; onnxruntime would requantize its weight, so the export is refused")  # fmt: skip
+        zero = _constant(source.input[2], inits, producers) if len(source.input) > 2 else None
+        name = node.input[0]
+        spread_scale = onnx.numpy_helper.from_array(scale.repeat(dims[axis]), name + ".spread_scale")
+        proto.graph.initializer.append(spread_scale)
+        inputs = [source.input[0], spread_scale.name]
+        if zero is not None:
+            spread_zero = onnx.numpy_helper.from_array(zero.repeat(dims[axis]), name + ".spread_zero_point")
+            proto.graph.initializer.append(spread_zero)
+            inputs.append(spread_zero.name)
+        if consumers.get(name, 0) == 1:  # this layer's own dequantization: changed in place
+            del source.input[:]
+            source.input.extend(inputs)
+            for old in [a for a in source.attribute if a.name == "axis"]:
+                source.attribute.remove(old)
+            source.attribute.append(onnx.helper.make_attribute("axis", axis))
+            continue
+        spread = onnx.helper.make_node("DequantizeLinear", inputs, [name + "_spread"], axis=axis)
+        proto.graph.node.insert(list(proto.graph.node).index(node), spread)
+        node.input[0] = spread.output[0]  # this layer only: the scalar one stays for its other consumers
 
 
 def torch_export(model: nn.Module, example_input: torch.Tensor, opset: int, what: str) -> onnx.ModelProto:
@@ -208,11 +356,13 @@ def build_traced_qdq_model(
     """
     clone = independent_copy(model).eval()  # its parametrizations are replaced below, the model's are not
     layers = export_layers(clone) + list((weights or {}).values())
-    if not layers:
+    if not layers and not codebook_layers(clone):
         raise ConfigError("no quantized weight: export the fp32 model instead")
     _as_codes_(clone, layers)
     _as_qdq_inputs_(clone)
     proto = torch_export(clone, example_input, opset, type(model).__name__)
     if opset >= INT4_OPSET:
         _int4_codes_(proto)
+    _narrow_indices_(proto, int4=opset >= INT4_OPSET)
+    _spread_float_weight_inputs_(proto)
     return proto

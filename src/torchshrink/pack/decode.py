@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from torchshrink.errors import TorchshrinkError
+from torchshrink.errors import ConfigError, TorchshrinkError
 from torchshrink.models import MODELS, build_model
 from torchshrink.pack.format import (
     MAX_ELEMENTS,
@@ -38,6 +38,7 @@ from torchshrink.pack.format import (
 )
 from torchshrink.pack.records import decode_tensor
 from torchshrink.pack.schema import check_header
+from torchshrink.quant.adds import attach_joins_, has_join_quant
 from torchshrink.quant.apply import attach_input_quant_
 from torchshrink.quant.fake_quant import FakeQuant, QuantSpec
 from torchshrink.quant.fold import fold_batchnorm
@@ -213,15 +214,26 @@ def _quantizer(act: dict[str, Any], layer: nn.Module) -> FakeQuant:
     return fq if weight is None else fq.to(weight.device)
 
 
+def _join_groups(model: nn.Module, joins: list[dict[str, Any]]) -> list[list[FakeQuant]]:
+    """The join quantizers a checked header describes (version 4), one group per join, on the model's device."""
+    if joins and has_join_quant(model):
+        raise ConfigError("the model given to load the file into already quantizes its joins: give a plain instance")
+    return [[_quantizer(operand, model) for operand in join["operands"]] for join in joins]
+
+
 def _fill(model: nn.Module, header: dict[str, Any], records: list[TensorRecord]) -> None:
     """Load the (checked, fitting) tensors into ``model``: all of them, or none if one fails."""
     quantizers = _input_quantizers(model, header["activations"])
+    joins = header.get("joins", [])
+    groups = _join_groups(model, joins)
     aliases = header.get("aliases", {})
     decoded = {rec.name: decode_tensor(rec) for rec in records}
     # a tied pair gets the one tensor under both names; a model that does not tie them gets two equal copies
     model.load_state_dict({name: decoded[aliases.get(name, name)] for name in model.state_dict()})
     for layer, fq in quantizers:
         attach_input_quant_(layer, fq)
+    if groups:
+        attach_joins_(model, groups, [str(join.get("at", f"join {i}")) for i, join in enumerate(joins)])
 
 
 def load_compressed(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:

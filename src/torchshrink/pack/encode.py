@@ -28,6 +28,7 @@ from torchshrink.models import MODELS, build_model
 from torchshrink.pack.format import TensorRecord, encode_file, float_bytes
 from torchshrink.pack.sparse import encode_positions
 from torchshrink.pack.streams import Stream, encode_stream
+from torchshrink.quant.adds import has_join_quant, join_names
 from torchshrink.quant.apply import input_quantizer, quantized_layers
 from torchshrink.quant.export import export_layers
 from torchshrink.quant.fake_quant import FakeQuant, QuantSpec
@@ -127,6 +128,36 @@ def _float_record(name: str, t: torch.Tensor) -> TensorRecord:
     dtype = _float_dtype(values)
     return TensorRecord(name, {"shape": list(t.shape), "encoding": "float", "dtype": dtype},
                         {"values": float_bytes(values, dtype)})  # fmt: skip
+
+
+def _quantizer_entry(name: str, fq: FakeQuant) -> dict[str, Any]:
+    """The file's fields of an enabled activation quantizer: ``bits``, ``signed``, ``symmetric``, ``scale``,
+    ``zero_point``. ``name`` says whose it is in an error."""
+    scale, zero = float(fq.effective_scale[0]), float(fq.zero_point[0])
+    if not zero.is_integer():  # calibration rounds it; a hand-set fraction has no integer code to store
+        raise ConfigError(f"{name}: input zero point {zero} is not an integer, and the file stores integer "
+                          "codes; calibrate the input quantizer (ptq, qat) rather than setting it by hand")  # fmt: skip
+    _check_input_range(name, fq.spec)
+    return {"bits": fq.spec.bits, "signed": fq.spec.signed, "symmetric": fq.spec.symmetric, "scale": scale,
+            "zero_point": int(zero)}  # fmt: skip
+
+
+def _join_entries(model: nn.Module) -> list[dict[str, Any]]:
+    """One entry per join of the model (:mod:`torchshrink.quant.adds`), in forward order: where it is (for
+    people) and its operands' quantizers. A join quantizer left uncalibrated is refused: the file would say
+    less than the model does."""
+    if not has_join_quant(model):
+        return []
+    names = join_names(model)
+    entries = []
+    for i, group in enumerate(model.join_quant):
+        where = names[i] if i < len(names) else f"join {i}"
+        for k, fq in enumerate(group):
+            if not fq.enabled:
+                raise ConfigError(f"{where}: the quantizer of operand {k} is not calibrated; calibrate the model "
+                                  "(ptq, qat) before saving it")  # fmt: skip
+        entries.append({"at": where, "operands": [_quantizer_entry(where, fq) for fq in group]})
+    return entries
 
 
 def _plain_keys(model: nn.Module) -> list[str]:
@@ -343,14 +374,11 @@ def encode_compressed(
     for name in dict.fromkeys(weights[n].module_name for n in list(layers) + list(books)):  # one per module
         iq = input_quantizer(model.get_submodule(name))
         if iq is not None and iq.enabled:
-            scale, zero = float(iq.effective_scale[0]), float(iq.zero_point[0])
-            if not zero.is_integer():  # calibration rounds it; a hand-set fraction has no integer code to store
-                raise ConfigError(f"{name}: input zero point {zero} is not an integer, and the file stores integer "
-                                  "codes; calibrate the input quantizer (ptq, qat) rather than setting it by hand")  # fmt: skip
-            _check_input_range(name, iq.spec)
-            activations.append({"layer": name, "bits": iq.spec.bits, "signed": iq.spec.signed,
-                                "symmetric": iq.spec.symmetric, "scale": scale, "zero_point": int(zero)})  # fmt: skip
+            activations.append({"layer": name, **_quantizer_entry(name, iq)})
     extra: dict[str, Any] = {"activations": activations}
     if aliases:
         extra["aliases"] = aliases  # absent when nothing is tied: a file without ties has no extra bytes
+    joins = _join_entries(model)
+    if joins:
+        extra["joins"] = joins  # absent without: such a file stays version 3
     return encode_file(info, records, compression, extra)

@@ -46,8 +46,10 @@ MAGIC = b"TSHRINK\x00"
 FORMAT_NAME = "torchshrink"
 # 2 added Huffman-coded streams, float16 scales / centroids and the zlib-compressed header;
 # 3 added "aliases" (tied tensors stored once) and unregistered models (model.name null, model.class)
-VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# 4 added "joins" (quantizers on the inputs of residual adds and concatenations); the writer writes version 3
+# for a file without them, so such a file reads in every reader of version 3
+VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 MAX_HEADER = 16 << 20  # stored or inflated: ~50,000 tensor entries, and JSON parsing stays well under a second
 MAX_ELEMENTS = 1 << 28  # per file: bounds every tensor the reader builds (1 GiB as float32)
 MAX_PAYLOAD = 1 << 30  # stored or inflated: 2**28 float32 values, the most a file of MAX_ELEMENTS can need
@@ -105,7 +107,7 @@ def encode_file(model: dict[str, Any], tensors: list[TensorRecord], compression:
     payload = candidates[chosen]
     header = {
         "format": FORMAT_NAME,
-        "version": VERSION,
+        "version": VERSION if "joins" in (extra or {}) else 3,
         "model": model,
         "compression": chosen,
         "payload_bytes": len(payload),

@@ -151,6 +151,17 @@ def uniform_codes(rec: TensorRecord) -> tuple[torch.Tensor, torch.Tensor] | None
     return torch.from_numpy(q.astype(np.int8)).reshape(rec.meta["shape"]), torch.from_numpy(codes.table.copy())
 
 
+def codebook_codes(rec: TensorRecord) -> tuple[torch.Tensor, torch.Tensor]:
+    """A codebook record's indices (int64, the tensor's shape; 0 = zero, ``k`` = entry ``k - 1``) and its
+    entries: ``decode_tensor(rec) == cat([0], entries)[indices]``. Allocates ``prod(shape)`` elements."""
+    if rec.meta["encoding"] != "codebook":
+        raise ValueError(f"{rec.name}: a {rec.meta['encoding']} record, not a codebook")
+    codes = decode_codes(rec)
+    k = _laid_out(rec, codes)
+    # the decoded table is [0, entries...] (index 0 is the zero); its entries alone are the centroids
+    return torch.from_numpy(k.astype(np.int64)).reshape(rec.meta["shape"]), torch.from_numpy(codes.table[1:].copy())
+
+
 def zero_fraction(rec: TensorRecord) -> float:
     """Fraction of the record's elements that are exactly zero, from its codes (no full tensor is built)."""
     codes = decode_codes(rec)

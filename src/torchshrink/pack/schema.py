@@ -298,6 +298,25 @@ def _is_float32(value: Any) -> bool:
     return struct.unpack("<f", struct.pack("<f", value))[0] == value
 
 
+def _quantizer(a: _Fields) -> None:
+    """Check the fields of one activation quantizer: ``bits``, ``signed``, ``symmetric``, ``scale``, ``zero_point``."""
+    bits, signed, symmetric = a.integer("bits", 2, 8), a.boolean("signed"), a.boolean("symmetric")
+    scale = a.value.get("scale")
+    # the quantizer holds float32, and the writer writes its value exactly: any other double would be rounded
+    # to a scale the file does not state (or to 0, or to inf)
+    if not (_is_float32(scale) and SCALE_FLOOR <= scale <= FLOAT32_MAX):
+        raise a.fail("scale", f"a float32 value in [{SCALE_FLOOR!r}, {FLOAT32_MAX:.9g}], exactly")
+    low = -(1 << (bits - 1)) + int(symmetric) if signed else 0
+    high = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+    zero = a.value.get("zero_point")
+    # writers of all three versions wrote it as a float such as -55.0 until 0.1.0's reader hardening: integral
+    # floats are read as those integers, in any version, so that no file written then becomes unreadable
+    if isinstance(zero, float) and zero.is_integer():
+        zero = int(zero)
+    if not (isinstance(zero, int) and not isinstance(zero, bool) and low <= zero <= high):
+        raise a.fail("zero_point", f"an integer in [{low}, {high}] for this {bits}-bit quantizer")
+
+
 def _activations(top: _Fields, codes: set[str]) -> None:
     holders = {name.rpartition(".")[0] for name in codes}  # 'fc1' of 'fc1.weight', 'attn' of 'attn.in_proj_weight'
     seen = set()
@@ -308,21 +327,22 @@ def _activations(top: _Fields, codes: set[str]) -> None:
             raise a.fail("layer", "a layer holding a quantized tensor of the file (named '<layer>.<attribute>'), "
                          "named once")  # fmt: skip
         seen.add(layer)
-        bits, signed, symmetric = a.integer("bits", 2, 8), a.boolean("signed"), a.boolean("symmetric")
-        scale = a.value.get("scale")
-        # the quantizer holds float32, and the writer writes its value exactly: any other double would be rounded
-        # to a scale the file does not state (or to 0, or to inf)
-        if not (_is_float32(scale) and SCALE_FLOOR <= scale <= FLOAT32_MAX):
-            raise a.fail("scale", f"a float32 value in [{SCALE_FLOOR!r}, {FLOAT32_MAX:.9g}], exactly")
-        low = -(1 << (bits - 1)) + int(symmetric) if signed else 0
-        high = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
-        zero = a.value.get("zero_point")
-        # writers of all three versions wrote it as a float such as -55.0 until 0.1.0's reader hardening: integral
-        # floats are read as those integers, in any version, so that no file written then becomes unreadable
-        if isinstance(zero, float) and zero.is_integer():
-            zero = int(zero)
-        if not (isinstance(zero, int) and not isinstance(zero, bool) and low <= zero <= high):
-            raise a.fail("zero_point", f"an integer in [{low}, {high}] for this {bits}-bit quantizer")
+        _quantizer(a)
+
+
+def _joins(top: _Fields, version: int) -> None:
+    """Check ``joins`` (version 4): one entry per join, each with two or more operand quantizers."""
+    if "joins" not in top.value:
+        return
+    if version < 4:
+        raise top.fail("joins", f"no joins in a version {version} file (they came with version 4)")
+    for i, value in enumerate(top.array("joins")):
+        join = _Fields(value, f"joins[{i}]")
+        operands = join.array("operands")
+        if len(operands) < 2:
+            raise join.fail("operands", "two or more quantizers, one per operand of the add or concatenation")
+        for k, operand in enumerate(operands):
+            _quantizer(_Fields(operand, f"joins[{i}].operands[{k}]"))
 
 
 def _tensors(top: _Fields, raw_len: int, version: int) -> tuple[set[str], set[str]]:
@@ -379,9 +399,9 @@ def check_header(header: Any, compressed: bool = False) -> dict[str, Any]:
     if isinstance(version, int) and not isinstance(version, bool) and version not in READABLE_VERSIONS:
         raise FormatError(f"format version {version} is not supported (this reader knows versions "
                           f"{', '.join(map(str, READABLE_VERSIONS))}): upgrade torchshrink")  # fmt: skip
-    version = top.integer("version", 1, READABLE_VERSIONS[-1], "an integer: 1, 2 or 3")
+    version = top.integer("version", 1, READABLE_VERSIONS[-1], "an integer: 1, 2, 3 or 4")
     if compressed and version == 1:
-        raise top.fail("version", "2 or 3 for a zlib-compressed header (version 1 headers are plain JSON)")
+        raise top.fail("version", "2, 3 or 4 for a zlib-compressed header (version 1 headers are plain JSON)")
     _model(top, version)
     compression = top.choice("compression", ("none", "zlib", "lzma"))
     stored = top.integer("payload_bytes", 0, MAX_PAYLOAD)
@@ -394,4 +414,5 @@ def check_header(header: Any, compressed: bool = False) -> dict[str, Any]:
     names, codes = _tensors(top, raw_len, version)
     _aliases(top, version, names, codes)
     _activations(top, codes)
+    _joins(top, version)
     return header

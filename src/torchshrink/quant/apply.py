@@ -30,6 +30,7 @@ an ``nn.MultiheadAttention`` is applied inside ``F.multi_head_attention_forward`
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -52,6 +53,7 @@ from torchshrink.layers import (
     tie_groups,
     warn_skipped,
 )
+from torchshrink.quant.adds import attach_join_quant_, discover_joins_, has_join_quant, join_quantizers
 from torchshrink.quant.fake_quant import CALIBRATIONS, FakeQuant, QuantSpec
 from torchshrink.quant.observe_sync import merge_observations_
 from torchshrink.quant.primitives import check_bits
@@ -98,11 +100,15 @@ class QuantConfig:
     # (pruned weights stay zeros). It matters most at 2 bits: 4 levels (-2, -1, 0, 1) instead of ternary;
     # at 8 bits it is 256 levels instead of 255. Activations are not affected.
     full_range_weights: bool = False
+    # 8-bit quantizers on the inputs of residual adds and torch.cat between activations (ModelOpt's "shortcut
+    # quantizers"): the layers feeding them then export as integer kernels (:mod:`torchshrink.quant.adds`)
+    quantize_joins: bool = False
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
-        if not isinstance(self.full_range_weights, bool):
-            raise ConfigError(f"full_range_weights={self.full_range_weights!r}: must be True or False")
+        for flag in ("full_range_weights", "quantize_joins"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag}={getattr(self, flag)!r}: must be True or False")
         if self.act_bits is not None:
             check_bits(self.act_bits)
         if self.weight_calibration not in ("minmax", "mse"):
@@ -124,6 +130,9 @@ class QuantConfig:
                     raise ConfigError(f"{field}[{name!r}]: {exc}") from None
             # a copy: a caller's later change to its dict must not change a frozen config
             object.__setattr__(self, field, dict(widths))
+        if self.quantize_joins and not self.quantize_inputs:
+            raise ConfigError("quantize_joins quantizes the inputs of adds and concatenations, but quantize_inputs=False "
+                              "quantizes no activation: drop one of them")  # fmt: skip
         if self.layer_act_bits and not self.quantize_inputs:
             raise ConfigError("layer_act_bits sets input widths, but quantize_inputs=False quantizes no input: "
                               "drop one of them")  # fmt: skip
@@ -156,7 +165,10 @@ class QuantConfig:
         return 8 if first or (self.keep_first_last_8bit and last) else self.activation_bits
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.quantize_joins:  # absent when off: records written before it existed stay byte for byte
+            del d["quantize_joins"]
+        return d
 
 
 def _quantize_input_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -259,6 +271,8 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn = defau
             continue
         first, last = i == 0, i == len(modules) - 1
         attach_input_quant_(model.get_submodule(module_name), config.input_bits_of(module_name, first, last))
+    if config.quantize_joins:
+        attach_join_quant_(model)
     warn_skipped(model, filter_fn, "quantize_", extra=unquantized_inputs)
     if dist.is_distributed():  # calibrated from each rank's own copy of the weights: they must agree
         dist.check_same_on_all_ranks(
@@ -288,6 +302,10 @@ def calibrated_weight_quantizer(weight: torch.Tensor, bits: int, per_channel: bo
     fq.calibrate_from(weight, method)
     fq.enabled = True
     return fq
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _inputs(batch: Any) -> torch.Tensor:
@@ -326,10 +344,15 @@ def calibrate_(model: nn.Module, batches: Iterable[Any], method: str | None = No
         ConfigError: no batch, a quantized layer whose input saw no data (its forward never ran), or one whose
             observed range, scale or zero point is not finite (the layers before it overflow float32).
     """
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is not None and has_join_quant(model):  # the joins are known once the model has run
+        discover_joins_(model, _inputs(first).to(_device(model)))
     quantizers = {name: q for name, m in model.named_modules() if (q := input_quantizer(m)) is not None}
+    quantizers.update(join_quantizers(model))
     if not quantizers:
         return model
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = _device(model)
     was_training = model.training
     model.eval()
     for fq in quantizers.values():
@@ -337,7 +360,7 @@ def calibrate_(model: nn.Module, batches: Iterable[Any], method: str | None = No
     seen = 0
     distributed = dist.is_distributed()
     try:
-        for batch in batches:
+        for batch in itertools.chain([first] if first is not None else [], batches):
             inputs = _inputs(batch)
             seen += 1
             if distributed:

@@ -93,6 +93,24 @@ class Codebook(nn.Module):
         counts = torch.zeros(k + 1).index_add_(0, indices.flatten(), torch.ones(indices.numel()))[1:]
         self.register_buffer("inverse_counts", 1.0 / counts.clamp_min(1))
 
+    @classmethod
+    def from_table(cls, centroids: torch.Tensor, indices: torch.Tensor) -> Codebook:
+        """A codebook with these centroids ``(2**bits - 1,)`` and indices (0 = the pruned zero, ``k`` = centroid
+        ``k - 1``, the weight's shape), e.g. read back from a file: no clustering."""
+        n = int(centroids.numel())
+        if centroids.ndim != 1 or not 1 <= n <= 255:
+            raise ConfigError(f"a codebook of shape {tuple(centroids.shape)}: expected 1 to 255 centroids")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) > n):
+            raise ConfigError(f"codebook indices outside [0, {n}]")
+        bits = max(2, n.bit_length())  # indices 0..n
+        centroids = torch.cat([centroids.detach().float(), centroids.new_zeros(2**bits - 1 - n)])  # unused: zeros
+        cb = cls(torch.zeros(1), bits)  # the shell; its fields are replaced below
+        cb.centroids = nn.Parameter(centroids.clone())
+        cb.indices = indices.to(torch.long).clone()
+        counts = torch.zeros(2**bits).index_add_(0, cb.indices.flatten(), torch.ones(cb.indices.numel()))
+        cb.inverse_counts = 1.0 / counts[1:].clamp_min(1)
+        return cb
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         # same values, gradient scaled by 1 / cluster size: the mean of the shared weights' gradients
         c = self.centroids
