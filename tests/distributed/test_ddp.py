@@ -143,7 +143,9 @@ def test_two_ranks_with_half_batches_match_one_process(tmp_path):
         if key.endswith(".mask") or key.endswith(".indices"):
             assert torch.equal(ranks[0][key], value), f"{key}: differs from one process"
         else:
-            torch.testing.assert_close(ranks[0][key], value, rtol=1e-4, atol=1e-5, msg=f"{key}: differs")
+            # a half batch sums in another order than a whole one, and after a few fine-tuning steps that shows:
+            # up to 2.1e-5 on a codebook's bias measured on an AVX-512 host (1e-5 held on others)
+            torch.testing.assert_close(ranks[0][key], value, rtol=1e-3, atol=5e-5, msg=f"{key}: differs")
     masks = [k for k in single if k.startswith("gradual.") and k.endswith(".mask")]
     assert masks and all(0 < float(single[k].mean()) < 1 for k in masks)  # pruning really happened
     assert any(k.startswith("grad.") for k in single) and any(k.startswith("calibrated.mse") for k in single)

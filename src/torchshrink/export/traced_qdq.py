@@ -32,7 +32,7 @@ from torchshrink.export.onnx_graph import INPUT_NAME, OUTPUT_NAME
 from torchshrink.layers import module_weights, stored_weight
 from torchshrink.pruning.apply import independent_copy
 from torchshrink.quant import adds as join_quant_module
-from torchshrink.quant.apply import weight_quantizer
+from torchshrink.quant.apply import input_quantizer, weight_quantizer
 from torchshrink.quant.export import QuantizedLayer, export_layers
 from torchshrink.quant.fake_quant import FakeQuant
 from torchshrink.quant.primitives import dequantize, fake_quantize
@@ -42,9 +42,9 @@ __all__ = ["build_traced_qdq_model", "torch_export", "refuse_data_dependent_flow
 
 # what torch's tracer says when forward turns a tensor into a Python value: the graph then holds one branch only
 _TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
-# torchshrink's own shape checks while tracing (which operands a join quantizer takes): fixed by the model, not
-# by the data, so the graph holds for every input
-_OWN_SHAPE_CHECKS = (os.path.abspath(join_quant_module.__file__),)
+# torchshrink's own shape checks while tracing (which operands a join quantizer takes, which axis a spread scale
+# runs along; never the batch axis): fixed by the model, not by the data, so the graph holds for every input
+_OWN_SHAPE_CHECKS = (os.path.abspath(join_quant_module.__file__), os.path.abspath(__file__))
 _DATA_DEPENDENT = ("Python boolean", "Python number", "Python index", "Python float", "Python integer")
 
 
@@ -79,16 +79,23 @@ class _CodesOf(nn.Module):
 
 class _QuantizeDequantize(torch.autograd.Function):
     """An input quantizer: torchshrink's fake quant arithmetic, exported as Q -> (Clip) -> DQ. Its settings travel
-    as Python numbers (the tracer records no module as an argument); the float32 scale survives that exactly."""
+    as Python numbers (the tracer records no module as an argument); the float32 scale survives that exactly.
+
+    ``spread``: ``(axis, size)`` gives the ``DequantizeLinear`` its one scale and zero point repeated ``size``
+    times along ``axis`` instead of scalars: the same numbers, but onnxruntime fuses a layer into an integer
+    kernel (and rounds its bias to int32 codes, requantizes float weights to int8) only when its input scale is
+    a scalar. ``(-1, 0)``: scalars."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: float, zero: int, qmin: int, qmax: int, signed: bool) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, scale: float, zero: int, qmin: int, qmax: int, signed: bool,
+                spread: tuple[int, int]) -> torch.Tensor:  # fmt: skip
         s = torch.tensor(scale, dtype=torch.float32, device=x.device)
         z = torch.tensor(float(zero), dtype=torch.float32, device=x.device)
         return fake_quantize(x.float(), s, z, qmin, qmax)
 
     @staticmethod
-    def symbolic(g: Any, x: Any, scale: float, zero: int, qmin: int, qmax: int, signed: bool) -> Any:
+    def symbolic(g: Any, x: Any, scale: float, zero: int, qmin: int, qmax: int, signed: bool,
+                 spread: tuple[int, int]) -> Any:  # fmt: skip
         dtype = torch.int8 if signed else torch.uint8
         lo, hi = (-128, 127) if signed else (0, 255)
         s = g.op("Constant", value_t=torch.tensor(scale, dtype=torch.float32))
@@ -98,7 +105,12 @@ class _QuantizeDequantize(torch.autograd.Function):
             low = g.op("Constant", value_t=torch.tensor(qmin, dtype=dtype))
             high = g.op("Constant", value_t=torch.tensor(qmax, dtype=dtype))
             q = g.op("Clip", q, low, high)
-        return g.op("DequantizeLinear", q, s, z)
+        axis, size = spread
+        if axis < 0:
+            return g.op("DequantizeLinear", q, s, z)
+        s = g.op("Constant", value_t=torch.full((size,), scale, dtype=torch.float32))
+        z = g.op("Constant", value_t=torch.full((size,), zero, dtype=dtype))
+        return g.op("DequantizeLinear", q, s, z, axis_i=axis)
 
 
 class _Lookup(torch.autograd.Function):
@@ -127,10 +139,17 @@ class _TableOf(nn.Module):
         return _Lookup.apply(self.table, self.indices)
 
 
-def _as_codes_(model: nn.Module, layers: list[QuantizedLayer]) -> None:
+def _as_codes_(model: nn.Module, layers: list[QuantizedLayer], integer_bias: bool | None = None) -> set[int]:
     """Replace each quantized weight's parametrizations (masks, fake quant), or its plain decoded values, by its
     codes, and each weight-shared weight's by its indices and table; one per stored tensor, so tied weights stay
-    one initializer."""
+    one initializer.
+
+    Returns the modules (by id) that onnxruntime must run as they are rather than fuse into an integer kernel:
+    fused, a layer's float bias becomes int32 codes of input scale x weight scale, a step that below 8 bits is
+    coarse enough to shift whole channels (measured on a W4A4 residual net: 97.8% top-1 agreement fused, 100%
+    as is); a codebook's float weight would be requantized to int8. ``integer_bias``: ``None`` fuses the 8-bit
+    layers only, ``True`` every quantized layer, ``False`` none."""
+    exact: set[int] = set()
     by_tensor: dict[int, _CodesOf] = {}
     for q in layers:
         module = model.get_submodule(q.module_name)
@@ -144,6 +163,10 @@ def _as_codes_(model: nn.Module, layers: list[QuantizedLayer]) -> None:
         if parametrize.is_parametrized(module, q.attr):
             parametrize.remove_parametrizations(module, q.attr, leave_parametrized=False)
         parametrize.register_parametrization(module, q.attr, by_tensor[id(stored)], unsafe=True)
+        iq = input_quantizer(module)
+        narrow = q.spec.bits < 8 or (iq is not None and iq.enabled and iq.spec.bits < 8)
+        if narrow if integer_bias is None else not integer_bias:
+            exact.add(id(module))
     weights = module_weights(model)
     tables: dict[int, _TableOf] = {}
     for name, cb in codebook_layers(model).items():
@@ -153,16 +176,35 @@ def _as_codes_(model: nn.Module, layers: list[QuantizedLayer]) -> None:
             tables[id(stored)] = _TableOf(cb)
         parametrize.remove_parametrizations(w.module, w.attr, leave_parametrized=False)
         parametrize.register_parametrization(w.module, w.attr, tables[id(stored)], unsafe=True)
+        exact.add(id(w.module))
+    return exact
 
 
-def _as_qdq_inputs_(model: nn.Module) -> None:
+def _spread_of(x: torch.Tensor, conv: bool) -> tuple[int, int]:
+    """The first non-batch axis of ``x`` with more than one element, and its size; ``(-1, 0)`` if none, and for a
+    linear layer's input of more than two dimensions: torch exports that layer as ``MatMul``, which onnxruntime
+    fuses into ``MatMulIntegerToFloat`` (a float bias: exact) whatever the scale, then fails on a spread one."""
+    if not conv and x.ndim != 2:
+        return -1, 0
+    return next(((axis, size) for axis, size in enumerate(x.shape) if axis > 0 and size > 1), (-1, 0))
+
+
+def _as_qdq_inputs_(model: nn.Module, exact: set[int]) -> None:
+    """Every enabled activation quantizer as Q -> (Clip) -> DQ; those of the modules in ``exact`` (by id) with a
+    spread scale (see :class:`_QuantizeDequantize`), so that onnxruntime runs those layers as they are."""
+    spread = {id(iq): isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()
+              if id(m) in exact and isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and (iq := input_quantizer(m))}  # fmt: skip
     for m in model.modules():
         if isinstance(m, FakeQuant) and m.is_activation and m.enabled:
             if m.spec.per_channel:
                 raise ConfigError("a per-channel input quantizer: not exported")
             settings = (float(m.effective_scale.reshape(-1)[0]), int(m.zero_point.reshape(-1)[0]), m.spec.qmin,
                         m.spec.qmax, m.spec.signed)  # fmt: skip
-            m.forward = lambda x, a=settings: _QuantizeDequantize.apply(x, *a)  # type: ignore[method-assign]
+            if id(m) in spread:
+                conv = spread[id(m)]
+                m.forward = lambda x, a=settings, c=conv: _QuantizeDequantize.apply(x, *a, _spread_of(x, c))  # type: ignore[method-assign]
+            else:
+                m.forward = lambda x, a=settings: _QuantizeDequantize.apply(x, *a, (-1, 0))  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -342,13 +384,20 @@ def torch_export(model: nn.Module, example_input: torch.Tensor, opset: int, what
 
 
 def build_traced_qdq_model(
-    model: nn.Module, example_input: torch.Tensor, opset: int, weights: dict[str, QuantizedLayer] | None = None
+    model: nn.Module,
+    example_input: torch.Tensor,
+    opset: int,
+    weights: dict[str, QuantizedLayer] | None = None,
+    integer_bias: bool | None = None,
 ) -> onnx.ModelProto:
     """The QDQ graph of a fake-quantized ``model`` through torch's TorchScript exporter (see the module doc).
 
     ``weights``: integer codes of weights that are plain (decoded) tensors in ``model``, by weight name (a file
     loaded by :func:`torchshrink.export.load_for_export`). From opset 21 on, codes of 4 bits or fewer are stored
     as ``INT4`` initializers (the ONNX file of a W4 model then holds 4-bit weights).
+
+    ``integer_bias``: as :func:`torchshrink.export.to_onnx`'s; a layer whose bias is not to become int32 codes gets
+    an input scale onnxruntime does not fuse (see :func:`_as_codes_`).
 
     Raises:
         ConfigError: torch cannot export the model, a forward that branches on tensor values, or codes that do
@@ -358,8 +407,8 @@ def build_traced_qdq_model(
     layers = export_layers(clone) + list((weights or {}).values())
     if not layers and not codebook_layers(clone):
         raise ConfigError("no quantized weight: export the fp32 model instead")
-    _as_codes_(clone, layers)
-    _as_qdq_inputs_(clone)
+    exact = _as_codes_(clone, layers, integer_bias)
+    _as_qdq_inputs_(clone, exact)
     proto = torch_export(clone, example_input, opset, type(model).__name__)
     if opset >= INT4_OPSET:
         _int4_codes_(proto)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from torchshrink.errors import ConfigError
 from torchshrink.pack.format import FormatError, TensorRecord, float_values
 from torchshrink.pack.sparse import decode_positions
 from torchshrink.pack.streams import decode_stream
@@ -155,7 +156,7 @@ def codebook_codes(rec: TensorRecord) -> tuple[torch.Tensor, torch.Tensor]:
     """A codebook record's indices (int64, the tensor's shape; 0 = zero, ``k`` = entry ``k - 1``) and its
     entries: ``decode_tensor(rec) == cat([0], entries)[indices]``. Allocates ``prod(shape)`` elements."""
     if rec.meta["encoding"] != "codebook":
-        raise ValueError(f"{rec.name}: a {rec.meta['encoding']} record, not a codebook")
+        raise ConfigError(f"{rec.name}: a {rec.meta['encoding']} record, not a codebook")
     codes = decode_codes(rec)
     k = _laid_out(rec, codes)
     # the decoded table is [0, entries...] (index 0 is the zero); its entries alone are the centroids
