@@ -362,6 +362,16 @@ def _spread_float_weight_inputs_(proto: onnx.ModelProto) -> None:
         node.input[0] = spread.output[0]  # this layer only: the scalar one stays for its other consumers
 
 
+def _drop_unused_initializers_(proto: onnx.ModelProto) -> None:
+    """Remove initializers no node reads (an INT4 weight's zero point, a scale a spread one replaced): bytes in
+    the file, and a warning from onnxruntime at every load."""
+    used = {name for node in proto.graph.node for name in node.input}
+    kept = [i for i in proto.graph.initializer if i.name in used or i.name in {o.name for o in proto.graph.output}]
+    if len(kept) < len(proto.graph.initializer):
+        del proto.graph.initializer[:]
+        proto.graph.initializer.extend(kept)
+
+
 def torch_export(model: nn.Module, example_input: torch.Tensor, opset: int, what: str) -> onnx.ModelProto:
     """``model`` through torch's TorchScript exporter: input ``"input"``, output ``"output"``, a dynamic batch
     axis, attention on its exportable path; refused when forward decided on tensor values while being traced.
@@ -414,4 +424,5 @@ def build_traced_qdq_model(
         _int4_codes_(proto)
     _narrow_indices_(proto, int4=opset >= INT4_OPSET)
     _spread_float_weight_inputs_(proto)
+    _drop_unused_initializers_(proto)
     return proto
