@@ -50,7 +50,9 @@ def test_any_quantized_model_exports_and_agrees_with_onnxruntime(name, bits):
     proto = to_onnx(q, x[:1])
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("QuantizeLinear") >= 1 and ops.count("DequantizeLinear") >= 2
-    integer = {i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    # 8-bit codes as uint8 code + 128 (exact in onnxruntime on every CPU), narrower ones as int8
+    wanted = onnx.TensorProto.UINT8 if bits == 8 else onnx.TensorProto.INT8
+    integer = {i.name for i in proto.graph.initializer if i.data_type == wanted and i.name.endswith(".codes")}
     assert integer, "the weights are integer codes, not floats"
     with torch.no_grad():
         expected = q(x).numpy()
@@ -213,3 +215,24 @@ def test_onnxruntime_optimizations_do_not_change_a_narrow_model_by_rounding_its_
         np.testing.assert_allclose(_ort(exact, x, optimize=True), q(x).numpy(), atol=1e-4, rtol=0)
     rounded = to_onnx(q, x[:1], integer_bias=True)
     assert np.abs(_ort(rounded, x, optimize=True) - _ort(rounded, x, optimize=False)).max() > 5e-4
+
+
+def test_8_bit_weight_codes_are_uint8_plus_128_unless_int8_is_asked_for():
+    make, inputs = MODELS["resnet"]
+    torch.manual_seed(0)
+    model = make().eval()
+    g = torch.Generator().manual_seed(1)
+    calibration, x = inputs(g, 64), inputs(g, 64)
+    q = _quantized(model, [calibration], 8)
+    codes = {}
+    for weight_type in ("uint8", "int8"):
+        proto = to_onnx(q, x[:1], weight_type=weight_type)
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+        codes[weight_type] = {n: a for n, a in inits.items() if n.endswith(".codes")}
+        zeros = {n: a for n, a in inits.items() if n.endswith(".zero")}
+        assert {a.dtype.name for a in codes[weight_type].values()} == {weight_type}
+        assert all((a == (128 if weight_type == "uint8" else 0)).all() for a in zeros.values())
+        with torch.no_grad():
+            np.testing.assert_allclose(_ort(proto, x, optimize=False), q(x).numpy(), atol=1e-4, rtol=0)
+    for name, unsigned in codes["uint8"].items():
+        np.testing.assert_array_equal(unsigned.astype(np.int16) - 128, codes["int8"][name].astype(np.int16))

@@ -43,12 +43,12 @@ def _qdq_model(model: nn.Module, example_input: torch.Tensor, opset: int, weight
     has, and only the traced graph stores a codebook as its indices and table (the hand-built one as float
     weights): such models go there directly."""
     if join_quantizers(model) or codebook_layers(model):
-        return build_traced_qdq_model(model, example_input, opset, weights, integer_bias)
+        return build_traced_qdq_model(model, example_input, opset, weights, integer_bias, weight_type)
     try:
         return build_qdq_model(model, example_input, opset, weights, integer_bias, weight_type=weight_type)
     except ConfigError as hand_built:
         try:
-            return build_traced_qdq_model(model, example_input, opset, weights, integer_bias)
+            return build_traced_qdq_model(model, example_input, opset, weights, integer_bias, weight_type)
         except ConfigError as traced:
             raise ConfigError(f"{traced} (and the conv-chain exporter: {hand_built})") from None
 

@@ -63,14 +63,22 @@ class _Dequantize(torch.autograd.Function):
 
 
 class _CodesOf(nn.Module):
-    """A parametrization standing for a quantized weight: its codes, scales and zero points, nothing else."""
+    """A parametrization standing for a quantized weight: its codes, scales and zero points, nothing else.
 
-    def __init__(self, q: QuantizedLayer, zero: torch.Tensor) -> None:
+    ``unsigned``: store 8-bit codes as ``uint8`` ``code + 128`` with zero point 128, the same values. onnxruntime
+    then multiplies uint8 activations by uint8 weights, exact on every CPU; its uint8 x int8 kernels on x86 without
+    VNNI add two products in a saturating int16 (see ``docs/onnx.md``, and :data:`~torchshrink.export.onnx_layers.WEIGHT_TYPES`)."""
+
+    def __init__(self, q: QuantizedLayer, zero: torch.Tensor, unsigned: bool) -> None:
         super().__init__()
         per_channel = q.spec.per_channel
-        self.register_buffer("codes", q.codes.clone())
+        codes, zero = q.codes.to(torch.int16), zero.to(torch.int16)
+        dtype = torch.uint8 if unsigned else torch.int8
+        if unsigned:
+            codes, zero = codes + 128, zero + 128
+        self.register_buffer("codes", codes.to(dtype))
         self.register_buffer("scale", q.scale.clone() if per_channel else q.scale.reshape(()).clone())
-        self.register_buffer("zero", zero.to(torch.int8) if per_channel else zero.reshape(()).to(torch.int8))
+        self.register_buffer("zero", zero.to(dtype) if per_channel else zero.reshape(()).to(dtype))
         self.axis = 0 if per_channel else None
 
     def forward(self, _original: torch.Tensor) -> torch.Tensor:
@@ -139,7 +147,9 @@ class _TableOf(nn.Module):
         return _Lookup.apply(self.table, self.indices)
 
 
-def _as_codes_(model: nn.Module, layers: list[QuantizedLayer], integer_bias: bool | None = None) -> set[int]:
+def _as_codes_(
+    model: nn.Module, layers: list[QuantizedLayer], integer_bias: bool | None = None, weight_type: str = "uint8"
+) -> set[int]:
     """Replace each quantized weight's parametrizations (masks, fake quant), or its plain decoded values, by its
     codes, and each weight-shared weight's by its indices and table; one per stored tensor, so tied weights stay
     one initializer.
@@ -159,7 +169,7 @@ def _as_codes_(model: nn.Module, layers: list[QuantizedLayer], integer_bias: boo
         zero = fq.zero_point.detach() if fq is not None else torch.zeros_like(q.scale)  # a file's codes: symmetric
         stored = stored_weight(module, q.attr)
         if id(stored) not in by_tensor:
-            by_tensor[id(stored)] = _CodesOf(q, zero)
+            by_tensor[id(stored)] = _CodesOf(q, zero, unsigned=q.spec.bits == 8 and weight_type == "uint8")
         if parametrize.is_parametrized(module, q.attr):
             parametrize.remove_parametrizations(module, q.attr, leave_parametrized=False)
         parametrize.register_parametrization(module, q.attr, by_tensor[id(stored)], unsafe=True)
@@ -399,6 +409,7 @@ def build_traced_qdq_model(
     opset: int,
     weights: dict[str, QuantizedLayer] | None = None,
     integer_bias: bool | None = None,
+    weight_type: str = "uint8",
 ) -> onnx.ModelProto:
     """The QDQ graph of a fake-quantized ``model`` through torch's TorchScript exporter (see the module doc).
 
@@ -406,7 +417,7 @@ def build_traced_qdq_model(
     loaded by :func:`torchshrink.export.load_for_export`). From opset 21 on, codes of 4 bits or fewer are stored
     as ``INT4`` initializers (the ONNX file of a W4 model then holds 4-bit weights).
 
-    ``integer_bias``: as :func:`torchshrink.export.to_onnx`'s; a layer whose bias is not to become int32 codes gets
+    ``integer_bias``, ``weight_type``: as :func:`torchshrink.export.to_onnx`'s; a layer whose bias is not to become int32 codes gets
     an input scale onnxruntime does not fuse (see :func:`_as_codes_`).
 
     Raises:
@@ -417,7 +428,7 @@ def build_traced_qdq_model(
     layers = export_layers(clone) + list((weights or {}).values())
     if not layers and not codebook_layers(clone):
         raise ConfigError("no quantized weight: export the fp32 model instead")
-    exact = _as_codes_(clone, layers, integer_bias)
+    exact = _as_codes_(clone, layers, integer_bias, weight_type)
     _as_qdq_inputs_(clone, exact)
     proto = torch_export(clone, example_input, opset, type(model).__name__)
     if opset >= INT4_OPSET:
