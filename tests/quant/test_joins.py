@@ -4,6 +4,7 @@ are joins, the arithmetic against torch's own fake quant, QAT, and what they buy
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -199,3 +200,39 @@ def test_a_file_keeps_the_join_quantizers_and_loads_back_into_the_same_model(tmp
     plain = tmp_path / "plain.tshrink"
     save_compressed(_ptq(model, [x], bits=8), plain)
     assert read_header(plain)["version"] == 3 and "joins" not in read_header(plain)
+
+
+def test_compress_model_trains_the_joins_with_qat_and_the_file_runs_the_same_model(tmp_path):
+    """The whole pipeline with joins: prune, QAT (join scales trained with the rest), the file (version 4)
+    loaded into a fresh instance gives the compressed model's outputs."""
+    from torchshrink.data import Task
+    from torchshrink.pack import load_compressed, save_compressed
+    from torchshrink.recipes import IterativeConfig, TrainConfig
+    from torchshrink.recipes.compress import CompressConfig, compress_model
+    from zoo import make_loader
+
+    family = FAMILIES[0]
+    loader = make_loader(family, n=128, batch_size=32)
+    model = make_model(family)
+    cfg = CompressConfig(
+        prune=IterativeConfig(0.5, steps=1, finetune=TrainConfig(epochs=1, lr=0.01)),
+        quant=QuantConfig(bits=4, act_bits=8, quantize_joins=True),
+        finetune=TrainConfig(epochs=1, lr=0.01),
+    )
+    results = {}
+    for finetune in (None, cfg.finetune):  # PTQ, then QAT, from the same pruned model
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results[finetune is not None] = compress_model(model, Task(train=loader, val=loader),
+                                                           replace(cfg, finetune=finetune), log=None)  # fmt: skip
+    q = results[True].model
+    assert results[True].record["config"]["quant"]["quantize_joins"] is True
+    ptq_scales, qat_scales = ({n: float(fq.scale[0]) for n, fq in join_quantizers(r.model).items()} for r in
+                              (results[False], results[True]))  # fmt: skip
+    assert len(qat_scales) == 4 and all(ptq_scales[n] != qat_scales[n] for n in qat_scales), "QAT trained them"
+    path = tmp_path / "m.tshrink"
+    save_compressed(q, path)
+    x = next(iter(loader))[0]
+    with torch.no_grad():
+        torch.testing.assert_close(load_compressed(path, make_model(family))(x), q.eval()(x), rtol=0, atol=1e-5)
