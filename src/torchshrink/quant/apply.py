@@ -304,10 +304,6 @@ def calibrated_weight_quantizer(weight: torch.Tensor, bits: int, per_channel: bo
     return fq
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
 def _inputs(batch: Any) -> torch.Tensor:
     # a tensor, or an (inputs, targets, ...) batch as a DataLoader yields it
     inputs = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
@@ -344,15 +340,15 @@ def calibrate_(model: nn.Module, batches: Iterable[Any], method: str | None = No
         ConfigError: no batch, a quantized layer whose input saw no data (its forward never ran), or one whose
             observed range, scale or zero point is not finite (the layers before it overflow float32).
     """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     batches = iter(batches)
     first = next(batches, None)
     if first is not None and has_join_quant(model):  # the joins are known once the model has run
-        discover_joins_(model, _inputs(first).to(_device(model)))
+        discover_joins_(model, _inputs(first).to(device))
     quantizers = {name: q for name, m in model.named_modules() if (q := input_quantizer(m)) is not None}
     quantizers.update(join_quantizers(model))
     if not quantizers:
         return model
-    device = _device(model)
     was_training = model.training
     model.eval()
     for fq in quantizers.values():
