@@ -16,6 +16,7 @@ from torchshrink.quant import (
     calibrate_,
     fold_batchnorm,
     quantize_,
+    set_quant_enabled,
     storage_report,
     weight_quantizer,
 )
@@ -145,3 +146,44 @@ def test_calibration_names_a_layer_whose_input_saw_nothing():
     assert not any(fq.observing for fq in q.modules() if isinstance(fq, FakeQuant))  # left as it was
     with pytest.raises(ConfigError, match="batches are empty"):
         calibrate_(q, [])
+
+
+def test_dequantized_copy_is_the_latent_float_model(trained, small_task):
+    """QAT at a narrower width starts from a trained quantized model: its latent weights, no quantizer left."""
+    from torch.nn.utils import parametrize
+
+    from torchshrink.recipes import dequantized_copy
+
+    pruned = copy.deepcopy(trained)
+    prune_(pruned, PruneConfig(0.5))
+    q = ptq(pruned, small_task, QuantConfig(bits=4)).model
+    with torch.no_grad():  # latent weights off the 4-bit grid, so dropping the quantizer visibly changes them
+        for m in q.modules():
+            if weight_quantizer(m) is not None:
+                m.parametrizations.weight.original.add_(1e-3)
+    plain = dequantized_copy(q)
+    assert not any(parametrize.is_parametrized(m) or hasattr(m, "input_quant") for m in plain.modules())
+    assert not any(m._forward_pre_hooks for m in plain.modules())
+    for name, m in q.named_modules():
+        if weight_quantizer(m) is not None:
+            chain = m.parametrizations.weight
+            latent = chain.original * chain[0].mask  # the mask first, then the quantizer
+            assert torch.equal(plain.get_submodule(name).weight, latent)
+            assert torch.equal(plain.get_submodule(name).weight == 0, m.weight == 0)  # pruned weights stay zero
+            assert not torch.equal(plain.get_submodule(name).weight, m.weight)  # not the quantized values
+    x = torch.randn(8, 1, 28, 28)
+    off = copy.deepcopy(q)  # the quantized model with its quantizers switched off computes the same
+    set_quant_enabled(off, False)
+    assert torch.allclose(plain(x), off(x), atol=1e-6) and not torch.allclose(plain(x), q(x), atol=1e-3)
+    assert weight_quantizer(q.features.conv1) is not None and hasattr(q.features.conv1, "input_quant")  # untouched
+    again = qat(plain, small_task, QuantConfig(bits=2), train=TrainConfig(epochs=1, lr=0.01), log=None).model
+    assert len(torch.unique(again.features.conv2.weight[0])) <= 3  # quantizes afresh at the new width
+
+
+def test_dequantized_copy_refuses_codebooks(trained):
+    from torchshrink.recipes import codebook, dequantized_copy
+    from torchshrink.recipes.quantize import CodebookConfig
+
+    cb = codebook(trained, None, CodebookConfig(bits=3), train=None, log=None).model
+    with pytest.raises(ConfigError, match="codebook layer keeps no float weights"):
+        dequantized_copy(cb)

@@ -82,6 +82,18 @@ def _load(tmp_path: Path, data: bytes | str) -> StudyConfig:
         ),
         ("x" * 500 + ": 1", "'xxxxxxxx.*\\.\\.\\.: unknown key"),
         ("seed: !!python/object:os.system x", "not valid YAML"),
+        ("continued: {more: [{sparsity: 0.9}]}", "continued.more\\[0\\].sparsity: 0.9 must be above the run before "
+         "it \\(0.93\\)"),
+        ("continued: {sparsity: null, more: [{sparsity: 0.97}]}", "continued.more: 1 runs need continued.sparsity"),
+        ("continued: {more: [{sparsity: 0.97, epochs: 0}]}", "continued.more\\[0\\].epochs: 0 must be at least 1"),
+        ("continued: {more: [{epochs: 3}]}", "continued.more\\[0\\].sparsity: missing"),
+        ("quantization: {points: [{bits: 2, steps: [2]}]}", "quantization.points\\[0\\].steps: 2 must be wider"),
+        ("quantization: {points: [{bits: 2, steps: [4, 8]}]}", "quantization.points\\[0\\].steps: \\[4, 8\\] must be decreasing"),
+        ("quantization: {points: [{bits: 2}, {bits: 2, label: again}]}",
+         "quantization.points\\[1\\]: 'w2-e8' repeats an earlier point"),
+        ("quantization: {points: [{bits: 2, distill: 2}]}", "quantization.points\\[0\\].distill: 2.0 must be in"),
+        ("combined: {points: [{sparsity: 0.96, bits: 4, act_bits: 8, source: continued}]}",
+         "combined.points\\[0\\].sparsity: 0.96 must be the sparsity of a continued run \\[0.93\\]"),
         ("- 1\n- 2", "config: expected a mapping, got list"),
     ],
 )
@@ -92,6 +104,17 @@ def test_malformed_config_is_one_short_config_error(tmp_path, text, message):
     # a guard against parses that blow up (minutes, gigabytes), not a speed measure: generous for a busy machine
     assert time.perf_counter() - t0 < 30
     assert "\n" not in str(info.value) and len(str(info.value)) < 600
+
+
+def test_the_frontier_config_loads_and_chains_its_runs():
+    """docs/frontier.yaml: a valid config whose 100x points read the sparsest runs of the continued chain."""
+    cfg = load_config(Path(__file__).resolve().parents[2] / "docs" / "frontier.yaml")
+    assert cfg.continued.targets() == (0.93, 0.96, 0.97)
+    assert {p.sparsity for p in cfg.combined.points if p.source == "continued"} <= set(cfg.continued.targets())
+    assert [p.steps for p in cfg.quantization.points if p.bits == 2] == [(4,), (4,)]
+    quick = quick_config(cfg)  # --quick keeps every run, at one epoch each
+    assert [m.epochs for m in quick.continued.more] == [1, 1]
+    assert {p.epochs for p in quick.quantization.points} == {1}
 
 
 def test_billion_laughs_is_refused_before_anything_is_built(tmp_path):

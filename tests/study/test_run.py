@@ -151,6 +151,31 @@ def test_study_produces_every_artifact_and_resumes(tiny_config, tmp_path, data_d
     again = run_study(changed, resumed_dir, data_dir, "cpu", progress=False, log=lambda _: None)
     assert [k.split("-")[0] for k in again["meta"]["computed_stages"]] == ["structured"]
 
+    # the frontier's additions: a further continued run, a longer low-bit point stepped from 4 bits, and a
+    # point compressing the sparsest model. Only they are computed: every stage before keeps its key
+    more = {**TINY, "continued": {**TINY["continued"], "more": [{"sparsity": 0.92, "epochs": 1}]},
+            "quantization": {**TINY["quantization"], "points": [
+                {"bits": 2, "first_last_8bit": True, "steps": [4], "step_epochs": 1, "epochs": 1, "label": "long"}]},
+            "combined": {**TINY["combined"], "points": [*TINY["combined"]["points"], {
+                "sparsity": 0.92, "bits": 3, "act_bits": 8, "codebook": True, "source": "continued",
+                "label": "sparsest"}]},
+            "structured": {"amount": 0.25, "finetune_epochs": 1}}  # fmt: skip
+    path = tmp_path / "more.yaml"
+    path.write_text(yaml.safe_dump(more))
+    further = run_study(load_config(path), resumed_dir, data_dir, "cpu", progress=False, log=lambda _: None)
+    computed = [k.rsplit("-", 1)[0] for k in further["meta"]["computed_stages"]]
+    assert computed == ["continued-0.92", "quant-w2-edge8-from4x1-e1", "combined-continued-s0.92-w3a8-codebook"]
+    (chained,) = further["continued_more"]
+    assert chained["sparsity"] > 0.92 - 1e-3
+    for before, after in zip(further["continued"]["layers"], chained["layers"], strict=True):
+        assert after["nonzeros"] <= before["nonzeros"]  # it starts from the continued model, not the gradual one
+    assert further["combined"][-1]["sparsity"] > 0.92 - 1e-3
+    (point,) = further["quant_points"]
+    assert [h["bits"] for h in point["history"]] == [4, 2] and point["first_last_8bit"]
+    assert 0 < point["test_accuracy"] <= 1 and 0 < point["val_accuracy"] <= 1
+    report = (resumed_dir / "report.md").read_text()
+    assert "Longer low-bit runs" in report and "| 92% |" in report
+
 
 @pytest.mark.parametrize(
     "text, message",

@@ -61,6 +61,7 @@ from torchshrink.quant.primitives import check_bits
 __all__ = [
     "QuantConfig",
     "quantize_",
+    "detach_input_quant_",
     "calibrated_weight_quantizer",
     "attach_input_quant_",
     "input_skip_reason",
@@ -209,6 +210,15 @@ def attach_input_quant_(layer: nn.Module, bits: int | FakeQuant) -> FakeQuant:
     layer.input_quant = fq
     layer.register_forward_pre_hook(_quantize_input_hook)
     return fq
+
+
+def detach_input_quant_(layer: nn.Module) -> None:
+    """Undo :func:`attach_input_quant_`: ``layer``'s input is no longer quantized."""
+    if input_quantizer(layer) is not None:
+        del layer.input_quant
+    for key, hook in list(layer._forward_pre_hooks.items()):
+        if hook is _quantize_input_hook:
+            del layer._forward_pre_hooks[key]
 
 
 _MHA_INPUT_REASON = (

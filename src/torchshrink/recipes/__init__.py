@@ -22,7 +22,16 @@ from torchshrink.recipes.prune import (
     oneshot_prune,
     rewind_,
 )
-from torchshrink.recipes.quantize import FINETUNE, Calibration, CodebookConfig, codebook, prepare_quantized, ptq, qat
+from torchshrink.recipes.quantize import (
+    FINETUNE,
+    Calibration,
+    CodebookConfig,
+    codebook,
+    dequantized_copy,
+    prepare_quantized,
+    ptq,
+    qat,
+)
 from torchshrink.recipes.results import CompressResult, PruneResult, PruneStep, QuantResult
 from torchshrink.recipes.sensitivity import layer_sensitivity, sensitivity_table, sparsities_for_tolerance
 from torchshrink.recipes.train import (
@@ -74,6 +83,7 @@ __all__ = [
     "prepare_quantized",
     "ptq",
     "qat",
+    "dequantized_copy",
     "codebook",
     "LayerWidth",
     "MixedPlan",

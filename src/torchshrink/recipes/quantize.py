@@ -8,27 +8,32 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from torchshrink import distributed as dist
 from torchshrink.data.task import Task, as_task, calibration_inputs
 from torchshrink.errors import ConfigError
 from torchshrink.layers import FilterFn, default_filter, module_weights
-from torchshrink.pruning.apply import permanent_copy, prune_from_zeros_
+from torchshrink.pruning.apply import independent_copy, permanent_copy, prune_from_zeros_
+from torchshrink.quant.adds import has_join_quant
 from torchshrink.quant.apply import (
     QuantConfig,
     attach_input_quant_,
     calibrate_,
+    detach_input_quant_,
     input_skip_reason,
     quantize_,
     set_scales_trainable,
 )
+from torchshrink.quant.fake_quant import FakeQuant
 from torchshrink.quant.fold import fold_batchnorm
 from torchshrink.quant.primitives import check_bits
-from torchshrink.quant.sharing import codebook_layers, codebook_quantize_
+from torchshrink.quant.sharing import Codebook, codebook_layers, codebook_quantize_
 from torchshrink.recipes.results import QuantResult
 from torchshrink.recipes.train import EpochStats, TrainConfig, fit, model_device
 
-__all__ = ["Calibration", "FINETUNE", "CodebookConfig", "prepare_quantized", "ptq", "qat", "codebook"]
+__all__ = ["Calibration", "FINETUNE", "CodebookConfig", "prepare_quantized", "ptq", "qat", "codebook",
+           "dequantized_copy"]
 
 # where activation ranges come from: a Task (its calibration batches, else its first training batches), or
 # any iterable of input tensors or (inputs, targets) batches, e.g. a DataLoader
@@ -38,6 +43,35 @@ Calibration = Task | Iterable[Any] | None
 def _plain_copy(model: nn.Module) -> nn.Module:
     # contiguous (not channels_last) weights: a model loaded from a file then computes bit-identical outputs
     return permanent_copy(model).cpu().eval().to(memory_format=torch.contiguous_format)
+
+
+@torch.no_grad()
+def dequantized_copy(model: nn.Module) -> nn.Module:
+    """A copy of a fake-quantized model (:func:`ptq`, :func:`qat`) with its quantizers removed: each weight is
+    its latent float tensor (masked zeros kept, masks dropped), inputs are no longer quantized. The starting
+    point of QAT at another width from a trained one (e.g. 2 bits from 4); ``model`` itself is untouched.
+
+    Raises:
+        ConfigError: a codebook layer (its float weights are gone), or quantized residual adds.
+    """
+    if has_join_quant(model):
+        raise ConfigError("dequantized_copy: the model quantizes its residual adds and concatenations; "
+                          "start from one quantized without QuantConfig(quantize_joins=True)")  # fmt: skip
+    clone = independent_copy(model)
+    for name, module in clone.named_modules():
+        if parametrize.is_parametrized(module):
+            for attr in list(module.parametrizations):
+                chain = module.parametrizations[attr]
+                if any(isinstance(p, Codebook) for p in chain):
+                    raise ConfigError(f"{name}.{attr}: a codebook layer keeps no float weights to start from")
+                value = chain.original
+                for p in chain:  # the masks (and any other non-quantizing parametrization), in order
+                    if not isinstance(p, FakeQuant):
+                        value = p(value)
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+                getattr(module, attr).copy_(value)
+        detach_input_quant_(module)
+    return clone
 
 
 # the fine-tuning of QAT and of codebooks where none is given: two epochs at a peak rate of 0.01

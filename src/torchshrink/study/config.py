@@ -21,7 +21,7 @@ from torchshrink.recipes.gradual import GRADUAL_TRAIN, GradualConfig
 from torchshrink.recipes.quantize import FINETUNE
 from torchshrink.recipes.train import PRECISIONS, TrainConfig
 
-__all__ = ["StudyConfig", "load_config", "quick_config"]
+__all__ = ["StudyConfig", "load_config", "quick_config", "point_name"]
 
 # Bounds on what a YAML file may hold: far above any real config, far below anything costly.
 MAX_CONFIG_BYTES = 1 << 20  # docs/study.yaml is 4 KB
@@ -91,11 +91,39 @@ class GradualSection:  # the library's gradual recipe (GradualConfig and its GRA
 
 
 @dataclass(frozen=True)
+class ContinuedStep:  # one more run of the chain, from the model of the run before it
+    sparsity: float  # target of the run: above the one before
+    epochs: int = 8  # epochs of the run
+    lr: float = 0.03  # peak learning rate
+    end: float = 0.5  # the target is reached at this fraction of the run; the rest recovers
+
+
+@dataclass(frozen=True)
 class ContinuedSection:  # the gradual model pruned further in a second, shorter run (same distillation)
     sparsity: float | None = 0.93  # target of that run (null: skip the stage)
     epochs: int = 6  # epochs of the run
     lr: float = 0.03  # peak learning rate
     end: float = 0.5  # the target is reached at this fraction of the run; the rest recovers
+    # further runs, each from the model of the one before (e.g. 0.96, then 0.97): the sparsest models
+    more: tuple[ContinuedStep, ...] = ()
+
+    def targets(self) -> tuple[float, ...]:
+        """The sparsity of every run of the chain, in order (empty when the stage is skipped)."""
+        return () if self.sparsity is None else (self.sparsity, *(m.sparsity for m in self.more))
+
+
+@dataclass(frozen=True)
+class QuantPoint:  # one longer quantization-aware run at a low width, beside the quick one of every width
+    bits: int  # weight and activation width
+    first_last_8bit: bool = False  # the first and last layers at 8 bits (weights and inputs)
+    epochs: int = 8  # QAT epochs at ``bits``
+    lr: float = FINETUNE.lr  # QAT peak learning rate (every run of the point)
+    distill: float = 0.7  # weight of the baseline's soft predictions in the loss (0: labels only)
+    temperature: float = 2.0  # softmax temperature of those predictions
+    # wider widths trained first (e.g. [4]: 4-bit QAT, then 2-bit QAT from its weights), ``step_epochs`` each
+    steps: tuple[int, ...] = ()
+    step_epochs: int = 1
+    label: str = ""  # name in the report
 
 
 @dataclass(frozen=True)
@@ -108,6 +136,7 @@ class QuantSection:
     qat_epochs: int = 1  # QAT epochs per width (the library's default is 2: one fits the study's time budget)
     lr: float = FINETUNE.lr  # QAT peak learning rate
     calibration: str = QuantConfig.act_calibration  # activation ranges: minmax, percentile or mse
+    points: tuple[QuantPoint, ...] = ()  # longer low-bit runs (more epochs, distilled, stepped from wider widths)
 
 
 @dataclass(frozen=True)
@@ -262,9 +291,29 @@ def _check(cfg: StudyConfig) -> None:
     if c.sparsity is not None:
         need(g.sparsity < c.sparsity < 1, "continued.sparsity", c.sparsity,
              f"must be above gradual.sparsity ({g.sparsity}) and below 1, or empty")  # fmt: skip
-    need(c.epochs >= 1, "continued.epochs", c.epochs, "must be at least 1")
-    need(c.lr > 0, "continued.lr", c.lr, "must be positive")
-    need(0 < c.end <= 1, "continued.end", c.end, "must be in (0, 1]")
+    need(not c.more or c.sparsity is not None, "continued.more", len(c.more), "runs need continued.sparsity")
+    runs = [("continued", c), *((f"continued.more[{i}]", m) for i, m in enumerate(c.more))]
+    for (where, run), before in zip(runs, (g.sparsity, *c.targets()), strict=False):  # one more target
+        if run.sparsity is not None:
+            need(before < run.sparsity < 1, f"{where}.sparsity", run.sparsity,
+                 f"must be above the run before it ({before}) and below 1")  # fmt: skip
+        need(run.epochs >= 1, f"{where}.epochs", run.epochs, "must be at least 1")
+        need(run.lr > 0, f"{where}.lr", run.lr, "must be positive")
+        need(0 < run.end <= 1, f"{where}.end", run.end, "must be in (0, 1]")
+    for i, p in enumerate(cfg.quantization.points):
+        where = f"quantization.points[{i}]"
+        need(2 <= p.bits <= 8, f"{where}.bits", p.bits, "must be from 2 to 8")
+        for b in p.steps:
+            need(p.bits < b <= 8, f"{where}.steps", b, f"must be wider than bits ({p.bits}) and at most 8")
+        need(list(p.steps) == sorted(set(p.steps), reverse=True), f"{where}.steps", list(p.steps),
+             "must be decreasing")  # fmt: skip
+        need(p.epochs >= 1 and p.step_epochs >= 1, f"{where}", (p.epochs, p.step_epochs),
+             "epochs and step_epochs must be at least 1")  # fmt: skip
+        need(p.lr > 0 and p.temperature > 0, f"{where}", (p.lr, p.temperature), "lr and temperature must be positive")
+        need(0 <= p.distill <= 1, f"{where}.distill", p.distill, "must be in [0, 1]")
+    seen_points = [point_name(p) for p in cfg.quantization.points]
+    for i, name in enumerate(seen_points):
+        need(name not in seen_points[:i], f"quantization.points[{i}]", name, "repeats an earlier point; remove one")
     points = cfg.combined.points
     need(len(points) > 0, "combined.points", [], "must hold at least one point: the report's pruned + quantized "
          "row is the point with role: student, or else the first one")  # fmt: skip
@@ -284,8 +333,8 @@ def _check(cfg: StudyConfig) -> None:
             need(p.sparsity in cfg.iterative.targets, f"combined.points[{i}].sparsity", p.sparsity,
                  f"must be one of iterative.targets {list(cfg.iterative.targets)}")  # fmt: skip
         elif p.source == "continued":
-            need(p.sparsity == c.sparsity, f"combined.points[{i}].sparsity", p.sparsity,
-                 f"must be continued.sparsity ({c.sparsity}) for a continued point")  # fmt: skip
+            need(p.sparsity in c.targets(), f"combined.points[{i}].sparsity", p.sparsity,
+                 f"must be the sparsity of a continued run {list(c.targets())} for a continued point")  # fmt: skip
         else:
             need(p.sparsity == g.sparsity, f"combined.points[{i}].sparsity", p.sparsity,
                  f"must be gradual.sparsity ({g.sparsity}) for a gradual point")  # fmt: skip
@@ -298,6 +347,12 @@ def _check(cfg: StudyConfig) -> None:
     for where, value in [("data.train_subset", cfg.data.train_subset), ("data.test_subset", cfg.data.test_subset),
                          ("data.val_subset", cfg.data.val_subset)]:  # fmt: skip
         need(value is None or value >= 100, where, value, "must be empty or at least 100")
+
+
+def point_name(p: QuantPoint) -> str:
+    """A quantization point's stage name, e.g. ``w2-edge8-from4-e12``: what it computes, not its label."""
+    steps = f"-from{'-'.join(map(str, p.steps))}x{p.step_epochs}" if p.steps else ""
+    return f"w{p.bits}{'-edge8' if p.first_last_8bit else ''}{steps}-e{p.epochs}"
 
 
 def _floats(obj: Any, where: str) -> list[tuple[str, float]]:
@@ -359,8 +414,9 @@ def _value(hint: Any, value: Any, where: str) -> Any:
     if text.startswith("tuple["):
         if not isinstance(value, list) or len(value) > MAX_LIST:
             raise ConfigError(f"{where}: expected a list of at most {MAX_LIST} values, got {show_value(value)}")
-        if "CombinedPoint" in text:
-            return tuple(_coerce(CombinedPoint, v, f"{where}[{i}]") for i, v in enumerate(value))
+        for cls in (CombinedPoint, ContinuedStep, QuantPoint):
+            if cls.__name__ in text:
+                return tuple(_coerce(cls, v, f"{where}[{i}]") for i, v in enumerate(value))
         inner = int if "int" in text else float
         return tuple(_value(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
     if "None" in text and value is None:
@@ -483,8 +539,9 @@ def quick_config(cfg: StudyConfig) -> StudyConfig:
         sensitivity=r(cfg.sensitivity, sparsities=(0.5, 0.9)),
         iterative=r(cfg.iterative, steps_per_target=1, epochs_per_step=1),
         gradual=r(cfg.gradual, epochs=1),
-        continued=r(cfg.continued, epochs=1),
-        quantization=r(cfg.quantization, qat_epochs=1),
+        continued=r(cfg.continued, epochs=1, more=tuple(r(m, epochs=1) for m in cfg.continued.more)),
+        quantization=r(cfg.quantization, qat_epochs=1,
+                       points=tuple(r(p, epochs=1, step_epochs=1) for p in cfg.quantization.points)),
         combined=r(cfg.combined, qat_epochs=1),
         structured=r(cfg.structured, finetune_epochs=1),
     )

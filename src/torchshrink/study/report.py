@@ -65,6 +65,7 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str,
         it.append({**results["gradual"], "how": "gradual (distilled)"})
     if "continued" in results:
         it.append({**results["continued"], "how": "gradual (distilled, continued)"})
+    it += [{**r, "how": "gradual (distilled, continued)"} for r in results.get("continued_more", [])]
     # our pruned row: the sparsest pruned model within 0.3 points of the baseline on the VALIDATION split (the
     # test set only reports), else the first one
     base_val = base["history"][-1]["val_accuracy"]
@@ -196,6 +197,7 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:
             ],
         ),  # fmt: skip
     ]
+    parts += _quant_points_part(results)
     s = results["structured"]
     parts += [
         "## Structured pruning (whole channels removed, model rebuilt)",
@@ -254,9 +256,10 @@ def _gradual_part(results: dict[str, Any]) -> list[str]:
     g = results["gradual"]
     cfg = g["train_config"]
     runs = [(f"{cfg['epochs']} epochs from the dense baseline", g)]
-    if "continued" in results:
-        more = results["continued"]
+    for more in [results["continued"]] if "continued" in results else []:
         runs.append((f"then {more['train_config']['epochs']} more epochs from that model", more))
+    for more in results.get("continued_more", []):
+        runs.append((f"then {more['train_config']['epochs']} more epochs from the model above", more))
     return [
         f"Gradual pruning during training (Zhu & Gupta's cubic schedule, mask updated every few steps), distilled "
         f"from the baseline (weight {cfg['distill']:g}, temperature {cfg.get('temperature', 4):g}):",
@@ -278,6 +281,31 @@ def _gradual_part(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _quant_points_part(results: dict[str, Any]) -> list[str]:
+    points = results.get("quant_points", [])
+    if not points:
+        return []
+    base = results["baseline"]
+
+    def how(r: dict[str, Any]) -> str:
+        steps = "".join(f"{b}-bit QAT {r['step_epochs']} epoch(s), then " for b in r["steps"])
+        distilled = f", distilled ({r['distill']:g})" if r["distill"] else ""
+        return f"{steps}{r['bits']}-bit QAT {r['epochs']} epochs{distilled}"
+
+    return [
+        "Longer low-bit runs (W/A at the same width), against the baseline's "
+        f"{_pct(base['test_accuracy'])}% test / {_pct(base['val_accuracy'])}% validation:",
+        _table(
+            ["Bits", "First/last 8-bit", "Run", "Validation (%)", "Test (%)", "Test delta (points)", "Weight bytes",
+             "Seconds"],
+            [[f"{r['bits']} (full range)" if r["full_range"] else r["bits"], "yes" if r["first_last_8bit"] else "no",
+              how(r), _pct(r["val_accuracy"]), _pct(r["test_accuracy"]),
+              f"{100 * (r['test_accuracy'] - base['test_accuracy']):+.2f}", f"{r['weight_bytes']:,.0f}",
+              f"{r['seconds']:.0f}"] for r in points],
+        ),
+    ]  # fmt: skip
+
+
 def _stage_times(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     rows = [("baseline", results["baseline"]), ("oneshot", results["oneshot"]), ("sensitivity", results["sensitivity"])]
     rows += [(f"iterative {r['target']:g}", r) for r in results["iterative"]]
@@ -285,7 +313,9 @@ def _stage_times(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         rows.append((f"gradual {results['gradual']['target']:g}", results["gradual"]))
     if "continued" in results:
         rows.append((f"continued {results['continued']['target']:g}", results["continued"]))
+    rows += [(f"continued {r['target']:g}", r) for r in results.get("continued_more", [])]
     rows += [(f"quant W{r['bits']}{' edge8' if r['first_last_8bit'] else ''}", r) for r in results["quantization"]]
+    rows += [(r["label"] or f"quant W{r['bits']} longer", r) for r in results.get("quant_points", [])]
     rows += [(r["label"], r) for r in results["combined"]]
     rows.append(("structured", results["structured"]))
     return [(k, v) for k, v in rows if "stage_seconds" in v]
@@ -314,7 +344,7 @@ def plot_all(results: dict[str, Any], out: Path) -> None:
             label="step-by-step (retrained)")  # fmt: skip
     if "gradual" in results:
         g = results["gradual"]
-        runs = [g] + ([results["continued"]] if "continued" in results else [])
+        runs = [g] + ([results["continued"]] if "continued" in results else []) + results.get("continued_more", [])
         ax.plot([100 * r["sparsity"] for r in runs], [100 * r["test_accuracy"] for r in runs], "P-", ms=11,
                 color="green", zorder=5, label="gradual during training, distilled")  # fmt: skip
     ax.axhline(base_acc, color="gray", lw=1, ls=":", label=f"baseline {base_acc:.2f}%")
@@ -334,6 +364,10 @@ def plot_all(results: dict[str, Any], out: Path) -> None:
         ax.plot([r["bits"] for r in rows], [100 * r["ptq_test_accuracy"] for r in rows], "o--", label=f"PTQ, {tag}")
         if all(r["qat_test_accuracy"] is not None for r in rows):
             ax.plot([r["bits"] for r in rows], [100 * r["qat_test_accuracy"] for r in rows], "s-", label=f"QAT, {tag}")
+    for r in results.get("quant_points", []):  # the longer low-bit runs, beside the quick ones
+        tag = "first/last 8-bit" if r["first_last_8bit"] else "all layers"
+        ax.scatter([r["bits"]], [100 * r["test_accuracy"]], marker="^", s=70, zorder=5,
+                   label=f"{r['label'] or 'longer QAT'} ({tag})")  # fmt: skip
     ax.axhline(base_acc, color="gray", lw=1, ls=":", label=f"fp32 {base_acc:.2f}%")
     ax.scatter([8, 2], [STUDENT["quantized"][0], STUDENT_2BIT], marker="*", s=120, color="red", zorder=5,
                label="student project")  # fmt: skip

@@ -25,7 +25,7 @@ from torchshrink.provenance import machine, versions
 from torchshrink.recipes.train import native_bf16, pick_device
 from torchshrink.study import stages
 from torchshrink.study.cache import StageCache
-from torchshrink.study.config import StudyConfig
+from torchshrink.study.config import StudyConfig, point_name
 
 __all__ = ["run_study", "StudyInterrupted", "StudyBusy", "LOCK"]
 
@@ -101,8 +101,10 @@ def _data_key(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def _settings(point: Any) -> dict[str, Any]:
-    # what the point computes: its role only names it in the report, so it stays out of the cache key
-    return {k: v for k, v in asdict(point).items() if k != "role"}
+    # what the point computes: its role and label only name it in the report, so they stay out of the cache key
+    # (a combined point's label has always been in its key: kept there, so caches made before stay valid)
+    drop = ("role",) if hasattr(point, "role") else ("label",)
+    return {k: v for k, v in asdict(point).items() if k not in drop}
 
 
 def run_study(
@@ -146,7 +148,7 @@ def _run(
     cache = StageCache(out / "cache")
     it, qc = cfg.iterative, cfg.quantization
     total = 6 + len(it.targets) + len(qc.bits) + len(qc.edge8_bits) + len(cfg.combined.points)
-    total += cfg.continued.sparsity is not None
+    total += len(cfg.continued.targets()) + len(qc.points)
     bar = tqdm(total=total, desc="study", unit="stage", disable=None if progress else True)
     timings: dict[str, float] = {}
     results: dict[str, Any] = {}
@@ -196,31 +198,57 @@ def _run(
     gradual_key, results["gradual"] = stage("gradual", {**asdict(cfg.gradual), "seed": cfg.seed,
                                                         **_precision(cfg)}, [base_key],
                                             lambda folder: stages.gradual(ctx, base, folder))  # fmt: skip
-    sources = {"gradual": gradual_key}
+    chain: dict[float, str] = {}  # the continued runs' keys by sparsity
     if cfg.continued.sparsity is not None:
 
         def more(folder: Path) -> dict:
             return stages.continued(ctx, base, stages.load_model(cache.folder(gradual_key), ctx.device), folder)
 
-        sources["continued"], results["continued"] = stage("continued", {**asdict(cfg.continued), "seed": cfg.seed,
-                                                                                  **_precision(cfg)},
-                                                           [gradual_key], more)  # fmt: skip
+        # the later runs of the chain are stages of their own: they stay out of this one's key
+        first = {k: v for k, v in asdict(cfg.continued).items() if k != "more"}
+        key, results["continued"] = stage("continued", {**first, "seed": cfg.seed, **_precision(cfg)},
+                                          [gradual_key], more)  # fmt: skip
+        chain[cfg.continued.sparsity] = key
+        if cfg.continued.more:
+            results["continued_more"] = []
+        for step in cfg.continued.more:
+
+            def further(folder: Path, start: str = key, step: Any = step) -> dict:
+                model = stages.load_model(cache.folder(start), ctx.device)
+                return stages.continued(ctx, base, model, folder, step)
+
+            key, result = stage(f"continued-{step.sparsity:g}", {**asdict(step), "seed": cfg.seed,
+                                                                  **_precision(cfg)}, [key], further)  # fmt: skip
+            chain[step.sparsity] = key
+            results["continued_more"].append(result)
 
     results["quantization"] = []
+    quick = {k: v for k, v in asdict(qc).items() if k != "points"}  # the longer points are stages of their own
     for bits in qc.bits:
         for edge in (False, True):
             if edge and bits not in qc.edge8_bits:
                 continue
-            _, result = stage(f"quant-w{bits}{'-edge8' if edge else ''}", {**asdict(qc), "bits": bits, "edge": edge,
+            _, result = stage(f"quant-w{bits}{'-edge8' if edge else ''}", {**quick, "bits": bits, "edge": edge,
                               "calibration_images": cfg.data.calibration_images, **_precision(cfg)}, [base_key],
                               lambda _, bits=bits, edge=edge: stages.quantize_width(ctx, base, bits, edge))  # fmt: skip
             results["quantization"].append(result)
+
+    if qc.points:
+        results["quant_points"] = []
+    for point in qc.points:
+        full = point.bits in qc.full_range_bits
+        _, result = stage(f"quant-{point_name(point)}", {**_settings(point), "full_range": full,
+                          "calibration": qc.calibration, "calibration_images": cfg.data.calibration_images,
+                          **_precision(cfg)}, [base_key],
+                          lambda _, point=point: stages.quant_point(ctx, base, point))  # fmt: skip
+        results["quant_points"].append(result)
 
     results["combined"] = []
     # every setting of the section but the list of points: a setting added later is in the key by itself
     shared = {k: v for k, v in asdict(cfg.combined).items() if k != "points"}
     for point in cfg.combined.points:
-        pkey = sources[point.source] if point.source in sources else pruned_keys[point.sparsity]
+        sources = {"gradual": gradual_key, "continued": chain.get(point.sparsity)}
+        pkey = sources.get(point.source) or pruned_keys[point.sparsity]
 
         def compress(folder: Path, pkey: str = pkey, point: Any = point) -> dict:
             pruned = stages.load_model(cache.folder(pkey), ctx.device)

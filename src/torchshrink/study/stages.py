@@ -34,6 +34,7 @@ from torchshrink.recipes import (
     IterativeConfig,
     TrainConfig,
     compress_model,
+    dequantized_copy,
     evaluate,
     fit,
     gradual_prune,
@@ -44,10 +45,11 @@ from torchshrink.recipes import (
     val_metric,
     write_and_verify,
 )
-from torchshrink.study.config import CombinedPoint, StudyConfig
+from torchshrink.recipes.teacher import MemoTeacher
+from torchshrink.study.config import CombinedPoint, ContinuedStep, QuantPoint, StudyConfig
 
 __all__ = ["Context", "baseline", "oneshot", "sensitivity", "iterative_step", "gradual", "continued", "quantize_width",
-           "combined_point", "point_file", "check_structured", "structured"]  # fmt: skip
+           "quant_point", "combined_point", "point_file", "check_structured", "structured"]  # fmt: skip
 
 
 @dataclass
@@ -63,6 +65,15 @@ class Context:
     def task(self) -> Task:
         """The training, validation and calibration batches every procedure takes (default batch size)."""
         return self.data.task(calibration_images=self.cfg.data.calibration_images)
+
+    memo: MemoTeacher | None = None
+
+    def teacher(self, base: nn.Module) -> nn.Module:
+        """``base`` as a distillation teacher: one :class:`MemoTeacher` for the whole run, so the stages that
+        distil from it over the same seeded batches compute its logits once (the values are the same)."""
+        if self.memo is None or self.memo.model is not base:
+            self.memo = MemoTeacher(base)
+        return self.memo
 
     def test(self, model: nn.Module) -> float:
         return evaluate(model, self.data.test_batches(), device=self.device)[0]
@@ -138,16 +149,19 @@ def gradual(ctx: Context, base: nn.Module, folder: Path) -> dict[str, Any]:
     return _gradual_run(ctx, copy.deepcopy(base), base, config, folder)
 
 
-def continued(ctx: Context, base: nn.Module, pruned: nn.Module, folder: Path) -> dict[str, Any]:
-    """Prune the gradual stage's model further in a second, shorter run, still distilled from the baseline."""
-    c, first = ctx.cfg.continued, ctx.cfg.gradual.recipe(ctx.cfg.seed, ctx.cfg.precision)
+def continued(
+    ctx: Context, base: nn.Module, pruned: nn.Module, folder: Path, step: ContinuedStep | None = None
+) -> dict[str, Any]:
+    """Prune the gradual stage's model (or, for a ``step`` of ``continued.more``, the model of the run before)
+    further in a shorter run, still distilled from the baseline."""
+    c, first = step or ctx.cfg.continued, ctx.cfg.gradual.recipe(ctx.cfg.seed, ctx.cfg.precision)
     assert c.sparsity is not None
     train = replace(first.train, epochs=c.epochs, lr=c.lr)
     return _gradual_run(ctx, pruned, base, replace(first, sparsity=c.sparsity, train=train, start=0.0, end=c.end), folder)
 
 
 def _gradual_run(ctx: Context, model: nn.Module, base: nn.Module, config: GradualConfig, folder: Path) -> dict[str, Any]:
-    teacher = base if config.train.distill else None
+    teacher = ctx.teacher(base) if config.train.distill else None
     step = gradual_prune(model, ctx.task, config, teacher=teacher, log=ctx.log).steps[0]
     plain = permanent_copy(model)
     rows = sparsity_report(plain)
@@ -180,6 +194,31 @@ def quantize_width(ctx: Context, base: nn.Module, bits: int, first_last_8bit: bo
             **({"qat_val_accuracy": qat_val} if q.qat_epochs else {})}  # fmt: skip
 
 
+def quant_point(ctx: Context, base: nn.Module, point: QuantPoint) -> dict[str, Any]:
+    """A longer QAT run at ``point.bits``, distilled from the baseline, after QAT at each wider width of
+    ``point.steps`` (each run starting from the latent float weights of the one before)."""
+    q = ctx.cfg.quantization
+    teacher = ctx.teacher(base) if point.distill else None
+    t0 = time.perf_counter()
+    model, history = base, []
+    for bits in (*point.steps, point.bits):
+        config = QuantConfig(bits=bits, act_calibration=q.calibration, keep_first_last_8bit=point.first_last_8bit,
+                             full_range_weights=bits in q.full_range_bits)  # fmt: skip
+        epochs = point.epochs if bits == point.bits else point.step_epochs
+        train = TrainConfig(epochs=epochs, lr=point.lr, distill=point.distill, temperature=point.temperature,
+                            seed=ctx.cfg.seed, precision=ctx.cfg.precision)  # fmt: skip
+        start = model if model is base else dequantized_copy(model).to(ctx.device)
+        done = qat(start, ctx.task, config, train=train, teacher=teacher, log=ctx.log)
+        model = done.model
+        history += [{"bits": bits, **h.__dict__} for h in done.history]
+    storage = sum(r.total_bytes for r in storage_report(model))
+    return {"bits": point.bits, "act_bits": point.bits, "first_last_8bit": point.first_last_8bit,
+            "full_range": bits in q.full_range_bits, "label": point.label, "steps": list(point.steps),
+            "epochs": point.epochs, "step_epochs": point.step_epochs, "distill": point.distill,
+            "test_accuracy": ctx.test(model), "val_accuracy": val_metric(model, ctx.task), "weight_bytes": storage,
+            "seconds": time.perf_counter() - t0, "history": history}  # fmt: skip
+
+
 def combined_point(
     ctx: Context, base: nn.Module, pruned: nn.Module, point: CombinedPoint, folder: Path
 ) -> dict[str, Any]:
@@ -189,7 +228,8 @@ def combined_point(
     cfg = CompressConfig(quant=QuantConfig(bits=point.bits, act_bits=point.act_bits), codebook=point.codebook,
                          finetune=finetune, budget_bytes=point.budget_bytes)  # fmt: skip
     name, args = ctx.cfg.baseline.model, _model_args(base)
-    done = compress_model(base, ctx.task, cfg, log=ctx.log, pruned=pruned, model_name=name, model_args=args)
+    done = compress_model(base, ctx.task, cfg, log=ctx.log, pruned=pruned, model_name=name, model_args=args,
+                          teacher=ctx.teacher(base))  # fmt: skip
     model, record = done.model, done.record
     result = write_and_verify(model, base, ctx.data.test_batches(), folder / point_file(point), name, args)
     result["file"] = point_file(point)
@@ -221,7 +261,7 @@ def structured(ctx: Context, base: nn.Module) -> dict[str, Any]:
     if s.finetune_epochs:
         train = TrainConfig(epochs=s.finetune_epochs, lr=s.lr, distill=s.distill, temperature=s.temperature,
                             seed=ctx.cfg.seed, precision=ctx.cfg.precision)  # fmt: skip
-        fit(small, ctx.task, train, log=ctx.log, teacher=base if s.distill else None)
+        fit(small, ctx.task, train, log=ctx.log, teacher=ctx.teacher(base) if s.distill else None)
     acc, val = ctx.test(small), val_metric(small, ctx.task)
     base_cpu, small_cpu = copy.deepcopy(base).cpu(), copy.deepcopy(small).cpu()
     lat = {}
