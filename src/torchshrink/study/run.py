@@ -237,7 +237,10 @@ def _run(
         results["quant_points"] = []
     for point in qc.points:
         full = point.bits in qc.full_range_bits
-        _, result = stage(f"quant-{point_name(point)}", {**_settings(point), "full_range": full,
+        # a step's width on every signed code too: in the key only then (the frontier's steps are at 4 bits)
+        steps_full = {"full_range_steps": [b in qc.full_range_bits for b in point.steps]} if any(
+            b in qc.full_range_bits for b in point.steps) else {}  # fmt: skip
+        _, result = stage(f"quant-{point_name(point)}", {**_settings(point), "full_range": full, **steps_full,
                           "calibration": qc.calibration, "calibration_images": cfg.data.calibration_images,
                           **_precision(cfg)}, [base_key],
                           lambda _, point=point: stages.quant_point(ctx, base, point))  # fmt: skip
