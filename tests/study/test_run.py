@@ -188,7 +188,7 @@ def test_study_produces_every_artifact_and_resumes(tiny_config, tmp_path, data_d
         ("continued: {sparsity: 0.8}", "continued.sparsity: 0.8 must be above gradual.sparsity"),
         (
             "combined: {points: [{sparsity: 0.9, bits: 4, act_bits: 8, source: continued}]}",
-            "must be continued.sparsity",
+            "must be the sparsity of a continued run",
         ),
         ("[1, 2", "not valid YAML"),
         ("seed: 1\nbaseline: {epochs: 3}\nseed: 2", "line 3: 'seed' is given twice; keep one"),
