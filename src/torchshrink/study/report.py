@@ -364,9 +364,10 @@ def plot_all(results: dict[str, Any], out: Path) -> None:
         ax.plot([r["bits"] for r in rows], [100 * r["ptq_test_accuracy"] for r in rows], "o--", label=f"PTQ, {tag}")
         if all(r["qat_test_accuracy"] is not None for r in rows):
             ax.plot([r["bits"] for r in rows], [100 * r["qat_test_accuracy"] for r in rows], "s-", label=f"QAT, {tag}")
-    for r in results.get("quant_points", []):  # the longer low-bit runs, beside the quick ones
+    for i, r in enumerate(results.get("quant_points", [])):  # the longer low-bit runs, beside the quick ones
         tag = "first/last 8-bit" if r["first_last_8bit"] else "all layers"
-        ax.scatter([r["bits"]], [100 * r["test_accuracy"]], marker="^", s=70, zorder=5,
+        ax.scatter([r["bits"] + 0.1 * (i + 1)], [100 * r["test_accuracy"]], marker="^", s=70, zorder=6,
+                   color=("black", "purple", "saddlebrown", "teal")[i % 4],
                    label=f"{r['label'] or 'longer QAT'} ({tag})")  # fmt: skip
     ax.axhline(base_acc, color="gray", lw=1, ls=":", label=f"fp32 {base_acc:.2f}%")
     ax.scatter([8, 2], [STUDENT["quantized"][0], STUDENT_2BIT], marker="*", s=120, color="red", zorder=5,
