@@ -287,10 +287,13 @@ def _quant_points_part(results: dict[str, Any]) -> list[str]:
         return []
     base = results["baseline"]
 
+    def epochs(n: int) -> str:
+        return f"{n} epoch{'s' * (n != 1)}"
+
     def how(r: dict[str, Any]) -> str:
-        steps = "".join(f"{b}-bit QAT {r['step_epochs']} epoch(s), then " for b in r["steps"])
+        steps = "".join(f"{b}-bit QAT {epochs(r['step_epochs'])}, then " for b in r["steps"])
         distilled = f", distilled ({r['distill']:g})" if r["distill"] else ""
-        return f"{steps}{r['bits']}-bit QAT {r['epochs']} epochs{distilled}"
+        return f"{steps}{r['bits']}-bit QAT {epochs(r['epochs'])}{distilled}"
 
     return [
         "Longer low-bit runs (W/A at the same width), against the baseline's "
