@@ -176,6 +176,13 @@ def test_study_produces_every_artifact_and_resumes(tiny_config, tmp_path, data_d
     report = (resumed_dir / "report.md").read_text()
     assert "Longer low-bit runs" in report and "| 92% |" in report
 
+    # a budget the pruned model cannot meet is refused naming the point, before its stage does any work
+    more["combined"]["points"].append({"sparsity": 0.92, "bits": 3, "act_bits": 8, "codebook": True,
+                                       "source": "continued", "budget_bytes": 1200, "label": "too small"})  # fmt: skip
+    path.write_text(yaml.safe_dump(more))
+    with pytest.raises(ConfigError, match="combined point 'too small': budget"):
+        run_study(load_config(path), resumed_dir, data_dir, "cpu", progress=False, log=lambda _: None)
+
 
 @pytest.mark.parametrize(
     "text, message",

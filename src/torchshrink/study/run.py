@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from torchshrink._io import atomic_copy, atomic_write_bytes, atomic_write_json
 from torchshrink._optional import require
 from torchshrink.data import load_fashion_mnist
-from torchshrink.errors import TorchshrinkError
+from torchshrink.errors import ConfigError, TorchshrinkError
 from torchshrink.provenance import machine, versions
 from torchshrink.recipes.train import native_bf16, pick_device
 from torchshrink.study import stages
@@ -255,7 +255,10 @@ def _run(
 
         def compress(folder: Path, pkey: str = pkey, point: Any = point) -> dict:
             pruned = stages.load_model(cache.folder(pkey), ctx.device)
-            return stages.combined_point(ctx, base, pruned, point, folder)
+            try:
+                return stages.combined_point(ctx, base, pruned, point, folder)
+            except ConfigError as exc:  # e.g. a budget this pruned model cannot meet: say which point
+                raise ConfigError(f"combined point {point.label or stages.point_file(point)!r}: {exc}") from None
 
         key, result = stage(f"combined-{stages.point_file(point).removesuffix('.tshrink')}",
                             {**_settings(point), **shared, "calibration_images": cfg.data.calibration_images,
